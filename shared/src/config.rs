@@ -1,0 +1,394 @@
+//! Typed configuration, read once per cold start from the environment.
+//!
+//! Every Microsoft base URL has a per-cloud default and its own override, so tests point them at
+//! the tenant emulator and sovereign clouds need no code change. See the README for the list.
+
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use url::Url;
+
+/// A configuration problem. The message names the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    /// A variable is set to something unusable.
+    #[error("environment variable {var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// The Microsoft cloud whose endpoints are the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cloud {
+    /// Commercial cloud (also GCC, which shares its endpoints).
+    #[default]
+    Global,
+    /// US Government GCC High.
+    UsGovHigh,
+    /// US Government DoD.
+    UsGovDod,
+    /// Azure China (21Vianet).
+    China,
+}
+
+impl FromStr for Cloud {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "global" | "public" | "commercial" => Ok(Cloud::Global),
+            "usgov-high" | "gcc-high" => Ok(Cloud::UsGovHigh),
+            "usgov-dod" | "dod" => Ok(Cloud::UsGovDod),
+            "china" => Ok(Cloud::China),
+            other => Err(format!(
+                "unknown cloud {other:?}; expected global, usgov-high, usgov-dod or china"
+            )),
+        }
+    }
+}
+
+/// Base URLs of every Microsoft service spbridge calls. No trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Azure ACS, e.g. `https://accounts.accesscontrol.windows.net`.
+    pub acs: Url,
+    /// Azure AD / Entra authority host, e.g. `https://login.microsoftonline.com`.
+    pub login: Url,
+    /// Microsoft account authority, `https://login.live.com`.
+    pub live: Url,
+    /// Microsoft Graph, e.g. `https://graph.microsoft.com`.
+    pub graph: Url,
+    /// Office 365 Discovery service root, e.g. `https://api.office.com/discovery`.
+    pub discovery: Url,
+}
+
+impl Endpoints {
+    /// The production endpoints of a cloud.
+    pub fn for_cloud(cloud: Cloud) -> Self {
+        // Hosts follow Microsoft's national-cloud endpoint tables; ACS hosts follow PnP's mapping.
+        let (acs, login, graph, discovery) = match cloud {
+            Cloud::Global => (
+                "https://accounts.accesscontrol.windows.net",
+                "https://login.microsoftonline.com",
+                "https://graph.microsoft.com",
+                "https://api.office.com/discovery",
+            ),
+            Cloud::UsGovHigh => (
+                "https://accounts.microsoftonline.us",
+                "https://login.microsoftonline.us",
+                "https://graph.microsoft.us",
+                "https://api.office.com/discovery",
+            ),
+            Cloud::UsGovDod => (
+                "https://accounts.microsoftonline.us",
+                "https://login.microsoftonline.us",
+                "https://dod-graph.microsoft.us",
+                "https://api.office.com/discovery",
+            ),
+            Cloud::China => (
+                "https://accounts.accesscontrol.chinacloudapi.cn",
+                "https://login.chinacloudapi.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+                "https://api.office.com/discovery",
+            ),
+        };
+        let parse = |s: &str| Url::parse(s).expect("built-in endpoint URLs are valid");
+        Endpoints {
+            acs: parse(acs),
+            login: parse(login),
+            live: parse("https://login.live.com"),
+            graph: parse(graph),
+            discovery: parse(discovery),
+        }
+    }
+}
+
+/// Which secret store backs the functions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretBackend {
+    /// AWS Secrets Manager (the default inside Lambda).
+    Aws,
+    /// One JSON file per secret under a directory (the default for local runs).
+    File { dir: PathBuf },
+}
+
+/// Secret-store settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretsConfig {
+    pub backend: SecretBackend,
+    /// Prefix of every secret name spbridge owns, e.g. `spbridge/`.
+    pub prefix: String,
+    /// Name of the app-credential secret.
+    pub app_secret: String,
+    /// Name of the webhook signing secret.
+    pub webhook_secret: String,
+    /// How long warm containers keep a secret read in memory.
+    pub cache_ttl: Duration,
+}
+
+impl SecretsConfig {
+    /// The name of a connection's secret: `{prefix}connections/{id}`.
+    pub fn connection_secret_name(&self, connection: &str) -> String {
+        format!("{}connections/{}", self.prefix, connection)
+    }
+
+    /// The prefix under which every connection secret lives.
+    pub fn connections_prefix(&self) -> String {
+        format!("{}connections/", self.prefix)
+    }
+}
+
+/// Outbound HTTP settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Extra CA certificate (PEM file) to trust, e.g. the tenant emulator's.
+    pub extra_ca_pem: Option<PathBuf>,
+}
+
+/// Everything a function needs to know at cold start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub cloud: Cloud,
+    pub endpoints: Endpoints,
+    pub secrets: SecretsConfig,
+    pub http: HttpConfig,
+    /// The connection used when a request names none.
+    pub default_connection: Option<String>,
+    /// Public base URL of the HTTP API, used to build the OAuth redirect URI.
+    pub public_base_url: Option<Url>,
+}
+
+/// Names of every variable [`Config::from_env`] reads.
+pub mod vars {
+    pub const CLOUD: &str = "SPBRIDGE_CLOUD";
+    pub const ACS_URL: &str = "SPBRIDGE_ACS_URL";
+    pub const LOGIN_URL: &str = "SPBRIDGE_LOGIN_URL";
+    pub const LIVE_URL: &str = "SPBRIDGE_LIVE_URL";
+    pub const GRAPH_URL: &str = "SPBRIDGE_GRAPH_URL";
+    pub const DISCOVERY_URL: &str = "SPBRIDGE_DISCOVERY_URL";
+    pub const SECRET_BACKEND: &str = "SPBRIDGE_SECRET_BACKEND";
+    pub const SECRET_DIR: &str = "SPBRIDGE_SECRET_DIR";
+    pub const SECRET_PREFIX: &str = "SPBRIDGE_SECRET_PREFIX";
+    pub const APP_SECRET: &str = "SPBRIDGE_APP_SECRET_NAME";
+    pub const WEBHOOK_SECRET: &str = "SPBRIDGE_WEBHOOK_SECRET_NAME";
+    pub const SECRET_CACHE_TTL: &str = "SPBRIDGE_SECRET_CACHE_TTL_SECS";
+    pub const HTTP_TIMEOUT: &str = "SPBRIDGE_HTTP_TIMEOUT_SECS";
+    pub const HTTP_CONNECT_TIMEOUT: &str = "SPBRIDGE_HTTP_CONNECT_TIMEOUT_SECS";
+    pub const EXTRA_CA_PEM: &str = "SPBRIDGE_EXTRA_CA_PEM";
+    pub const DEFAULT_CONNECTION: &str = "SPBRIDGE_DEFAULT_CONNECTION";
+    pub const PUBLIC_BASE_URL: &str = "SPBRIDGE_PUBLIC_BASE_URL";
+    /// Set by the Lambda runtime; its presence makes `aws` the default backend.
+    pub const LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get`, which returns a variable's value if set.
+    /// Empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+
+        let cloud = match get(vars::CLOUD) {
+            Some(v) => v.parse().map_err(|reason| ConfigError::Invalid {
+                var: vars::CLOUD,
+                reason,
+            })?,
+            None => Cloud::Global,
+        };
+        let mut endpoints = Endpoints::for_cloud(cloud);
+        for (var, slot) in [
+            (vars::ACS_URL, &mut endpoints.acs),
+            (vars::LOGIN_URL, &mut endpoints.login),
+            (vars::LIVE_URL, &mut endpoints.live),
+            (vars::GRAPH_URL, &mut endpoints.graph),
+            (vars::DISCOVERY_URL, &mut endpoints.discovery),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = parse_base_url(var, &v)?;
+            }
+        }
+
+        let in_lambda = get(vars::LAMBDA_FUNCTION_NAME).is_some();
+        let backend = match get(vars::SECRET_BACKEND).as_deref().map(str::to_ascii_lowercase) {
+            Some(b) if b == "aws" || b == "secretsmanager" => SecretBackend::Aws,
+            Some(b) if b == "file" => SecretBackend::File {
+                dir: secret_dir(&get),
+            },
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: vars::SECRET_BACKEND,
+                    reason: format!("unknown backend {other:?}; expected aws or file"),
+                });
+            }
+            None if in_lambda => SecretBackend::Aws,
+            None => SecretBackend::File {
+                dir: secret_dir(&get),
+            },
+        };
+        let prefix = get(vars::SECRET_PREFIX).unwrap_or_else(|| "spbridge/".to_owned());
+        if !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+        {
+            return Err(ConfigError::Invalid {
+                var: vars::SECRET_PREFIX,
+                reason: "only letters, digits and /_+=.@- are allowed in secret names".into(),
+            });
+        }
+        let secrets = SecretsConfig {
+            app_secret: get(vars::APP_SECRET).unwrap_or_else(|| format!("{prefix}app")),
+            webhook_secret: get(vars::WEBHOOK_SECRET).unwrap_or_else(|| format!("{prefix}webhook")),
+            cache_ttl: Duration::from_secs(parse_num(&get, vars::SECRET_CACHE_TTL, 60)?),
+            backend,
+            prefix,
+        };
+
+        let http = HttpConfig {
+            timeout: Duration::from_secs(parse_num(&get, vars::HTTP_TIMEOUT, 30)?.max(1)),
+            connect_timeout: Duration::from_secs(
+                parse_num(&get, vars::HTTP_CONNECT_TIMEOUT, 5)?.max(1),
+            ),
+            extra_ca_pem: get(vars::EXTRA_CA_PEM).map(PathBuf::from),
+        };
+
+        let public_base_url = get(vars::PUBLIC_BASE_URL)
+            .map(|v| parse_base_url(vars::PUBLIC_BASE_URL, &v))
+            .transpose()?;
+
+        Ok(Config {
+            cloud,
+            endpoints,
+            secrets,
+            http,
+            default_connection: get(vars::DEFAULT_CONNECTION),
+            public_base_url,
+        })
+    }
+}
+
+fn secret_dir(get: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    get(vars::SECRET_DIR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".spbridge/secrets"))
+}
+
+fn parse_num(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+            var,
+            reason: format!("{v:?} is not a whole number of seconds"),
+        }),
+    }
+}
+
+fn parse_base_url(var: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value.trim().trim_end_matches('/')).map_err(|e| ConfigError::Invalid {
+        var,
+        reason: format!("{value:?} is not a URL: {e}"),
+    })?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!("{value:?} must be an http(s) URL with a host"),
+        });
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!("{value:?} must not carry a query or fragment"),
+        });
+    }
+    Ok(url)
+}
+
+/// Joins a base URL and a path without losing the base's own path.
+///
+/// `join_path("https://h/discovery", "v1.0/me/services")` is `https://h/discovery/v1.0/me/services`.
+pub fn join_path(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!(
+        "{}/{}",
+        base.path().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    url.set_path(&joined);
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_global_and_file_store_outside_lambda() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.cloud, Cloud::Global);
+        assert_eq!(c.endpoints.login.as_str(), "https://login.microsoftonline.com/");
+        assert!(matches!(c.secrets.backend, SecretBackend::File { .. }));
+        assert_eq!(c.secrets.app_secret, "spbridge/app");
+        assert_eq!(c.secrets.connection_secret_name("x"), "spbridge/connections/x");
+    }
+
+    #[test]
+    fn lambda_defaults_to_secrets_manager() {
+        let c = cfg(&[(vars::LAMBDA_FUNCTION_NAME, "f")]).unwrap();
+        assert_eq!(c.secrets.backend, SecretBackend::Aws);
+    }
+
+    #[test]
+    fn cloud_picks_sovereign_defaults_and_overrides_win() {
+        let c = cfg(&[
+            (vars::CLOUD, "usgov-high"),
+            (vars::GRAPH_URL, "http://127.0.0.1:9000/graph/"),
+        ])
+        .unwrap();
+        assert_eq!(c.endpoints.login.host_str(), Some("login.microsoftonline.us"));
+        assert_eq!(c.endpoints.graph.as_str(), "http://127.0.0.1:9000/graph");
+        let c = cfg(&[(vars::CLOUD, "china")]).unwrap();
+        assert_eq!(c.endpoints.acs.host_str(), Some("accounts.accesscontrol.chinacloudapi.cn"));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = cfg(&[(vars::CLOUD, "mars")]).unwrap_err();
+        assert!(e.to_string().contains("SPBRIDGE_CLOUD"), "{e}");
+        let e = cfg(&[(vars::ACS_URL, "not a url")]).unwrap_err();
+        assert!(e.to_string().contains("SPBRIDGE_ACS_URL"), "{e}");
+        let e = cfg(&[(vars::HTTP_TIMEOUT, "soon")]).unwrap_err();
+        assert!(e.to_string().contains("SPBRIDGE_HTTP_TIMEOUT_SECS"), "{e}");
+        let e = cfg(&[(vars::SECRET_BACKEND, "vault")]).unwrap_err();
+        assert!(e.to_string().contains("SPBRIDGE_SECRET_BACKEND"), "{e}");
+        let e = cfg(&[(vars::LOGIN_URL, "ftp://x")]).unwrap_err();
+        assert!(e.to_string().contains("SPBRIDGE_LOGIN_URL"), "{e}");
+    }
+
+    #[test]
+    fn join_path_keeps_base_path() {
+        let base = Url::parse("https://h/discovery").unwrap();
+        assert_eq!(
+            join_path(&base, "/v1.0/me/services").as_str(),
+            "https://h/discovery/v1.0/me/services"
+        );
+    }
+}

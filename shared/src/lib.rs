@@ -1,0 +1,8 @@
+//! spbridge's shared library.
+//!
+//! Every Microsoft identity call, every upload and every secret read or write goes through this
+//! crate; the Lambda functions in `functions/` only wire it together.
+
+pub mod config;
+pub mod http;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! Tenant emulator (filled by the emulator issue).
