@@ -1,0 +1,18 @@
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use token_refresh::Trigger;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let state = token_refresh::init();
+    if let Err(e) = &state {
+        tracing::error!(error = %e, "configuration error; every run will fail naming it");
+    }
+    let state = &state;
+    run(service_fn(move |event: LambdaEvent<Trigger>| async move {
+        token_refresh::handle(state, event.payload)
+            .await
+            .map_err(Error::from)
+    }))
+    .await
+}

@@ -1,0 +1,1 @@
+//! Test support: starting moto and the emulator, loading events.
