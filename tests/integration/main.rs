@@ -1,1 +1,3 @@
 //! Integration tests, one binary made of modules.
+
+mod events;

@@ -11,7 +11,11 @@ pub struct State {
 
 /// Builds the state once per cold start. The error text names the bad variable.
 pub fn init() -> Result<State, String> {
-    let config = Config::from_env().map_err(|e| e.to_string())?;
+    init_with(Config::from_env().map_err(|e| e.to_string())?)
+}
+
+/// Builds the state from an already-read configuration.
+pub fn init_with(config: Config) -> Result<State, String> {
     let http = shared::http::build_client(&config.http).map_err(|e| e.to_string())?;
     Ok(State { config, http })
 }
