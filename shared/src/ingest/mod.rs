@@ -1,0 +1,1 @@
+//! Request-side building blocks of upload ingest: file and folder name rules and request bodies.
