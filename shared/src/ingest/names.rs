@@ -425,6 +425,20 @@ fn check_traversal_in_name(raw: &str) -> Result<(), NameError> {
     if has_encoded_traversal(raw) {
         return Err(NameError::Traversal(Traversal::PercentEncoded));
     }
+    // A separator alone is just an illegal character ("a/b.txt"), but one that climbs or roots
+    // the path is an attack.
+    if raw.contains(['/', '\\']) {
+        if raw.starts_with(['/', '\\']) {
+            return Err(NameError::Traversal(Traversal::Absolute));
+        }
+        if raw.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
+            return Err(NameError::Traversal(Traversal::DotSegment));
+        }
+    }
+    let b = raw.as_bytes();
+    if b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'/' | b'\\') {
+        return Err(NameError::Traversal(Traversal::DriveLetter));
+    }
     Ok(())
 }
 
@@ -775,6 +789,32 @@ mod tests {
                 "{raw}"
             );
         }
+        // Separators in a file name: plain ones are illegal characters, climbing ones traversal.
+        let name_cases: &[(&str, Traversal)] = &[
+            ("../x.txt", DotSegment),
+            ("a/../../x.txt", DotSegment),
+            ("..\\x.txt", DotSegment),
+            ("/etc/passwd", Absolute),
+            ("\\server\\x", Absolute),
+            ("C:\\x.txt", DriveLetter),
+            ("c:/x.txt", DriveLetter),
+        ];
+        for (raw, kind) in name_cases {
+            assert_eq!(
+                strict().file_name(raw),
+                Err(NameError::Traversal(*kind)),
+                "{raw}"
+            );
+            assert_eq!(
+                NamePolicy::new().sanitize(true).file_name(raw),
+                Err(NameError::Traversal(*kind)),
+                "sanitize {raw}"
+            );
+        }
+        assert_eq!(
+            strict().file_name("a/b.txt"),
+            Err(NameError::IllegalChar { ch: '/' })
+        );
         assert_eq!(strict().sub_path(""), Err(NameError::Empty), "empty folder");
     }
 
@@ -805,6 +845,7 @@ mod tests {
             ("x_vti_y_VTI_z", "x_vti-y_VTI-z"),
             ("tab\there", "tab_here"),
             ("a/b\\c", "a_b_c"),
+            ("C:x.txt", "C_x.txt"),
         ];
         for (raw, want) in cases {
             let got = p.file_name(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
