@@ -181,6 +181,11 @@ impl WebhookVerifier {
         }
     }
 
+    /// [`WebhookVerifier::verify`] at the current system time.
+    pub fn verify_now(&self, headers: &HeaderMap, body: &[u8]) -> Result<Verified, WebhookError> {
+        self.verify(headers, body, OffsetDateTime::now_utc())
+    }
+
     fn verify_standard(
         &self,
         headers: &HeaderMap,
@@ -700,6 +705,24 @@ mod tests {
             v.verify(&h, b"Hello, World!", at(0)),
             Err(WebhookError::SchemeNotEnabled("X-Hub-Signature-256"))
         );
+    }
+
+    #[test]
+    fn verify_now_uses_the_clock() {
+        let key = b"clock-test-key";
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let v = WebhookVerifier::standard(vec![WebhookSecret::from_raw(&key[..]).unwrap()]);
+        let fresh = spec_headers("msg_now", now, &sign(key, "msg_now", now, b"b"));
+        assert!(v.verify_now(&fresh, b"b").is_ok());
+        let stale = spec_headers(
+            "msg_old",
+            now - 3600,
+            &sign(key, "msg_old", now - 3600, b"b"),
+        );
+        assert!(matches!(
+            v.verify_now(&stale, b"b"),
+            Err(WebhookError::TooOld { .. })
+        ));
     }
 
     #[test]

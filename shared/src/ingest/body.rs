@@ -18,6 +18,10 @@
 //!   `{"path", "content_base64" | "source_url", "conflict", "metadata", "content_type"}` or an array
 //!   of them. `path` is the sub-folder and the name, e.g. `Invoices/2026/inv-17.pdf`.
 //!
+//! In a multipart body the file names come from the parts, so a `name` in the query or headers
+//! is not used; a JSON envelope carries its own path, conflict mode and metadata, so the query and
+//! headers are not used for those either.
+//!
 //! Limits are checked before anything large is allocated.
 
 use std::collections::BTreeMap;
