@@ -7,8 +7,9 @@
 //!   (`name` or `filename`), else `X-File-Name`, else `Content-Disposition: attachment;
 //!   filename*=UTF-8''…` / `filename=…`. `folder` and `conflict` come from the query or from
 //!   `X-Folder` / `X-Conflict`; metadata from `metadata.<field>` query parameters or
-//!   `X-Metadata-<field>` headers. The query wins over headers. Header values are taken literally
-//!   (never percent-decoded), so non-ASCII names belong in the query or in `filename*`. HTTP
+//!   `X-Metadata-<field>` headers. The query wins over headers. Like the query, `X-…` header
+//!   values are percent-decoded once (`X-File-Name: R%C3%A9sum%C3%A9.pdf` is `Résumé.pdf`), since
+//!   headers cannot reliably carry non-ASCII text; traversal checks run on the decoded value. HTTP
 //!   lower-cases header names, so metadata field names from headers arrive lower-case.
 //! * **`multipart/form-data`** — every part with a `filename` is a file; the fields `folder`,
 //!   `conflict` and `metadata.<field>` apply to all files and override the query and headers.
@@ -283,20 +284,20 @@ impl Params {
         }
 
         let mut h = Params::default();
-        if let Some(v) = header_text(headers, "x-file-name")? {
+        if let Some(v) = x_header(headers, "x-file-name")? {
             h.name = Some((v, "X-File-Name"));
         } else if let Some(v) = content_disposition_filename(headers, "Content-Disposition")? {
             h.name = Some((v, "Content-Disposition"));
         }
-        if let Some(v) = header_text(headers, "x-folder")? {
+        if let Some(v) = x_header(headers, "x-folder")? {
             h.folder = Some((v, "X-Folder"));
         }
-        if let Some(v) = header_text(headers, "x-conflict")? {
+        if let Some(v) = x_header(headers, "x-conflict")? {
             h.conflict = Some((v, "X-Conflict"));
         }
         for name in headers.keys() {
             if let Some(field) = name.as_str().strip_prefix("x-metadata-") {
-                if let Some(value) = header_text(headers, name.as_str())? {
+                if let Some(value) = x_header(headers, name.as_str())? {
                     insert_metadata(&mut h.metadata, field, value, name.as_str())?;
                 }
             }
@@ -395,6 +396,19 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Ingest
     let text = std::str::from_utf8(value.as_bytes())
         .map_err(|_| IngestError::bad_field(name, "header is not valid UTF-8"))?;
     Ok(Some(text.trim().to_owned()))
+}
+
+/// An `X-…` header's value, percent-decoded once (see the module docs).
+fn x_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, IngestError> {
+    let Some(raw) = header_text(headers, name)? else {
+        return Ok(None);
+    };
+    let decoded = percent_encoding::percent_decode_str(&raw)
+        .decode_utf8()
+        .map_err(|_| {
+            IngestError::bad_field(name, "percent-decoded header value is not valid UTF-8")
+        })?;
+    Ok(Some(decoded.into_owned()))
 }
 
 /// The file name of a `Content-Disposition` header: `filename*` (RFC 5987/8187) if present,
@@ -1034,6 +1048,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn x_headers_are_percent_decoded_once() {
+        let f = one(parse(
+            &[
+                ("x-file-name", "R%C3%A9sum%C3%A9%20100%25.pdf"),
+                ("x-folder", "Bewerbungen/M%C3%A4rz"),
+                ("x-metadata-owner", "Z%C3%BCrich"),
+                ("x-metadata-note", "50%off"),
+            ],
+            None,
+            "x",
+        )
+        .await
+        .unwrap());
+        assert_eq!(f.name.as_str(), "Résumé 100%.pdf");
+        assert_eq!(f.folder.unwrap().as_str(), "Bewerbungen/März");
+        assert_eq!(f.metadata["owner"], "Zürich");
+        // Not a valid escape: kept as it is.
+        assert_eq!(f.metadata["note"], "50%off");
+        let err = parse(&[("x-file-name", "bad%FF.txt")], None, "x")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            IngestError::bad_field(
+                "x-file-name",
+                "percent-decoded header value is not valid UTF-8"
+            )
+        );
+    }
+
+    #[tokio::test]
     async fn query_wins_over_headers() {
         let f = one(parse(
             &[
@@ -1128,17 +1173,23 @@ mod tests {
             );
             assert_eq!((err.status(), err.code()), (400, "invalid_path"));
         }
-        let err = parse(
-            &[("x-file-name", "a.txt"), ("x-folder", "%2e%2e")],
-            None,
-            "x",
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(
-            err,
-            IngestError::name("X-Folder", NameError::Traversal(Traversal::PercentEncoded))
-        );
+        // Headers are decoded once too, with the same outcome.
+        for (folder, kind) in [
+            ("%2e%2e", Traversal::DotSegment),
+            ("..%2Fx", Traversal::DotSegment),
+            ("%252e%252e", Traversal::PercentEncoded),
+            ("..%5c", Traversal::Backslash),
+            ("%00", Traversal::Nul),
+        ] {
+            let err = parse(&[("x-file-name", "a.txt"), ("x-folder", folder)], None, "x")
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err,
+                IngestError::name("X-Folder", NameError::Traversal(kind)),
+                "{folder}"
+            );
+        }
     }
 
     #[tokio::test]
