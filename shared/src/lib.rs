@@ -5,4 +5,6 @@
 
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod telemetry;
+pub mod webhook;
