@@ -1,7 +1,9 @@
 //! AWS Secrets Manager adapter.
 //!
 //! Compare-and-swap on Secrets Manager (details and the argument in `docs/secrets.md`):
-//! 1. `PutSecretValue` stages the new value under `AWSPENDING` only, so readers do not see it;
+//! 1. `PutSecretValue` stages the new value under our own label [`STAGED`] only, so readers do
+//!    not see it (not `AWSPENDING`: moto re-creates an `AWSPENDING` version on an identical
+//!    retry and strips `AWSCURRENT` from it, and the label means "rotation in progress");
 //!    its `ClientRequestToken` (the new version id) is derived from name, expected version and
 //!    value, so a retried write names the same version instead of making a second one.
 //! 2. `UpdateSecretVersionStage(AWSCURRENT, MoveToVersionId = new, RemoveFromVersionId =
@@ -21,7 +23,9 @@ use serde_json::Value;
 use super::{SecretError, SecretStore, VersionId, Versioned, request_token, validate_name};
 
 const AWSCURRENT: &str = "AWSCURRENT";
-const AWSPENDING: &str = "AWSPENDING";
+/// The staging label a written-but-not-yet-published version carries. Like every label it sits
+/// on at most one version; each write moves it to its own new version.
+pub const STAGED: &str = "SPBRIDGE_STAGED";
 
 /// Secrets Manager as a [`SecretStore`]. Reads always ask for `AWSCURRENT` explicitly.
 #[derive(Debug, Clone)]
@@ -120,7 +124,7 @@ impl AwsSecretStore {
             .secret_id(name)
             .secret_string(&body)
             .client_request_token(token.as_str())
-            .version_stages(AWSPENDING)
+            .version_stages(STAGED)
             .send()
             .await
             .map_err(|e| map_err(name, "stage", e))?;
