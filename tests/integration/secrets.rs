@@ -467,3 +467,75 @@ async fn concurrent_refreshes_keep_only_one_token_per_generation() {
     assert_eq!(stored.value.refresh_token.unwrap().expose_secret(), winner);
     assert_eq!(stored.value.generation, 2);
 }
+
+const FROM_CONFIG_CHILD: &str = "SPBRIDGE_TEST_FROM_CONFIG_SECRET";
+
+/// Runs itself in a child process whose environment is only what a Lambda would have, so
+/// `from_config` has to find moto through `AWS_ENDPOINT_URL_SECRETS_MANAGER`.
+#[tokio::test]
+async fn from_config_reaches_secrets_manager_through_the_endpoint_variable() {
+    if let Ok(name) = std::env::var(FROM_CONFIG_CHILD) {
+        let cfg = shared::config::Config::from_env().unwrap();
+        assert_eq!(cfg.secrets.backend, shared::config::SecretBackend::Aws);
+        let store = shared::secrets::from_config(&cfg).await.unwrap();
+        store
+            .put(&name, &json!({"via": "from_config"}), None)
+            .await
+            .unwrap();
+        assert_eq!(store.get(&name).await.unwrap().value["via"], "from_config");
+        return;
+    }
+
+    let moto = spbridge_tests::moto();
+    let name = format!("{}from-config", unique_prefix());
+    let exe = std::env::current_exe().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(exe);
+    child
+        .args([
+            "--exact",
+            "secrets::from_config_reaches_secrets_manager_through_the_endpoint_variable",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env_clear()
+        .env(FROM_CONFIG_CHILD, &name)
+        .env("HOME", home.path())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "spbridge-token-refresh")
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let out = tokio::task::spawn_blocking(move || child.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = moto_store().await.get(&name).await.unwrap();
+    assert_eq!(got.value, json!({"via": "from_config"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_follows_pagination_past_one_page() {
+    use futures_util::{StreamExt, TryStreamExt};
+    let store = moto_store().await;
+    let prefix = unique_prefix();
+    // ListSecrets pages hold at most 100 names.
+    let names: Vec<String> = (0..130)
+        .map(|i| format!("{prefix}connections/c{i:03}"))
+        .collect();
+    let empty = json!({});
+    futures_util::stream::iter(names.iter())
+        .map(|n| store.put(n, &empty, None))
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert_eq!(store.list(&prefix).await.unwrap(), names);
+}

@@ -56,6 +56,7 @@ impl AwsSecretStore {
         &self.client
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(secret = name))]
     async fn get_impl(&self, name: &str) -> Result<Versioned<Value>, SecretError> {
         validate_name(name)?;
         let out = self
@@ -82,6 +83,7 @@ impl AwsSecretStore {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(secret = name, expected = ?expected))]
     async fn put_impl(
         &self,
         name: &str,

@@ -162,6 +162,9 @@ pub enum UpdateError<E> {
 
 /// Read → change → compare-and-swap write, retried on conflict up to `max_attempts` rounds.
 ///
+/// Throttling answers are retried too (within the same `max_attempts` budget), after the pause
+/// the store asked for, capped at [`MAX_THROTTLE_PAUSE`].
+///
 /// `change` sees the current value (`None` if the secret does not exist) and returns the new
 /// value, or `None` to leave it as is. It may run several times, so it must not have side
 /// effects beyond computing the value. A secret that disappears mid-way is treated like a
@@ -182,6 +185,10 @@ where
         let current = match store.get(name).await {
             Ok(v) => Some(v),
             Err(SecretError::NotFound { .. }) => None,
+            Err(SecretError::Throttled { retry_after, .. }) if attempt < max_attempts => {
+                throttle_pause(name, attempt, retry_after).await;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         let next =
@@ -219,10 +226,30 @@ where
                 tracing::debug!(secret = name, attempt, error = %e, "secret write lost a race; retrying");
                 tokio::time::sleep(backoff(attempt)).await;
             }
+            Err(SecretError::Throttled { retry_after, .. }) if attempt < max_attempts => {
+                throttle_pause(name, attempt, retry_after).await;
+            }
             Err(e) => return Err(e.into()),
         }
     }
 }
+
+/// Waits as long as the store asked (at most [`MAX_THROTTLE_PAUSE`]), else a short backoff.
+async fn throttle_pause(name: &str, attempt: u32, retry_after: Option<Duration>) {
+    let pause = retry_after
+        .unwrap_or_else(|| backoff(attempt) * 4)
+        .min(MAX_THROTTLE_PAUSE);
+    tracing::warn!(
+        secret = name,
+        attempt,
+        ?pause,
+        "secret store throttled; retrying"
+    );
+    tokio::time::sleep(pause).await;
+}
+
+/// The longest [`update`] sleeps for one throttling answer; Lambda time is billed.
+pub const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(5);
 
 /// Short, jittered pause between lost races so the losers do not collide again in lockstep.
 fn backoff(attempt: u32) -> Duration {
@@ -374,6 +401,174 @@ mod tests {
             request_token("a", Some(&VersionId::new("bc")), b"")
         );
         assert_eq!(t.as_str().len(), 36);
+    }
+
+    /// A store that throttles its first `throttles` calls, then behaves like the file store.
+    struct Flaky {
+        inner: FileSecretStore,
+        throttles: std::sync::atomic::AtomicU32,
+    }
+
+    impl Flaky {
+        fn throttled(&self, name: &str) -> Result<(), SecretError> {
+            use std::sync::atomic::Ordering;
+            let left = self.throttles.load(Ordering::SeqCst);
+            if left > 0 {
+                self.throttles.store(left - 1, Ordering::SeqCst);
+                return Err(SecretError::Throttled {
+                    name: name.to_owned(),
+                    retry_after: Some(Duration::from_millis(20)),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl SecretStore for Flaky {
+        fn get<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Versioned<Value>, SecretError>> {
+            Box::pin(async move {
+                self.throttled(name)?;
+                self.inner.get(name).await
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            name: &'a str,
+            value: &'a Value,
+            expected: Option<&'a VersionId>,
+        ) -> BoxFuture<'a, Result<VersionId, SecretError>> {
+            Box::pin(async move {
+                self.throttled(name)?;
+                self.inner.put(name, value, expected).await
+            })
+        }
+        fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, SecretError>> {
+            self.inner.list(prefix)
+        }
+    }
+
+    #[tokio::test]
+    async fn update_retries_throttling_within_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Flaky {
+            inner: FileSecretStore::open(dir.path()).unwrap(),
+            throttles: 2.into(),
+        };
+        let out = update(&store, "s", 3, |_| {
+            Ok::<_, String>(Some(serde_json::json!(1)))
+        })
+        .await
+        .unwrap();
+        assert_eq!((out.written, out.attempts), (true, 3));
+
+        store
+            .throttles
+            .store(5, std::sync::atomic::Ordering::SeqCst);
+        let e = update(&store, "s", 3, |_| {
+            Ok::<_, String>(Some(serde_json::json!(2)))
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, UpdateError::Secret(SecretError::Throttled { .. })),
+            "{e}"
+        );
+    }
+
+    /// Someone else always writes between our read and our write.
+    struct Interfering(FileSecretStore, std::sync::atomic::AtomicU32);
+
+    impl SecretStore for Interfering {
+        fn get<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Versioned<Value>, SecretError>> {
+            self.0.get(name)
+        }
+        fn put<'a>(
+            &'a self,
+            name: &'a str,
+            value: &'a Value,
+            expected: Option<&'a VersionId>,
+        ) -> BoxFuture<'a, Result<VersionId, SecretError>> {
+            Box::pin(async move {
+                let n = self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let cur = self.0.get(name).await.ok().map(|v| v.version);
+                self.0
+                    .put(name, &serde_json::json!({"other": n}), cur.as_ref())
+                    .await?;
+                self.0.put(name, value, expected).await
+            })
+        }
+        fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, SecretError>> {
+            self.0.list(prefix)
+        }
+    }
+
+    #[tokio::test]
+    async fn update_gives_up_with_conflict_after_max_attempts_and_skips_no_op_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = FileSecretStore::open(dir.path()).unwrap();
+        let store = Interfering(plain.clone(), 0.into());
+        let mut rounds = 0;
+        let result = update(&store, "s", 3, |_| {
+            rounds += 1;
+            Ok::<_, String>(Some(serde_json::json!("mine")))
+        })
+        .await;
+        assert!(
+            matches!(
+                result,
+                Err(UpdateError::Secret(SecretError::Conflict { .. }))
+            ),
+            "{result:?}"
+        );
+        assert_eq!(rounds, 3);
+        assert_eq!(
+            plain.get("s").await.unwrap().value,
+            serde_json::json!({"other": 2})
+        );
+
+        let out = update(&plain, "s", 3, |_| Ok::<_, String>(None))
+            .await
+            .unwrap();
+        assert!(!out.written);
+        assert_eq!(out.current.unwrap().value, serde_json::json!({"other": 2}));
+
+        let e = update(&plain, "s", 3, |_| Err::<Option<Value>, _>("refused"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                UpdateError::Rejected {
+                    source: "refused",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "update of secret s rejected: refused");
+    }
+
+    #[tokio::test]
+    async fn from_config_builds_the_file_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets");
+        let cfg = Config::from_lookup(|k| {
+            (k == crate::config::vars::SECRET_DIR).then(|| path.display().to_string())
+        })
+        .unwrap();
+        let store = from_config(&cfg).await.unwrap();
+        let v = store
+            .put("spbridge/app", &serde_json::json!({"client_id": "c"}), None)
+            .await
+            .unwrap();
+        assert_eq!(store.get("spbridge/app").await.unwrap().version, v);
+        assert!(path.join("spbridge%2Fapp.json").is_file());
     }
 
     #[test]
