@@ -9,16 +9,26 @@ use super::VersionId;
 pub enum SecretError {
     /// No secret by that name (or, for a read, no current value).
     #[error("secret {name} not found")]
-    NotFound { name: String },
+    NotFound {
+        /// The secret.
+        name: String,
+    },
 
     /// The store refused access (IAM policy, KMS key policy, file permissions).
     #[error("access to secret {name} denied: {message}")]
-    AccessDenied { name: String, message: String },
+    AccessDenied {
+        /// The secret.
+        name: String,
+        /// The store's explanation.
+        message: String,
+    },
 
     /// The store asked us to slow down; retry after `retry_after` if it said when.
     #[error("secret store throttled a request for {name}")]
     Throttled {
+        /// The secret.
         name: String,
+        /// How long the store asked us to wait, if it said.
         retry_after: Option<Duration>,
     },
 
@@ -26,25 +36,41 @@ pub enum SecretError {
     /// (`None`: it was to be created but already exists). Read again and retry.
     #[error("secret {name} was changed concurrently (expected version {})", expected.as_ref().map_or("none", |v| v.as_str()))]
     Conflict {
+        /// The secret.
         name: String,
+        /// The version the write was based on (`None`: it was a create).
         expected: Option<VersionId>,
     },
 
     /// The stored value is not JSON, or not the shape the schema wants.
     /// `reason` is scrubbed of quoted values so it cannot leak the secret.
     #[error("secret {name} holds invalid data: {reason}")]
-    InvalidJson { name: String, reason: String },
+    InvalidJson {
+        /// The secret.
+        name: String,
+        /// What is wrong, without the data.
+        reason: String,
+    },
 
     /// The secret name itself is unusable.
     #[error("invalid secret name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
+    InvalidName {
+        /// The name as given (at most 600 characters of it).
+        name: String,
+        /// The rule it breaks.
+        reason: String,
+    },
 
     /// Anything else the backend reported; keeps its error code when it had one.
     #[error("secret store failed to {op} {name}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
     Backend {
+        /// The secret (or the prefix, for a list).
         name: String,
+        /// What we were doing: `read`, `stage`, `publish`, `create`, `list`, …
         op: &'static str,
+        /// The backend's error code, e.g. `LimitExceededException`.
         code: Option<String>,
+        /// The backend's message.
         message: String,
     },
 }

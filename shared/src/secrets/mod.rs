@@ -154,7 +154,9 @@ pub enum UpdateError<E> {
     /// The change function refused the current value.
     #[error("update of secret {name} rejected: {source}")]
     Rejected {
+        /// The secret.
         name: String,
+        /// The change function's error.
         #[source]
         source: E,
     },
