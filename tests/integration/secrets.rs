@@ -539,3 +539,125 @@ async fn list_follows_pagination_past_one_page() {
         .unwrap();
     assert_eq!(store.list(&prefix).await.unwrap(), names);
 }
+
+/// Answers every request with one canned HTTP response, for errors moto cannot produce.
+async fn canned_server(status: u16, body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the request head and its body, then answer and close.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+async fn store_at(url: &str) -> AwsSecretStore {
+    AwsSecretStore::from_client(spbridge_tests::secrets_client(url, false).await)
+}
+
+#[tokio::test]
+async fn service_errors_map_to_typed_errors_without_leaking_bodies() {
+    let url = canned_server(
+        400,
+        r#"{"__type":"AccessDeniedException","message":"User is not authorized to perform secretsmanager:GetSecretValue"}"#,
+    )
+    .await;
+    let e = store_at(&url).await.get("spbridge/app").await.unwrap_err();
+    match &e {
+        SecretError::AccessDenied { name, message } => {
+            assert_eq!(name, "spbridge/app");
+            assert!(
+                message.contains("secretsmanager:GetSecretValue"),
+                "{message}"
+            );
+        }
+        other => panic!("expected AccessDenied, got {other:?}"),
+    }
+
+    let url = canned_server(
+        400,
+        r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+    )
+    .await;
+    let e = store_at(&url)
+        .await
+        .put("s", &json!(1), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SecretError::Throttled { .. }), "{e:?}");
+
+    let url = canned_server(
+        400,
+        r#"{"__type":"LimitExceededException","message":"too many versions"}"#,
+    )
+    .await;
+    let e = store_at(&url).await.get("s").await.unwrap_err();
+    match &e {
+        SecretError::Backend { code, op, .. } => {
+            assert_eq!(code.as_deref(), Some("LimitExceededException"));
+            assert_eq!(*op, "read");
+        }
+        other => panic!("expected Backend, got {other:?}"),
+    }
+
+    // A response the SDK cannot parse carries the body; the error must not.
+    let url = canned_server(
+        200,
+        r#"{"Name":"s","VersionId":["x"],"SecretString":"hunter2-in-the-body"}"#,
+    )
+    .await;
+    let e = store_at(&url).await.get("s").await.unwrap_err();
+    assert!(
+        matches!(e, SecretError::Backend { code: None, .. }),
+        "{e:?}"
+    );
+    assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+
+    // Nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = store_at(&format!("http://127.0.0.1:{port}"))
+        .await
+        .get("s")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, SecretError::Backend { code: None, .. }),
+        "{e:?}"
+    );
+}

@@ -14,7 +14,7 @@ use std::{
 use aws_config::BehaviorVersion;
 use aws_sdk_secretsmanager::{
     Client,
-    config::{Credentials, Region},
+    config::{Credentials, Region, retry::RetryConfig},
 };
 use shared::secrets::AwsSecretStore;
 
@@ -132,7 +132,12 @@ fn probe(addr: &str) -> std::io::Result<()> {
 /// A Secrets Manager client for moto: region us-east-1, dummy static credentials, endpoint set
 /// on the client itself so no `AWS_*` variable in the environment can redirect it.
 pub async fn moto_client() -> Client {
-    let moto = moto();
+    secrets_client(moto().url(), true).await
+}
+
+/// A Secrets Manager client for any local endpoint (moto, or a canned-response server), with
+/// the SDK's standard retries or none.
+pub async fn secrets_client(endpoint: &str, retries: bool) -> Client {
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(
@@ -144,10 +149,11 @@ pub async fn moto_client() -> Client {
         ))
         .load()
         .await;
-    let conf = aws_sdk_secretsmanager::config::Builder::from(&sdk)
-        .endpoint_url(moto.url())
-        .build();
-    Client::from_conf(conf)
+    let mut conf = aws_sdk_secretsmanager::config::Builder::from(&sdk).endpoint_url(endpoint);
+    if !retries {
+        conf = conf.retry_config(RetryConfig::disabled());
+    }
+    Client::from_conf(conf.build())
 }
 
 /// The production Secrets Manager adapter, pointed at moto.

@@ -14,7 +14,7 @@
 
 use aws_sdk_secretsmanager::{
     Client,
-    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    error::{ProvideErrorMetadata, SdkError},
     types::{Filter, FilterNameStringType},
 };
 use futures_util::future::BoxFuture;
@@ -231,6 +231,19 @@ impl SecretStore for AwsSecretStore {
     }
 }
 
+/// The Display text of an error and its sources. Not `DisplayErrorContext`: that appends the
+/// error's `Debug`, which for a response error includes the raw body, i.e. possibly the secret.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 fn code_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
     e.as_service_error().and_then(|s| s.code())
 }
@@ -239,7 +252,7 @@ fn code_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
 fn map_err<E, R>(name: &str, op: &'static str, e: SdkError<E, R>) -> SecretError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let name = name.to_owned();
     let Some(service) = e.as_service_error() else {
@@ -248,11 +261,15 @@ where
             name,
             op,
             code: None,
-            message: DisplayErrorContext(&e).to_string(),
+            message: error_chain(&e),
         };
     };
     let code = service.code().map(str::to_owned);
-    let message = service.message().unwrap_or_default().to_owned();
+    let message = match service.message() {
+        Some(m) => m.to_owned(),
+        // An answer the SDK could not make sense of (no error code): say why it failed.
+        None => error_chain(&e),
+    };
     match code.as_deref() {
         Some("ResourceNotFoundException") => SecretError::NotFound { name },
         Some("AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException") => {
