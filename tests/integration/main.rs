@@ -1,3 +1,4 @@
 //! Integration tests, one binary made of modules.
 
 mod events;
+mod secrets;

@@ -1,1 +1,167 @@
 //! Test support: starting moto and the emulator, loading events.
+//!
+//! [`moto()`] gives every test in the process one moto server (Secrets Manager API over a real
+//! socket); [`moto_store()`] and [`moto_client()`] point the AWS SDK at it with dummy credentials.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_secretsmanager::{
+    Client,
+    config::{Credentials, Region, retry::RetryConfig},
+};
+use shared::secrets::AwsSecretStore;
+
+/// Use this moto instead of starting one (e.g. `http://127.0.0.1:5000`).
+pub const MOTO_URL_VAR: &str = "SPBRIDGE_TEST_MOTO_URL";
+/// Path of the `moto_server` executable; default: `moto_server` from `PATH`.
+pub const MOTO_SERVER_VAR: &str = "SPBRIDGE_MOTO_SERVER";
+
+/// A running moto server.
+#[derive(Debug)]
+pub struct MotoHandle {
+    url: String,
+}
+
+impl MotoHandle {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+static MOTO: OnceLock<MotoHandle> = OnceLock::new();
+
+/// The process-wide moto server: `$SPBRIDGE_TEST_MOTO_URL` if set, otherwise a
+/// `moto_server` started on a free port on first use.
+///
+/// The server is watched by a tiny shell loop that kills it once this test process is gone
+/// (statics are never dropped, and a crashed or killed test run must not leave moto behind).
+pub fn moto() -> &'static MotoHandle {
+    MOTO.get_or_init(|| {
+        let given = std::env::var(MOTO_URL_VAR).unwrap_or_default();
+        if !given.trim().is_empty() {
+            let url = given.trim().trim_end_matches('/').to_owned();
+            wait_until_up(&url, Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{MOTO_URL_VAR}={url} does not answer: {e}"));
+            return MotoHandle { url };
+        }
+        let bin = std::env::var(MOTO_SERVER_VAR).unwrap_or_else(|_| "moto_server".to_owned());
+        let mut last_error = String::new();
+        // A free port can be taken between probing and moto binding it; try a few.
+        for _ in 0..3 {
+            let port = free_port();
+            spawn_watched(&bin, port);
+            let url = format!("http://127.0.0.1:{port}");
+            match wait_until_up(&url, Duration::from_secs(30)) {
+                Ok(()) => return MotoHandle { url },
+                Err(e) => last_error = e,
+            }
+        }
+        panic!(
+            "could not start {bin} (put moto[server] on PATH, or set {MOTO_SERVER_VAR} or \
+             {MOTO_URL_VAR}): {last_error}"
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free local port: {e}"))
+}
+
+/// Starts `bin` under a shell that kills it when this process (or moto itself) exits.
+fn spawn_watched(bin: &str, port: u16) {
+    let script = r#"
+        "$1" -H 127.0.0.1 -p "$2" >/dev/null 2>&1 &
+        moto=$!
+        while kill -0 "$3" 2>/dev/null && kill -0 "$moto" 2>/dev/null; do sleep 0.5; done
+        kill "$moto" 2>/dev/null
+    "#;
+    let mut watcher = Command::new("sh")
+        .args(["-c", script, "spbridge-moto-watch", bin, &port.to_string()])
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run sh to start {bin}: {e}"));
+    // Reap the watcher if moto dies early, so it does not linger as a zombie.
+    std::thread::spawn(move || watcher.wait());
+}
+
+/// Polls until an HTTP request to `url` gets an HTTP answer.
+fn wait_until_up(url: &str, within: Duration) -> Result<(), String> {
+    let addr = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url} is not an http:// URL"))?
+        .trim_end_matches('/');
+    let deadline = Instant::now() + within;
+    let mut last = String::from("not tried");
+    while Instant::now() < deadline {
+        match probe(addr) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("no answer within {within:?}: {last}"))
+}
+
+fn probe(addr: &str) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head)?;
+    if &head == b"HTTP/" {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not an HTTP answer"))
+    }
+}
+
+/// A Secrets Manager client for moto: region us-east-1, dummy static credentials, endpoint set
+/// on the client itself so no `AWS_*` variable in the environment can redirect it.
+pub async fn moto_client() -> Client {
+    secrets_client(moto().url(), true).await
+}
+
+/// A Secrets Manager client for any local endpoint (moto, or a canned-response server), with
+/// the SDK's standard retries or none.
+pub async fn secrets_client(endpoint: &str, retries: bool) -> Client {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "spbridge-tests",
+        ))
+        .load()
+        .await;
+    let mut conf = aws_sdk_secretsmanager::config::Builder::from(&sdk).endpoint_url(endpoint);
+    if !retries {
+        conf = conf.retry_config(RetryConfig::disabled());
+    }
+    Client::from_conf(conf.build())
+}
+
+/// The production Secrets Manager adapter, pointed at moto.
+pub async fn moto_store() -> AwsSecretStore {
+    AwsSecretStore::from_client(moto_client().await)
+}
+
+/// A secret-name prefix no other test uses, e.g. `spbridge-test/3f2a…/`.
+pub fn unique_prefix() -> String {
+    format!("spbridge-test/{}/", uuid::Uuid::new_v4().simple())
+}

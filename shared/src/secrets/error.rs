@@ -1,0 +1,156 @@
+//! The one error type every secret-store operation returns.
+
+use std::time::Duration;
+
+use super::VersionId;
+
+/// Why a secret-store operation failed. Messages name the secret, never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// No secret by that name (or, for a read, no current value).
+    #[error("secret {name} not found")]
+    NotFound {
+        /// The secret.
+        name: String,
+    },
+
+    /// The store refused access (IAM policy, KMS key policy, file permissions).
+    #[error("access to secret {name} denied: {message}")]
+    AccessDenied {
+        /// The secret.
+        name: String,
+        /// The store's explanation.
+        message: String,
+    },
+
+    /// The store asked us to slow down; retry after `retry_after` if it said when.
+    #[error("secret store throttled a request for {name}")]
+    Throttled {
+        /// The secret.
+        name: String,
+        /// How long the store asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+
+    /// A compare-and-swap write lost: the secret is no longer at `expected`
+    /// (`None`: it was to be created but already exists). Read again and retry.
+    #[error("secret {name} was changed concurrently (expected version {})", expected.as_ref().map_or("none", |v| v.as_str()))]
+    Conflict {
+        /// The secret.
+        name: String,
+        /// The version the write was based on (`None`: it was a create).
+        expected: Option<VersionId>,
+    },
+
+    /// The stored value is not JSON, or not the shape the schema wants.
+    /// `reason` is scrubbed of quoted values so it cannot leak the secret.
+    #[error("secret {name} holds invalid data: {reason}")]
+    InvalidJson {
+        /// The secret.
+        name: String,
+        /// What is wrong, without the data.
+        reason: String,
+    },
+
+    /// The secret name itself is unusable.
+    #[error("invalid secret name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given (at most 600 characters of it).
+        name: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+
+    /// Anything else the backend reported; keeps its error code when it had one.
+    #[error("secret store failed to {op} {name}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    Backend {
+        /// The secret (or the prefix, for a list).
+        name: String,
+        /// What we were doing: `read`, `stage`, `publish`, `create`, `list`, …
+        op: &'static str,
+        /// The backend's error code, e.g. `LimitExceededException`.
+        code: Option<String>,
+        /// The backend's message.
+        message: String,
+    },
+}
+
+impl SecretError {
+    /// The secret the error is about.
+    pub fn name(&self) -> &str {
+        match self {
+            SecretError::NotFound { name }
+            | SecretError::AccessDenied { name, .. }
+            | SecretError::Throttled { name, .. }
+            | SecretError::Conflict { name, .. }
+            | SecretError::InvalidJson { name, .. }
+            | SecretError::InvalidName { name, .. }
+            | SecretError::Backend { name, .. } => name,
+        }
+    }
+
+    /// Whether the caller should re-read and retry (a lost compare-and-swap).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, SecretError::Conflict { .. })
+    }
+
+    /// Builds [`SecretError::InvalidJson`] from a serde error without echoing the data.
+    pub(crate) fn invalid_json(name: &str, err: &serde_json::Error) -> Self {
+        SecretError::InvalidJson {
+            name: name.to_owned(),
+            reason: scrub(&err.to_string()),
+        }
+    }
+}
+
+/// serde_json quotes offending values (`invalid type: string "hunter2"`); drop anything quoted.
+/// Field names come in backticks and are kept, which is what makes the message useful.
+fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quotes = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !in_quotes {
+                out.push_str("\"…\"");
+            }
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_json_reason_keeps_field_names_but_not_values() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct S {
+            n: Vec<u8>,
+        }
+        let err = serde_json::from_str::<S>(r#"{"n": "hunter2"}"#).unwrap_err();
+        let e = SecretError::invalid_json("spbridge/app", &err);
+        let msg = e.to_string();
+        assert!(msg.contains("spbridge/app"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let err = serde_json::from_str::<S>(r#"{}"#).unwrap_err();
+        let msg = SecretError::invalid_json("x", &err).to_string();
+        assert!(msg.contains("`n`"), "{msg}");
+    }
+
+    #[test]
+    fn conflict_message_names_secret_and_version() {
+        let e = SecretError::Conflict {
+            name: "a/b".into(),
+            expected: Some(VersionId::new("v1")),
+        };
+        assert_eq!(
+            e.to_string(),
+            "secret a/b was changed concurrently (expected version v1)"
+        );
+    }
+}

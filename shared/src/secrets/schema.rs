@@ -1,0 +1,528 @@
+//! The JSON shapes spbridge keeps in the secret store (documented with examples in
+//! `docs/secrets.md`).
+//!
+//! Every secret field is a [`SecretString`]: `Debug` prints a redaction marker, and the value is
+//! exposed only by the serde functions below, i.e. only when the secret is written to the store.
+
+use std::fmt;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use url::Url;
+
+use super::{SecretError, SecretStore, UpdateError, VersionId, Versioned, get_typed, update_typed};
+use crate::config::SecretsConfig;
+
+/// The app registration's credentials: `{prefix}app`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppCredential {
+    /// Application (client) id.
+    pub client_id: String,
+    /// Client secret, if the app authenticates with one.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    pub client_secret: Option<SecretString>,
+    /// A second client secret accepted during rollover; tried when the first is rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    pub secondary_client_secret: Option<SecretString>,
+    /// Public certificate (PEM) for certificate credentials / ACS app-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
+    /// Private key (PEM) matching `certificate_pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    pub private_key_pem: Option<SecretString>,
+    /// Entra / Azure AD tenant id (GUID) or domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// ACS realm (the tenant GUID as SharePoint names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+}
+
+impl AppCredential {
+    /// Checks the combinations a token request needs; the reason names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.client_id.trim().is_empty() {
+            return Err("client_id is empty".into());
+        }
+        match (&self.certificate_pem, &self.private_key_pem) {
+            (Some(_), None) => return Err("certificate_pem needs private_key_pem".into()),
+            (None, Some(_)) => return Err("private_key_pem needs certificate_pem".into()),
+            _ => {}
+        }
+        if self.client_secret.is_none() && self.certificate_pem.is_none() {
+            return Err("needs client_secret or certificate_pem + private_key_pem".into());
+        }
+        Ok(())
+    }
+}
+
+/// Webhook signing secrets: `{prefix}webhook`, e.g. `{"secrets": ["whsec_…"]}`. Several are
+/// accepted at once so a secret can be rolled without downtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookSecrets {
+    /// Every currently valid signing secret, newest first.
+    #[serde(with = "secret_vec")]
+    pub secrets: Vec<SecretString>,
+}
+
+/// Which Microsoft identity system issued a connection's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// SharePoint add-in / Azure ACS.
+    Acs,
+    /// Azure AD v1 endpoint (resource-based, multi-resource refresh tokens).
+    AadV1,
+    /// Microsoft identity platform (v2, scopes).
+    Entra,
+    /// Microsoft account (consumer OneDrive).
+    Msa,
+}
+
+/// Whether tokens act for a user or for the app itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// A user consented; the connection holds their refresh token.
+    Delegated,
+    /// The app's own credentials; no refresh token.
+    AppOnly,
+}
+
+/// Where uploads for a connection land.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// A SharePoint document library, through the SharePoint REST API.
+    Sharepoint {
+        /// The site, e.g. `https://contoso.sharepoint.com/sites/ops`.
+        site_url: Url,
+        /// Library title or server-relative URL, e.g. `Shared Documents`.
+        library: String,
+        /// Folder inside the library; empty for its root.
+        #[serde(default)]
+        base_folder: String,
+    },
+    /// A drive, through Microsoft Graph.
+    Drive {
+        /// `me` for the signed-in user's OneDrive, else a Graph drive id.
+        drive_id: DriveRef,
+    },
+}
+
+/// A Graph drive: the user's own (`"me"`) or one by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DriveRef {
+    /// `/me/drive`.
+    Me,
+    /// `/drives/{id}`.
+    Id(String),
+}
+
+impl TryFrom<String> for DriveRef {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.trim() {
+            "" => Err("drive_id is empty".into()),
+            "me" => Ok(DriveRef::Me),
+            id => Ok(DriveRef::Id(id.to_owned())),
+        }
+    }
+}
+
+impl From<DriveRef> for String {
+    fn from(d: DriveRef) -> String {
+        match d {
+            DriveRef::Me => "me".into(),
+            DriveRef::Id(id) => id,
+        }
+    }
+}
+
+/// Whether a connection can still get tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// Tokens refresh normally.
+    Active,
+    /// The refresh token was rejected (revoked, expired, consent withdrawn): a user must consent again.
+    NeedsConsent,
+}
+
+/// One connection to a Microsoft tenant and upload target: `{prefix}connections/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionSecret {
+    /// The identity system.
+    pub provider: Provider,
+    /// Delegated or app-only.
+    pub auth: AuthKind,
+    /// Where files go.
+    pub target: Target,
+    /// The current refresh token (delegated connections).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    pub refresh_token: Option<SecretString>,
+    /// When `refresh_token` was issued.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub refresh_token_issued_at: Option<OffsetDateTime>,
+    /// When the last access token obtained with it expires.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub access_token_expires_at: Option<OffsetDateTime>,
+    /// When token-refresh last succeeded.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_refreshed_at: Option<OffsetDateTime>,
+    /// Whether the connection works.
+    pub status: ConnectionStatus,
+    /// Microsoft's error code behind the status, e.g. `invalid_grant` / `AADSTS700082`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<String>,
+    /// When the status last changed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub status_at: Option<OffsetDateTime>,
+    /// Azure AD v1: resources the multi-resource refresh token has been redeemed for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// Entra / MSA: scopes granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Tenant (Entra, Azure AD v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// ACS realm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Who consented (UPN or MSA e-mail), for humans reading the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Incremented by every write; a write whose generation is not above the stored one is
+    /// refused, so an older token never overwrites a newer one.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// How [`save_connection`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// Written at this version.
+    Saved(VersionId),
+    /// Not written: the store already holds this generation or a newer one.
+    Stale {
+        /// The generation found in the store.
+        stored_generation: u64,
+    },
+}
+
+/// Reads the app credential named by `cfg.app_secret`.
+pub async fn app_credential(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+) -> Result<Versioned<AppCredential>, SecretError> {
+    let cred = get_typed::<AppCredential>(store, &cfg.app_secret).await?;
+    cred.value
+        .validate()
+        .map_err(|reason| SecretError::InvalidJson {
+            name: cfg.app_secret.clone(),
+            reason,
+        })?;
+    Ok(cred)
+}
+
+/// Reads the webhook signing secrets named by `cfg.webhook_secret`.
+pub async fn webhook_secrets(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+) -> Result<Versioned<WebhookSecrets>, SecretError> {
+    let s = get_typed::<WebhookSecrets>(store, &cfg.webhook_secret).await?;
+    if s.value.secrets.is_empty() {
+        return Err(SecretError::InvalidJson {
+            name: cfg.webhook_secret.clone(),
+            reason: "secrets is empty".into(),
+        });
+    }
+    Ok(s)
+}
+
+/// Reads connection `id`.
+pub async fn connection(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+    id: &str,
+) -> Result<Versioned<ConnectionSecret>, SecretError> {
+    get_typed(store, &cfg.connection_secret_name(id)).await
+}
+
+/// Writes connection `id` unless the store already holds `conn.generation` or newer.
+///
+/// The caller sets `conn.generation` to one more than the generation it read before calling
+/// Microsoft, so of two concurrent refreshes only the first to land is kept; the other gets
+/// [`SaveOutcome::Stale`]. Lost compare-and-swap races are retried up to `max_attempts` times.
+pub async fn save_connection(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+    id: &str,
+    conn: &ConnectionSecret,
+    max_attempts: u32,
+) -> Result<SaveOutcome, SecretError> {
+    let name = cfg.connection_secret_name(id);
+    let mut stale = None;
+    let outcome = update_typed::<ConnectionSecret, std::convert::Infallible, _>(
+        store,
+        &name,
+        max_attempts,
+        |current| {
+            stale = current
+                .map(|c| c.generation)
+                .filter(|&stored| stored >= conn.generation);
+            Ok(stale.is_none().then(|| conn.clone()))
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        UpdateError::Secret(e) => e,
+        UpdateError::Rejected { source, .. } => match source {},
+    })?;
+    match (stale, outcome.current) {
+        (Some(stored_generation), _) => Ok(SaveOutcome::Stale { stored_generation }),
+        (None, Some(v)) if outcome.written => Ok(SaveOutcome::Saved(v.version)),
+        _ => Err(SecretError::Backend {
+            name,
+            op: "save",
+            code: None,
+            message: "write reported no new version".into(),
+        }),
+    }
+}
+
+/// Serde for `Option<SecretString>`: the one place the value is exposed, to be stored.
+mod secret_opt {
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(secret) => s.serialize_some(secret.expose_secret()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
+    }
+}
+
+/// Serde for `Vec<SecretString>`.
+mod secret_vec {
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for secret in v {
+            seq.serialize_element(secret.expose_secret())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+        Ok(Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(SecretString::from)
+            .collect())
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Provider::Acs => "acs",
+            Provider::AadV1 => "aad_v1",
+            Provider::Entra => "entra",
+            Provider::Msa => "msa",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use secrecy::ExposeSecret;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        secrets::{FileSecretStore, put_typed},
+    };
+
+    fn connection_json() -> serde_json::Value {
+        json!({
+            "provider": "aad_v1",
+            "auth": "delegated",
+            "target": {"kind": "sharepoint", "site_url": "https://contoso.sharepoint.com/sites/ops",
+                       "library": "Shared Documents", "base_folder": "inbox"},
+            "refresh_token": "0.AAAA-refresh-secret",
+            "refresh_token_issued_at": "2026-11-22T06:00:00Z",
+            "access_token_expires_at": "2026-11-22T07:00:00Z",
+            "status": "active",
+            "resources": ["https://contoso.sharepoint.com"],
+            "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "account": "ops@contoso.com",
+            "generation": 3
+        })
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret_field() {
+        let app: AppCredential = serde_json::from_value(json!({
+            "client_id": "c1", "client_secret": "cs-secret", "secondary_client_secret": "cs2-secret",
+            "certificate_pem": "-----BEGIN CERTIFICATE-----", "private_key_pem": "pk-secret"
+        }))
+        .unwrap();
+        let conn: ConnectionSecret = serde_json::from_value(connection_json()).unwrap();
+        let hooks: WebhookSecrets =
+            serde_json::from_value(json!({"secrets": ["whsec_one", "whsec_two"]})).unwrap();
+        let dbg = format!("{app:?} {conn:?} {hooks:?}");
+        for secret in [
+            "cs-secret",
+            "cs2-secret",
+            "pk-secret",
+            "refresh-secret",
+            "whsec_",
+        ] {
+            assert!(!dbg.contains(secret), "{secret} leaked: {dbg}");
+        }
+        assert!(dbg.contains("REDACTED"), "{dbg}");
+        assert!(
+            dbg.contains("c1") && dbg.contains("ops@contoso.com"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn serde_roundtrips_and_exposes_secrets_only_in_json() {
+        let conn: ConnectionSecret = serde_json::from_value(connection_json()).unwrap();
+        assert_eq!(conn.provider, Provider::AadV1);
+        assert_eq!(
+            conn.refresh_token.as_ref().map(|t| t.expose_secret()),
+            Some("0.AAAA-refresh-secret")
+        );
+        assert_eq!(serde_json::to_value(&conn).unwrap(), connection_json());
+
+        let drive: Target =
+            serde_json::from_value(json!({"kind": "drive", "drive_id": "me"})).unwrap();
+        assert_eq!(
+            drive,
+            Target::Drive {
+                drive_id: DriveRef::Me
+            }
+        );
+        let drive: Target =
+            serde_json::from_value(json!({"kind": "drive", "drive_id": "b!abc"})).unwrap();
+        assert_eq!(serde_json::to_value(&drive).unwrap()["drive_id"], "b!abc");
+        assert!(
+            serde_json::from_value::<Target>(json!({"kind": "drive", "drive_id": ""})).is_err()
+        );
+        assert!(serde_json::from_value::<Provider>(json!("google")).is_err());
+    }
+
+    #[test]
+    fn app_credential_validation_names_the_missing_field() {
+        let app = |v| {
+            serde_json::from_value::<AppCredential>(v)
+                .unwrap()
+                .validate()
+        };
+        assert!(app(json!({"client_id": "c", "client_secret": "s"})).is_ok());
+        assert!(
+            app(json!({"client_id": "c"}))
+                .unwrap_err()
+                .contains("client_secret")
+        );
+        assert!(
+            app(json!({"client_id": "c", "certificate_pem": "x"}))
+                .unwrap_err()
+                .contains("private_key_pem")
+        );
+    }
+
+    #[tokio::test]
+    async fn typed_reads_and_generation_guarded_saves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SecretStore> = Arc::new(FileSecretStore::open(dir.path()).unwrap());
+        let cfg = Config::from_lookup(|_| None).unwrap().secrets;
+
+        let mut conn: ConnectionSecret = serde_json::from_value(connection_json()).unwrap();
+        assert!(matches!(
+            save_connection(&*store, &cfg, "c1", &conn, 5)
+                .await
+                .unwrap(),
+            SaveOutcome::Saved(_)
+        ));
+        let read = connection(&*store, &cfg, "c1").await.unwrap();
+        assert_eq!(read.value.generation, 3);
+
+        // Same generation again (a second refresh that started from generation 2): refused.
+        conn.refresh_token = Some("older".into());
+        assert_eq!(
+            save_connection(&*store, &cfg, "c1", &conn, 5)
+                .await
+                .unwrap(),
+            SaveOutcome::Stale {
+                stored_generation: 3
+            }
+        );
+        let still = connection(&*store, &cfg, "c1").await.unwrap();
+        assert_eq!(still.version, read.version);
+        assert_eq!(
+            still.value.refresh_token.unwrap().expose_secret(),
+            "0.AAAA-refresh-secret"
+        );
+
+        conn.generation = 4;
+        assert!(matches!(
+            save_connection(&*store, &cfg, "c1", &conn, 5)
+                .await
+                .unwrap(),
+            SaveOutcome::Saved(_)
+        ));
+
+        // The app credential is validated on read, and errors do not echo secret values.
+        put_typed(
+            &*store,
+            &cfg.app_secret,
+            &json!({"client_secret": "leak-me"}),
+            None,
+        )
+        .await
+        .unwrap();
+        let e = app_credential(&*store, &cfg).await.unwrap_err();
+        assert!(matches!(e, SecretError::InvalidJson { .. }), "{e}");
+        assert!(
+            e.to_string().contains("client_id") && !e.to_string().contains("leak-me"),
+            "{e}"
+        );
+
+        put_typed(&*store, &cfg.webhook_secret, &json!({"secrets": []}), None)
+            .await
+            .unwrap();
+        assert!(webhook_secrets(&*store, &cfg).await.is_err());
+    }
+}
