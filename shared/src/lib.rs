@@ -6,5 +6,6 @@
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod oauth;
 pub mod telemetry;
 pub mod webhook;
