@@ -122,6 +122,50 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// The answer to `GET /connect/{connection}`: HTML clients get a `302 Found` to `authorize_url`,
+/// JSON clients a `200` with `{"authorize_url": …}` (scripts follow it themselves). Both carry
+/// `set_cookie` ([`super::state::CookieSettings::set_cookie`]).
+pub fn connect_response(
+    authorize_url: &url::Url,
+    set_cookie: &str,
+    format: Format,
+) -> Response<String> {
+    let mut resp = match format {
+        Format::Json => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "authorize_url": authorize_url.as_str() }),
+        ),
+        Format::Html => {
+            // A `Url` is always ASCII, so it is always a valid header value.
+            let Ok(location) = HeaderValue::from_str(authorize_url.as_str()) else {
+                return error_page(
+                    &ErrorInfo::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "bad_authorize_url",
+                        "the authorize URL could not be sent as a redirect",
+                    ),
+                    format,
+                );
+            };
+            let mut resp = common_headers(Response::new(String::new()));
+            *resp.status_mut() = StatusCode::FOUND;
+            resp.headers_mut().insert(header::LOCATION, location);
+            resp
+        }
+    };
+    append_set_cookie(&mut resp, set_cookie);
+    resp
+}
+
+/// Adds a `Set-Cookie` header, e.g. [`super::state::CookieSettings::clear_cookie`] on every
+/// callback answer. A value that is not a valid header (it never is for the values
+/// [`super::state::CookieSettings`] builds) is dropped rather than sent malformed.
+pub fn append_set_cookie(resp: &mut Response<String>, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
 /// What the success page shows. Nothing secret: no token, no code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SuccessInfo {
@@ -776,6 +820,41 @@ mod tests {
         assert_ne!(header(&again, header::CONTENT_SECURITY_POLICY), csp);
     }
 
+    #[test]
+    fn connect_redirects_html_and_answers_json() {
+        let url = url::Url::parse(
+            "https://login.microsoftonline.com/common/oauth2/v2.0/authorize?client_id=c&state=a.b",
+        )
+        .unwrap();
+        let cookie = "__Host-spbridge_oauth=n; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax";
+        let r = connect_response(&url, cookie, Format::Html);
+        assert_eq!(r.status(), StatusCode::FOUND);
+        assert_eq!(header(&r, header::LOCATION), url.as_str());
+        assert_eq!(header(&r, header::SET_COOKIE), cookie);
+        assert_eq!(header(&r, header::CACHE_CONTROL), "no-store");
+        let j = connect_response(&url, cookie, Format::Json);
+        assert_eq!(j.status(), StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(j.body()).unwrap();
+        assert_eq!(v["authorize_url"], url.as_str());
+        assert_eq!(header(&j, header::SET_COOKIE), cookie);
+
+        let mut page = success_page(
+            &SuccessInfo {
+                connection: "c".into(),
+                provider: Provider::Msa,
+                account: None,
+                access_token_expires_at: None,
+                next_refresh_at: None,
+            },
+            Format::Html,
+        );
+        append_set_cookie(&mut page, "a=; Max-Age=0");
+        append_set_cookie(&mut page, "bad\nvalue");
+        append_set_cookie(&mut page, "b=; Max-Age=0");
+        let all: Vec<_> = page.headers().get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(all, ["a=; Max-Age=0", "b=; Max-Age=0"]);
+    }
+
     fn post(fragment: &str) -> Vec<u8> {
         url::form_urlencoded::Serializer::new(String::new())
             .append_pair("fragment", fragment)
@@ -786,7 +865,7 @@ mod tests {
     #[test]
     fn relayed_token_fragment_parses() {
         let body = post(
-            "#access_token=EwBgAq%2Bsecret&token_type=bearer&expires_in=3600&scope=onedrive.readwrite%20offline_access&user_id=AAAAAA-bbb&state=abc.def",
+            "#access_token=EwBgAq%2Bsecret&authentication_token=eyJ0.e30.x&token_type=bearer&expires_in=3600&scope=onedrive.readwrite%20offline_access&user_id=AAAAAA-bbb&state=abc.def",
         );
         let FragmentResponse::Token(t) = parse_fragment_post(&body).unwrap() else {
             panic!("expected a token");
