@@ -459,7 +459,9 @@ impl StateSigner {
     ///
     /// Order: signature (`Tampered`), expiry (`Expired`), `expected_connection` when the request
     /// names one (`WrongConnection`), then the cookie (`MissingCookie`, `CookieMismatch`).
-    /// Replays are caught by [`ConsumedStates::record`].
+    /// Replays are caught by [`ConsumedStates::record`]. An `iat` ahead of `now` (clock skew
+    /// between instances) is accepted: the signed `exp`, at most [`STATE_LIFETIME`] after `iat`,
+    /// bounds the attempt either way.
     pub fn verify(
         &self,
         state: &str,
