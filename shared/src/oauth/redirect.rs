@@ -579,6 +579,53 @@ mod tests {
         );
     }
 
+    /// Real API Gateway v2 events (AWS's and `sam local`'s), from the shared handouts.
+    #[test]
+    fn handout_events_give_the_expected_redirect_uri() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/aws/");
+        let cases = [
+            (
+                "aws-lambda-rust-runtime_example-apigw-v2-request-no-authorizer.json",
+                "https://aaaaaaaaaa.execute-api.us-west-2.amazonaws.com/callback",
+            ),
+            (
+                "aws-lambda-rust-runtime_lambda-http_apigw_v2_sam_local.json",
+                "http://127.0.0.1:3000/callback",
+            ),
+        ];
+        for (file, want) in cases {
+            let text = std::fs::read_to_string(format!("{dir}{file}")).unwrap();
+            let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let headers = event["headers"].as_object().unwrap();
+            // Header names arrive in any case.
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| v.as_str())
+            };
+            let ctx = &event["requestContext"];
+            let o = RequestOrigin {
+                host: header("host"),
+                forwarded_proto: header("x-forwarded-proto"),
+                domain_name: ctx["domainName"].as_str(),
+                stage: ctx["stage"].as_str(),
+            };
+            assert_eq!(
+                redirect_uri(&RedirectSettings::default(), &o)
+                    .unwrap()
+                    .as_str(),
+                want,
+                "{file}"
+            );
+            assert_eq!(
+                super::super::pages::Format::negotiate(header("accept")),
+                super::super::pages::Format::Html,
+                "{file}"
+            );
+        }
+    }
+
     #[test]
     fn the_sample_event_query_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/callback-get.json");

@@ -1120,6 +1120,32 @@ mod tests {
                 .unwrap_err(),
             StateError::CookieMismatch
         );
+        // The `cookies` array of a real API Gateway v2 event (handout), with and without ours.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/aws/aws-lambda-rust-runtime_lambda-http_apigw_v2_proxy_request.json"
+        );
+        let event: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut list: Vec<String> = event["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(list.len(), 2);
+        assert!(
+            settings
+                .find_nonce(list.iter().map(String::as_str))
+                .unwrap()
+                .is_none()
+        );
+        list.push(format!("__Host-spbridge_oauth={value}"));
+        let found = settings
+            .find_nonce(list.iter().map(String::as_str))
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.0.expose_secret(), value);
         // The insecure name is not read by the secure settings.
         let insecure_header = format!("spbridge_oauth={value}");
         assert!(
