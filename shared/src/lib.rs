@@ -7,5 +7,6 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod secrets;
+pub mod oauth;
 pub mod telemetry;
 pub mod webhook;
