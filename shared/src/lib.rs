@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod telemetry;
