@@ -10,16 +10,16 @@
 //! [`request::send_token`], so tests assert the exact request and retries live in one place.
 //! [`source::TokenSource`] is the simple entry point for the upload and callback code.
 
-//TMP pub mod aad_v1;
+pub mod aad_v1;
 pub mod acs;
 pub mod cache;
-//TMP pub mod entra;
+pub mod entra;
 pub mod error;
 pub mod jwt;
-//TMP pub mod msa;
+pub mod msa;
 pub mod request;
 pub mod secret;
-//TMP pub mod source;
+pub mod source;
 pub mod token;
 pub mod www_authenticate;
 
@@ -30,5 +30,5 @@ pub use cache::{CacheKey, TokenCache};
 pub use error::{IdentityError, MsError};
 pub use request::{HttpRequest, RetryPolicy};
 pub use secret::{AccessToken, AuthCode, ClientSecret, RefreshToken};
-//TMP pub use source::{RefreshProvider, TokenSource};
+pub use source::{RefreshProvider, TokenSource};
 pub use token::Token;
