@@ -625,6 +625,24 @@ pub fn context_token_request(
     )
 }
 
+/// Redeems an already validated context token for an access token to SharePoint at `site`.
+pub async fn redeem_context_token(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    app: &AcsApp,
+    ctx: &ContextToken,
+    site: &Url,
+    policy: &RetryPolicy,
+) -> Result<Token, IdentityError> {
+    let host = principal_host(site)?;
+    request::send_token(
+        http,
+        &context_token_request(endpoints, app, ctx, &host),
+        policy,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,6 +116,11 @@ pub fn graph_default_scope(endpoints: &Endpoints) -> String {
 }
 
 /// A PKCE code verifier. Single use: not `Clone`, consumed by [`code_request`].
+///
+/// ```compile_fail
+/// fn needs_clone<T: Clone>() {}
+/// needs_clone::<shared::identity::entra::PkceVerifier>();
+/// ```
 pub struct PkceVerifier(secrecy::SecretString);
 
 impl PkceVerifier {

@@ -228,6 +228,19 @@ impl IdentityError {
         }
     }
 
+    /// True if trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IdentityError::Transient { .. })
+    }
+
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IdentityError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Microsoft's error, if this error came from one.
     pub fn ms_error(&self) -> Option<&MsError> {
         match self {

@@ -198,7 +198,8 @@ pub async fn send(
             }
             Err(e) => (e, None, None),
         };
-        let backoff = retry_after.unwrap_or_else(|| policy.base_delay * 2u32.pow(attempt - 1));
+        let backoff = retry_after
+            .unwrap_or_else(|| policy.base_delay.saturating_mul(1 << (attempt - 1).min(16)));
         if attempt >= max || waited + backoff > policy.max_total_wait {
             tracing::warn!(attempt, %detail, "giving up on transient failure");
             return Err(IdentityError::Transient {

@@ -27,7 +27,6 @@
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use url::Url;
 
@@ -108,6 +107,9 @@ pub enum TokenSource {
         client_secret: Option<ClientSecret>,
         /// The refresh token.
         refresh_token: RefreshToken,
+        /// Names the user's cache entry (e.g. the connection id), so a rotated refresh token
+        /// still finds the access token cached under the previous one.
+        connection: String,
     },
 }
 
@@ -172,13 +174,10 @@ impl TokenSource {
             TokenSource::RefreshToken {
                 provider,
                 client_id,
-                refresh_token,
+                connection,
                 ..
             } => {
-                // Tokens of different users must not share an entry: key by a digest of the grant.
-                let user = Some(hex::encode(
-                    &Sha256::digest(refresh_token.expose_secret().as_bytes())[..12],
-                ));
+                let user = Some(connection.clone());
                 let (authority, target) = match provider {
                     RefreshProvider::AadV1 { tenant } => {
                         (format!("{login}/{tenant}"), resource_or_scope.to_owned())
@@ -274,6 +273,7 @@ impl TokenSource {
                 client_id,
                 client_secret,
                 refresh_token,
+                ..
             } => {
                 let need_secret = || {
                     client_secret.clone().ok_or_else(|| {
@@ -531,25 +531,48 @@ mod tests {
         let eps = eps_at(&server);
         let cache = TokenCache::default();
         let http = testserver::client();
-        let msa = |rt: &str| TokenSource::RefreshToken {
+        let msa = |rt: &str, conn: &str| TokenSource::RefreshToken {
             provider: RefreshProvider::Msa {
                 redirect_uri: Url::parse("https://app.example/cb").unwrap(),
             },
             client_id: "cid".into(),
             client_secret: None,
             refresh_token: RefreshToken::new(rt),
+            connection: conn.into(),
         };
-        let a = msa("rt-a")
+        let a = msa("rt-a", "conn-a")
             .token(&http, &eps, &cache, "onedrive.readwrite", false)
             .await
             .unwrap();
-        let b = msa("rt-b")
+        let b = msa("rt-b", "conn-b")
             .token(&http, &eps, &cache, "onedrive.readwrite", false)
             .await
             .unwrap();
-        assert_eq!(a.refresh_token.unwrap().expose_secret(), "rt-a-next");
+        assert_eq!(
+            a.refresh_token.as_ref().unwrap().expose_secret(),
+            "rt-a-next"
+        );
         assert_eq!(b.refresh_token.unwrap().expose_secret(), "rt-b-next");
         assert_eq!(server.hits(), 2);
+        // The rotated token of the same connection finds the cached access token.
+        let again = msa("rt-a-next", "conn-a")
+            .token(&http, &eps, &cache, "onedrive.readwrite", false)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.access_token.expose_secret(),
+            a.access_token.expose_secret()
+        );
+        assert_eq!(server.hits(), 2);
+        // After a 401 the caller forces a renewal with the newest refresh token.
+        msa("rt-a-next", "conn-a")
+            .token(&http, &eps, &cache, "onedrive.readwrite", true)
+            .await
+            .unwrap();
+        assert_eq!(
+            server.requests()[2].form_value("refresh_token").as_deref(),
+            Some("rt-a-next")
+        );
         assert_eq!(server.requests()[0].path(), "/oauth20_token.srf");
 
         let v1 = TokenSource::RefreshToken {
@@ -559,6 +582,7 @@ mod tests {
             client_id: "cid".into(),
             client_secret: None,
             refresh_token: RefreshToken::new("rt"),
+            connection: "c1".into(),
         };
         let e = v1
             .token(
@@ -579,6 +603,7 @@ mod tests {
             client_id: "cid".into(),
             client_secret: Some(ClientSecret::new("cs")),
             refresh_token: RefreshToken::new("rt-acs"),
+            connection: "c2".into(),
         };
         acs_rt
             .token(
@@ -627,6 +652,7 @@ mod tests {
                 client_id: "cid".into(),
                 client_secret: Some(ClientSecret::new("SECRET-3")),
                 refresh_token: RefreshToken::new("SECRET-4"),
+                connection: "c3".into(),
             },
         ];
         for s in &sources {
