@@ -95,6 +95,13 @@ impl fmt::Display for MsError {
         if self.status != 0 {
             write!(f, " [HTTP {}]", self.status)?;
         }
+        // The first line of AAD descriptions says what is wrong; the rest repeats the ids.
+        if let Some(first) = self.description.as_deref().and_then(|d| d.lines().next()) {
+            let first: String = first.chars().take(200).collect();
+            if !first.trim().is_empty() {
+                write!(f, ": {}", first.trim())?;
+            }
+        }
         if let Some(id) = &self.correlation_id {
             write!(f, " correlation_id={id}")?;
         }
@@ -303,6 +310,11 @@ mod tests {
             msg.contains("AADSTS500011") && msg.contains("77145480"),
             "{msg}"
         );
+        assert!(
+            msg.contains("The resource principal named user.read was not found"),
+            "{msg}"
+        );
+        assert!(!msg.contains("Trace ID:"), "{msg}");
     }
 
     #[test]

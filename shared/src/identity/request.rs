@@ -196,7 +196,8 @@ pub async fn send(
                     ms.map(Box::new),
                 )
             }
-            Err(e) => (e, None, None),
+            Err(Fault::Retry(e)) => (e, None, None),
+            Err(Fault::Fatal(e)) => return Err(IdentityError::InvalidInput(e)),
         };
         let backoff = retry_after
             .unwrap_or_else(|| policy.base_delay.saturating_mul(1 << (attempt - 1).min(16)));
@@ -232,7 +233,15 @@ impl From<Once> for RawResponse {
     }
 }
 
-async fn send_once(http: &reqwest::Client, req: &HttpRequest) -> Result<Once, String> {
+/// Why one attempt failed before a response arrived.
+enum Fault {
+    /// Network or timeout: worth another attempt.
+    Retry(String),
+    /// The request could not be built (e.g. a header value with a line break): never retried.
+    Fatal(String),
+}
+
+async fn send_once(http: &reqwest::Client, req: &HttpRequest) -> Result<Once, Fault> {
     let mut b = http
         .request(req.method.clone(), req.url.clone())
         .header(reqwest::header::ACCEPT, "application/json");
@@ -263,13 +272,16 @@ async fn send_once(http: &reqwest::Client, req: &HttpRequest) -> Result<Once, St
     })
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "request timed out".to_owned()
+fn describe(e: &reqwest::Error) -> Fault {
+    if e.is_builder() {
+        // Never echo the value: it may be a secret header.
+        Fault::Fatal("the request could not be built (invalid header or URL)".to_owned())
+    } else if e.is_timeout() {
+        Fault::Retry("request timed out".to_owned())
     } else if e.is_connect() {
-        "could not connect".to_owned()
+        Fault::Retry("could not connect".to_owned())
     } else {
-        format!("transport error: {e}")
+        Fault::Retry(format!("transport error: {e}"))
     }
 }
 
@@ -451,6 +463,19 @@ mod tests {
             matches!(e, IdentityError::Transient { attempts: 2, .. }),
             "{e:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn unbuildable_request_fails_at_once_without_echoing_it() {
+        let server = testserver::start(Duration::ZERO, |_, _| (200, vec![], String::new())).await;
+        let req = HttpRequest::get(server.url.clone())
+            .header("Authorization", Field::secret("Bearer bad\nSECRET"));
+        let e = send(&testserver::client(), &req, &RetryPolicy::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, IdentityError::InvalidInput(_)), "{e:?}");
+        assert!(!e.to_string().contains("SECRET"));
+        assert_eq!(server.hits(), 0);
     }
 
     #[test]
