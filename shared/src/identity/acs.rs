@@ -566,10 +566,12 @@ impl ContextTokenValidator {
                 .ok_or_else(|| bad(format!("context token has no valid {k}")))
         };
         let (nbf, exp) = (time_claim("nbf")?, time_claim("exp")?);
-        if now + self.clock_skew < nbf {
+        // A skew too large for time arithmetic is clamped rather than trusted.
+        let skew = time::Duration::try_from(self.clock_skew).unwrap_or(time::Duration::DAY);
+        if now.checked_add(skew).is_some_and(|n| n < nbf) {
             return Err(bad(format!("context token is not valid before {nbf}")));
         }
-        if now - self.clock_skew >= exp {
+        if now.checked_sub(skew).is_none_or(|n| n >= exp) {
             return Err(bad(format!("context token expired at {exp}")));
         }
 

@@ -201,7 +201,7 @@ pub async fn send(
         };
         let backoff = retry_after
             .unwrap_or_else(|| policy.base_delay.saturating_mul(1 << (attempt - 1).min(16)));
-        if attempt >= max || waited + backoff > policy.max_total_wait {
+        if attempt >= max || waited.saturating_add(backoff) > policy.max_total_wait {
             tracing::warn!(attempt, %detail, "giving up on transient failure");
             return Err(IdentityError::Transient {
                 detail,
@@ -212,7 +212,7 @@ pub async fn send(
         }
         tracing::info!(attempt, %detail, backoff_ms = backoff.as_millis() as u64, "retrying");
         tokio::time::sleep(backoff).await;
-        waited += backoff;
+        waited = waited.saturating_add(backoff);
     }
 }
 

@@ -51,7 +51,7 @@ impl Token {
             Some(at) => Some(at),
             None => num(v.get("expires_in"))
                 .filter(|n| *n >= 0)
-                .map(|n| now + Duration::from_secs(n as u64)),
+                .and_then(|n| now.checked_add(time::Duration::seconds(n))),
         };
 
         let mut token = Token {
@@ -89,7 +89,12 @@ impl Token {
     /// True if the token is still usable `skew` from now. Tokens without expiry are never fresh
     /// here; the cache gives them its own lifetime.
     pub fn is_fresh(&self, now: OffsetDateTime, skew: Duration) -> bool {
-        self.expires_at.is_some_and(|at| at - skew > now)
+        self.expires_at.is_some_and(|at| {
+            time::Duration::try_from(skew)
+                .ok()
+                .and_then(|s| at.checked_sub(s))
+                .is_some_and(|t| t > now)
+        })
     }
 
     /// The `Authorization` header value.
@@ -212,6 +217,24 @@ mod tests {
             Some("040f2415-e6e3-4480-96ce-26ef73275f73")
         );
         assert!(t.refresh_token.is_none());
+    }
+
+    #[test]
+    fn absurd_lifetimes_do_not_panic() {
+        let t = Token::from_json(
+            r#"{"access_token":"a","expires_in":"9223372036854775807"}"#,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(t.expires_at, None);
+        let t = Token::from_json(
+            r#"{"access_token":"a","expires_on":"-99999999999999"}"#,
+            NOW,
+        )
+        .unwrap();
+        assert!(!t.is_fresh(NOW, Duration::MAX));
+        let t = Token::from_json(r#"{"access_token":"a","expires_in":60}"#, NOW).unwrap();
+        assert!(!t.is_fresh(NOW, Duration::MAX));
     }
 
     #[test]
