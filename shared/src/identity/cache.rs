@@ -33,7 +33,14 @@ struct Entry {
     fetched: Instant,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+#[derive(Default)]
+struct SlotState {
+    entry: Option<Entry>,
+    /// The last fetch's error and when it ended: handed to the callers that waited for it.
+    failure: Option<(Instant, IdentityError)>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
 /// Tokens, ACS realms and the retry policy shared by a warm container.
 pub struct TokenCache {
@@ -107,7 +114,8 @@ impl TokenCache {
     ///
     /// With `force`, a token cached before this call is not used (the caller saw it rejected
     /// with a 401); a token another caller fetched while this one waited is.
-    /// Errors are not cached.
+    /// An error is shared with the callers that were waiting for that fetch, not cached for
+    /// later ones.
     pub async fn get_or_fetch<F, Fut>(
         &self,
         key: &CacheKey,
@@ -121,7 +129,12 @@ impl TokenCache {
         let asked = Instant::now();
         let slot = self.slot(key);
         let mut guard = slot.lock().await;
-        if let Some(e) = guard.as_ref() {
+        if let Some((at, err)) = &guard.failure {
+            if *at > asked {
+                return Err(err.clone());
+            }
+        }
+        if let Some(e) = guard.entry.as_ref() {
             let usable = if force {
                 e.fetched > asked
             } else {
@@ -131,17 +144,28 @@ impl TokenCache {
                 return Ok(e.token.clone());
             }
         }
-        let token = fetch().await?;
-        *guard = Some(Entry {
-            token: token.clone(),
-            fetched: Instant::now(),
-        });
-        Ok(token)
+        match fetch().await {
+            Ok(token) => {
+                guard.entry = Some(Entry {
+                    token: token.clone(),
+                    fetched: Instant::now(),
+                });
+                guard.failure = None;
+                Ok(token)
+            }
+            Err(err) => {
+                guard.failure = Some((Instant::now(), err.clone()));
+                Err(err)
+            }
+        }
     }
 
     /// Drops a key's token so the next call fetches.
     pub async fn invalidate(&self, key: &CacheKey) {
-        self.slot(key).lock().await.take();
+        let slot = self.slot(key);
+        let mut state = slot.lock().await;
+        state.entry = None;
+        state.failure = None;
     }
 }
 
@@ -271,6 +295,34 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_shared_by_its_waiters_only() {
+        let cache = Arc::new(TokenCache::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&key("f"), false, || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err::<Token, _>(IdentityError::Protocol("down".into()))
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Err(IdentityError::Protocol(_))));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A caller arriving after the failure tries again.
+        let t = cache
+            .get_or_fetch(&key("f"), false, || async { Ok(token(3600)) })
+            .await;
+        assert!(t.is_ok());
     }
 
     #[tokio::test]

@@ -142,7 +142,7 @@ fn labelled_line(desc: &str, label: &str) -> Option<String> {
 }
 
 /// What went wrong getting a token. Each variant tells the caller what to do next.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IdentityError {
     /// The user must sign in or consent again (expired/revoked refresh token, consent missing,
     /// interaction or MFA required). Retrying will not help.
