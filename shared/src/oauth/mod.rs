@@ -16,40 +16,8 @@ pub mod redirect;
 pub mod refresh_policy;
 pub mod state;
 
-use serde::{Deserialize, Serialize};
-
-/// Which Microsoft identity system a flow talks to. Serialises with the same names the connection
-/// secret uses (`acs`, `aad_v1`, `entra`, `msa`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provider {
-    /// SharePoint add-in / Azure ACS.
-    Acs,
-    /// Azure AD v1 endpoint (resource-based).
-    AadV1,
-    /// Microsoft identity platform v2 (scopes).
-    Entra,
-    /// Microsoft account (login.live.com).
-    Msa,
-}
-
-impl Provider {
-    /// The serialised name, e.g. `aad_v1`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Acs => "acs",
-            Provider::AadV1 => "aad_v1",
-            Provider::Entra => "entra",
-            Provider::Msa => "msa",
-        }
-    }
-}
-
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Which Microsoft identity system a flow talks to: the same type the connection secret stores.
+pub use crate::secrets::schema::Provider;
 
 #[cfg(test)]
 mod flow_tests {

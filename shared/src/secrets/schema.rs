@@ -67,7 +67,7 @@ pub struct WebhookSecrets {
 }
 
 /// Which Microsoft identity system issued a connection's tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     /// SharePoint add-in / Azure ACS.
@@ -78,6 +78,24 @@ pub enum Provider {
     Entra,
     /// Microsoft account (consumer OneDrive).
     Msa,
+}
+
+impl Provider {
+    /// The serialised name, e.g. `aad_v1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Acs => "acs",
+            Provider::AadV1 => "aad_v1",
+            Provider::Entra => "entra",
+            Provider::Msa => "msa",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Whether tokens act for a user or for the app itself.
@@ -345,17 +363,6 @@ mod secret_vec {
             .into_iter()
             .map(SecretString::from)
             .collect())
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Provider::Acs => "acs",
-            Provider::AadV1 => "aad_v1",
-            Provider::Entra => "entra",
-            Provider::Msa => "msa",
-        })
     }
 }
 
