@@ -920,7 +920,7 @@ impl Ctx<'_> {
             "ServerRelativeUrl": n.path,
             "TimeCreated": sp_time(n.created),
             "TimeLastModified": sp_time(n.modified),
-            "Title": n.fields.get("Title").cloned().unwrap_or(Value::Null),
+            "Title": n.fields.get("Title").cloned().unwrap_or_else(|| json!("")),
             "UIVersion": major * 512,
             "UIVersionLabel": n.ui_version_label(),
             "UniqueId": n.unique_id,
