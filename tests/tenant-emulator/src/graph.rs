@@ -558,6 +558,7 @@ impl Ctx<'_> {
         let n = db
             .write_file(&target, self.r.body.clone(), "Graph client", false)
             .clone();
+        self.st.persist(&n);
         json(status, &self.item_json(&n, &db))
     }
 
@@ -841,6 +842,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
     let n = db
         .write_file(&target, session.data.into(), "Graph client", false)
         .clone();
+    st.persist(&n);
     let lib = db
         .library_by_drive(&session.drive_id)
         .map(|(s, l)| (s.clone(), l.clone()));

@@ -322,6 +322,20 @@ impl Shared {
         // A panicked handler must not take the whole emulator down.
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// Mirrors a file's current bytes under `{state_dir}/files/{server-relative path}`.
+    pub fn persist(&self, n: &model::Node) {
+        if let Some(v) = n.current() {
+            let target = self
+                .cfg
+                .state_dir
+                .join("files")
+                .join(n.path.trim_start_matches('/'));
+            if let Some(parent) = target.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::write(target, &v.content);
+        }
+    }
     pub fn faults(&self) -> MutexGuard<'_, faults::Faults> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }

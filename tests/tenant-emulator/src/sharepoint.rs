@@ -875,14 +875,7 @@ impl Ctx<'_> {
     }
 
     fn persist(&self, n: &Node) {
-        if let Some(v) = n.current() {
-            let dir = self.st.cfg.state_dir.join("files");
-            let target = dir.join(n.path.trim_start_matches('/'));
-            if let Some(parent) = target.parent() {
-                let _ = std::fs::create_dir_all(parent);
-            }
-            let _ = std::fs::write(target, &v.content);
-        }
+        self.st.persist(n);
     }
 
     fn file_uri(&self, n: &Node) -> String {

@@ -455,3 +455,47 @@ async fn list_item_fields_and_versions() {
         .unwrap_or_default();
     assert_eq!(f["versions"].as_array().map(|v| v.len()), Some(3));
 }
+
+#[tokio::test]
+async fn delegated_entra_token_reaches_any_site() {
+    let t = start().await;
+    let i = t.info().clone();
+    let a = i
+        .entra_app("entra-app")
+        .cloned()
+        .unwrap_or_else(|| panic!());
+    let scope = format!(
+        "https://{}/AllSites.Write offline_access",
+        i.sharepoint_host
+    );
+    let code = t.authorize_v2("entra-app", &scope, None).await;
+    let (s, v) = t
+        .post_form(
+            &t.v2_token_url(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", &a.client_id),
+                (
+                    "client_secret",
+                    a.client_secret.as_deref().unwrap_or_default(),
+                ),
+                ("code", &code),
+                ("redirect_uri", &a.redirect_uri),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let tok = v["access_token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        common::claims(&tok)["aud"],
+        format!("https://{}", i.sharepoint_host)
+    );
+    let (s, v) = post(&t, &tok, &format!("{}/_api/web/GetFolderByServerRelativeUrl('Shared Documents')/Files/add(url='d.txt',overwrite=true)", t.site("other")), NOMETA, b"d".to_vec()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        t.emu
+            .file_bytes("/sites/other/Shared Documents/d.txt")
+            .as_deref(),
+        Some(&b"d"[..])
+    );
+}
