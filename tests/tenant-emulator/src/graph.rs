@@ -643,7 +643,7 @@ impl Ctx<'_> {
             return name_exists_session();
         }
         let id = opaque("");
-        let expires = now() + self.st.cfg.opts.upload_session_ttl;
+        let expires = crate::util::add_secs(now(), self.st.cfg.opts.upload_session_ttl);
         let declared = body
             .get("item")
             .and_then(|i| i.get("fileSize"))
@@ -769,7 +769,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
         );
     };
     let received = session.data.len() as u64;
-    let len = b - a + 1;
+    let len = (b - a).saturating_add(1);
     if len != r.body.len() as u64 {
         return graph_error(
             StatusCode::BAD_REQUEST,

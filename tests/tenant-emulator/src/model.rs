@@ -38,7 +38,11 @@ pub struct Site {
 /// Rights an ACS app-only policy grants on a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Right {
+    /// Read only: writes answer 403 access denied.
     Read,
+    /// Read and write.
+    Write,
+    /// Everything.
     FullControl,
 }
 

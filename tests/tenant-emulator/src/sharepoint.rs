@@ -208,25 +208,21 @@ fn authenticate(st: &Shared, r: &Req, site: &Site) -> Result<Caller, Response> {
 }
 
 pub(crate) fn handle(st: &Arc<Shared>, r: Req) -> Response {
-    let site = {
+    // ASCII-only case folding keeps byte offsets stable for slicing.
+    let site_and_rest = {
         let db = st.db();
-        let lower = r.path.to_lowercase();
-        db.sites
-            .iter()
-            .find(|s| {
-                let root = s.server_relative_url.to_lowercase();
-                lower == root || lower.starts_with(&format!("{root}/"))
-            })
-            .cloned()
+        db.sites.iter().find_map(|s| {
+            let rest = strip_prefix_ci(&r.path, &s.server_relative_url)?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| (s.clone(), rest.to_string()))
+        })
     };
-    let Some(site) = site else {
+    let Some((site, rest)) = site_and_rest else {
         return sp_error_plain(
             StatusCode::NOT_FOUND,
             "-2147024894, System.IO.FileNotFoundException",
             "File Not Found.",
         );
     };
-    let rest = r.path[site.server_relative_url.len()..].to_string();
     let rest_l = rest.to_ascii_lowercase();
     let site_url = format!("{}{}", st.cfg.base, site.server_relative_url);
     if rest_l == "/_layouts/15/oauthauthorize.aspx" {
