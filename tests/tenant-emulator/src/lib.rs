@@ -32,6 +32,24 @@
 //!
 //! Context tokens are HS256-signed with the base64-decoded ACS client secret (as SharePoint's
 //! `TokenHelper` expects).
+//!
+//! ## Fidelity notes
+//!
+//! Shapes follow the recorded samples in the handout fixtures (checked by `tests/shapes.rs`).
+//! Where no sample exists the emulator approximates: ACS error codes other than ACS50012 and
+//! ACS50011 (e.g. ACS70002 for bad codes/refresh tokens, ACS50001 for a bad resource), the
+//! `x-ms-diagnostics` numbers other than 3000003, the Graph `unauthenticated` error for an
+//! upload URL called with an `Authorization` header, and SharePoint's message for a wrong chunk
+//! offset. A chunked upload that fills the empty placeholder file keeps version 1.0 (as the
+//! PnP recording shows); every other replace adds a major version.
+//!
+//! ## Faults
+//!
+//! [`FaultRule`]s (latency, 429/503 with `Retry-After`, token endpoint outage, TCP reset after N
+//! request-body bytes) are scoped by path prefix, hit with a seeded RNG at a given rate and
+//! optionally a limited number of times; set them in [`Options::faults`], with CLI flags, with
+//! [`RunningEmulator::add_fault`] or `POST /_emulator/faults` (a rule or an array of rules, e.g.
+//! `{"path_prefix":"/graph","kind":"status","status":429,"retry_after":2,"rate":0.5}`).
 
 // Handlers short-circuit with the HTTP response itself as the error; boxing it buys nothing here.
 #![allow(clippy::result_large_err)]
