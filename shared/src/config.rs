@@ -215,7 +215,10 @@ impl Config {
         }
 
         let in_lambda = get(vars::LAMBDA_FUNCTION_NAME).is_some();
-        let backend = match get(vars::SECRET_BACKEND).as_deref().map(str::to_ascii_lowercase) {
+        let backend = match get(vars::SECRET_BACKEND)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        {
             Some(b) if b == "aws" || b == "secretsmanager" => SecretBackend::Aws,
             Some(b) if b == "file" => SecretBackend::File {
                 dir: secret_dir(&get),
@@ -344,10 +347,16 @@ mod tests {
     fn defaults_are_global_and_file_store_outside_lambda() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.cloud, Cloud::Global);
-        assert_eq!(c.endpoints.login.as_str(), "https://login.microsoftonline.com/");
+        assert_eq!(
+            c.endpoints.login.as_str(),
+            "https://login.microsoftonline.com/"
+        );
         assert!(matches!(c.secrets.backend, SecretBackend::File { .. }));
         assert_eq!(c.secrets.app_secret, "spbridge/app");
-        assert_eq!(c.secrets.connection_secret_name("x"), "spbridge/connections/x");
+        assert_eq!(
+            c.secrets.connection_secret_name("x"),
+            "spbridge/connections/x"
+        );
     }
 
     #[test]
@@ -363,10 +372,16 @@ mod tests {
             (vars::GRAPH_URL, "http://127.0.0.1:9000/graph/"),
         ])
         .unwrap();
-        assert_eq!(c.endpoints.login.host_str(), Some("login.microsoftonline.us"));
+        assert_eq!(
+            c.endpoints.login.host_str(),
+            Some("login.microsoftonline.us")
+        );
         assert_eq!(c.endpoints.graph.as_str(), "http://127.0.0.1:9000/graph");
         let c = cfg(&[(vars::CLOUD, "china")]).unwrap();
-        assert_eq!(c.endpoints.acs.host_str(), Some("accounts.accesscontrol.chinacloudapi.cn"));
+        assert_eq!(
+            c.endpoints.acs.host_str(),
+            Some("accounts.accesscontrol.chinacloudapi.cn")
+        );
     }
 
     #[test]

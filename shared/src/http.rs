@@ -29,12 +29,11 @@ pub fn build_client(cfg: &HttpConfig) -> Result<reqwest::Client, HttpClientError
             path: path.display().to_string(),
             source,
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            HttpClientError::BadCa {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| HttpClientError::BadCa {
                 path: path.display().to_string(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
