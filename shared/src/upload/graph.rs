@@ -19,9 +19,11 @@ use url::Url;
 use super::error::{Api, from_response};
 use super::names::{folder_segments, graph_segment, validate_name};
 use super::retry::{RetryPolicy, Safety, Sender};
-use super::sharepoint::UploadRequest;
 use super::source::{Chunk, Chunker, UploadSource};
-use super::{Attempt, BearerSource, ConflictBehavior, ConflictOutcome, UploadError, UploadOutcome};
+use super::{
+    Attempt, BearerSource, ConflictBehavior, ConflictOutcome, UploadError, UploadOutcome,
+    UploadRequest,
+};
 
 /// Graph's chunk granularity: every chunk but the last must be a multiple of 320 KiB.
 pub const CHUNK_UNIT: usize = 320 * 1024;
@@ -96,7 +98,10 @@ pub fn round_chunk_size(wanted: usize) -> usize {
 
 /// `Content-Range` of `len` bytes at `offset` in a file of `total` bytes (`len` > 0).
 pub fn content_range(offset: u64, len: u64, total: u64) -> String {
-    format!("bytes {offset}-{}/{total}", offset + len - 1)
+    format!(
+        "bytes {offset}-{}/{total}",
+        (offset + len).saturating_sub(1)
+    )
 }
 
 /// The first offset the session still wants, from `nextExpectedRanges` (`["26-"]`,
@@ -423,7 +428,11 @@ impl GraphClient {
                     }
                     None => return Err(recover),
                 }
-                if pos == end && !chunk.last {
+                if pos == end {
+                    if chunk.last {
+                        // Every byte arrived but no file was reported: nothing to resend.
+                        return Err(bad_reply("the session holds every byte but did not finish"));
+                    }
                     break Step::Next(end);
                 }
             };
@@ -458,6 +467,9 @@ impl GraphClient {
         total: u64,
         display: &str,
     ) -> Result<Step, ChunkError> {
+        if body.is_empty() {
+            return Err(Fatal(bad_reply("nothing left to send in this chunk")));
+        }
         let range = content_range(offset, body.len() as u64, total);
         let resp = sender
             .send(Safety::ThrottleOnly, |c| {

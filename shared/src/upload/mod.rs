@@ -19,7 +19,9 @@ use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-pub use error::{AuthDiagnostics, MicrosoftError, UploadError};
+/// The byte buffer [`UploadSource::from_bytes`] takes, re-exported for callers.
+pub use bytes::Bytes;
+pub use error::{AuthDiagnostics, FieldError, MicrosoftError, UploadError};
 pub use retry::RetryPolicy;
 pub use source::UploadSource;
 
@@ -137,6 +139,22 @@ pub struct FieldValue {
     pub name: String,
     /// The value in SharePoint's `ValidateUpdateListItem` text form.
     pub value: String,
+}
+
+/// What to upload where, for either client.
+#[derive(Debug, Clone, Default)]
+pub struct UploadRequest {
+    /// Folder below the library or drive root (`a/b`); empty for the root. Created when missing.
+    pub folder: String,
+    /// The file name.
+    pub file_name: String,
+    /// What to do when the name exists.
+    pub conflict: ConflictBehavior,
+    /// List item fields to set after the upload (SharePoint REST only).
+    pub fields: Vec<FieldValue>,
+    /// When the caller needs an answer; waits that would pass it end the upload as
+    /// [`UploadError::Throttled`]. Leave a margin for the answer itself.
+    pub deadline: Option<Instant>,
 }
 
 /// Per-upload state shared by the requests of one upload.

@@ -15,7 +15,6 @@ use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use url::Url;
 use uuid::Uuid;
 
@@ -25,7 +24,7 @@ use super::retry::{RetryPolicy, Safety, Sender};
 use super::source::{Chunk, Chunker, UploadSource};
 use super::{
     Attempt, BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, UploadError,
-    UploadOutcome,
+    UploadOutcome, UploadRequest,
 };
 
 const NOMETADATA: &str = "application/json;odata=nometadata";
@@ -154,22 +153,6 @@ impl Default for SharePointOptions {
             retry: RetryPolicy::default(),
         }
     }
-}
-
-/// What to upload where, for either client.
-#[derive(Debug, Clone, Default)]
-pub struct UploadRequest {
-    /// Folder below the library or drive root (`a/b`); empty for the root. Created when missing.
-    pub folder: String,
-    /// The file name.
-    pub file_name: String,
-    /// What to do when the name exists.
-    pub conflict: ConflictBehavior,
-    /// List item fields to set after the upload (SharePoint REST only).
-    pub fields: Vec<FieldValue>,
-    /// When the caller needs an answer; waits that would pass it end the upload as
-    /// [`UploadError::Throttled`]. Leave a margin for the answer itself.
-    pub deadline: Option<Instant>,
 }
 
 /// Uploads into SharePoint document libraries through SharePoint REST.
