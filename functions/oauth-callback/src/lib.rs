@@ -23,7 +23,12 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
         Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
     };
     match (req.method().as_str(), req.uri().path()) {
-        ("GET", p) if p.starts_with("/connect/") || p == "/callback" | ("POST", "/callback") => json(
+        ("GET", p) if p.starts_with("/connect/") || p == "/callback" => json(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "sign-in flows are not implemented yet",
+        ),
+        ("POST", "/callback") => json(
             StatusCode::NOT_IMPLEMENTED,
             "not_implemented",
             "sign-in flows are not implemented yet",
