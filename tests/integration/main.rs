@@ -1,1 +1,2 @@
 //! Integration tests, one binary made of modules.
+mod upload_clients;

@@ -276,7 +276,9 @@ impl AuthDiagnostics {
             status,
             www_authenticate: header(headers, "www-authenticate"),
             x_ms_diagnostics: header(headers, "x-ms-diagnostics"),
-            request_id: header(headers, "request-id").or_else(|| header(headers, "SPRequestGuid")),
+            request_id: header(headers, "request-id")
+                .or_else(|| header(headers, "SPRequestGuid"))
+                .or_else(|| ms.request_id.clone()),
             microsoft: Some(Box::new(ms)),
         }
     }

@@ -66,7 +66,7 @@ pub enum ConflictBehavior {
     Fail,
     /// Overwrite the existing file (a new version where versioning is on).
     Replace,
-    /// Keep both: the new file becomes `name (1).ext`, `name (2).ext`, … like OneDrive does.
+    /// Keep both: the new file becomes `name 1.ext`, `name 2.ext`, … as Graph names them.
     Rename,
 }
 

@@ -70,12 +70,13 @@ pub fn url_path(path: &str) -> String {
     encode(path, b"/")
 }
 
-/// The `n`th OneDrive-style alternative to `name`: `report.pdf` → `report (1).pdf`; a name
-/// without extension (or a dotfile) gets the suffix at the end.
+/// The `n`th alternative to `name` as Graph's `rename` makes it: a space and the number before
+/// the extension (`report.pdf` → `report 1.pdf`; "My Folder" → "My Folder 1" in the OneDrive
+/// docs), so both clients name a kept copy the same way.
 pub fn renamed(name: &str, n: u32) -> String {
     match name.rfind('.') {
-        Some(dot) if dot > 0 => format!("{} ({n}){}", &name[..dot], &name[dot..]),
-        _ => format!("{name} ({n})"),
+        Some(dot) if dot > 0 => format!("{} {n}{}", &name[..dot], &name[dot..]),
+        _ => format!("{name} {n}"),
     }
 }
 
@@ -129,10 +130,10 @@ mod tests {
     }
 
     #[test]
-    fn renames_follow_onedrive() {
-        assert_eq!(renamed("report.pdf", 1), "report (1).pdf");
-        assert_eq!(renamed("archive.tar.gz", 2), "archive.tar (2).gz");
-        assert_eq!(renamed("README", 3), "README (3)");
-        assert_eq!(renamed(".env", 1), ".env (1)");
+    fn renames_follow_graph() {
+        assert_eq!(renamed("report.pdf", 1), "report 1.pdf");
+        assert_eq!(renamed("archive.tar.gz", 2), "archive.tar 2.gz");
+        assert_eq!(renamed("My Folder", 3), "My Folder 3");
+        assert_eq!(renamed(".env", 1), ".env 1");
     }
 }

@@ -28,7 +28,7 @@ use super::{
 };
 
 const NOMETADATA: &str = "application/json;odata=nometadata";
-/// How many `name (n).ext` candidates a rename tries before giving up.
+/// How many `name n.ext` candidates a rename tries before giving up.
 const MAX_RENAMES: u32 = 200;
 
 /// A document library on a SharePoint site.
@@ -267,16 +267,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether a file exists: `GET GetFileByServerRelativePath(…)` answers the file or 404
+    /// (the same on every SharePoint version, unlike the `/Exists` property).
     async fn exists(&self, path: &str) -> Result<bool, UploadError> {
-        let url = file_url(self.target, path, "/Exists")?;
+        let url = file_url(self.target, path, "")?;
         match self
             .call(Safety::Idempotent, Method::GET, &url, None, "", path)
             .await
         {
-            Ok(body) => Ok(serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("value").and_then(Value::as_bool))
-                .unwrap_or(false)),
+            Ok(_) => Ok(true),
             Err(UploadError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
