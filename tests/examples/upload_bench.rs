@@ -63,33 +63,64 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn token(
-    info: &serde_json::Value,
-    scope: &str,
+    url: String,
+    form: &[(&str, &str)],
 ) -> Result<SecretString, Box<dyn std::error::Error>> {
-    let app = info["entra_apps"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["name"] == "entra-app"))
-        .ok_or("no entra-app")?;
-    let login = info["login"].as_str().ok_or("no login")?;
-    let tenant = info["tenant_id"].as_str().ok_or("no tenant")?;
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", app["client_id"].as_str().unwrap_or_default()),
-        (
-            "client_secret",
-            app["client_secret"].as_str().unwrap_or_default(),
-        ),
-        ("scope", scope),
-    ];
     let body: serde_json::Value = reqwest::Client::new()
-        .post(format!("{login}/{tenant}/oauth2/v2.0/token"))
-        .form(&form)
+        .post(url)
+        .form(form)
         .send()
         .await?
         .json()
         .await?;
     let at = body["access_token"].as_str().ok_or("no access_token")?;
     Ok(SecretString::from(at.to_owned()))
+}
+
+/// ACS app-only for SharePoint, Entra v2 client credentials for Graph.
+async fn tokens(
+    info: &serde_json::Value,
+) -> Result<(SecretString, SecretString), Box<dyn std::error::Error>> {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let realm = s(&info["realm"]);
+    let acs = info["acs_apps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == "acs-app"))
+        .ok_or("no acs-app")?;
+    let client_id = format!("{}@{realm}", s(&acs["client_id"]));
+    let resource = format!(
+        "00000003-0000-0ff1-ce00-000000000000/{}@{realm}",
+        s(&info["sharepoint_host"])
+    );
+    let sp = token(
+        format!("{}/{realm}/tokens/OAuth/2", s(&info["acs"])),
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &client_id),
+            ("client_secret", &s(&acs["client_secret"])),
+            ("resource", &resource),
+        ],
+    )
+    .await?;
+    let entra = info["entra_apps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == "entra-app"))
+        .ok_or("no entra-app")?;
+    let graph = token(
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            s(&info["login"]),
+            s(&info["tenant_id"])
+        ),
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &s(&entra["client_id"])),
+            ("client_secret", &s(&entra["client_secret"])),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ],
+    )
+    .await?;
+    Ok((sp, graph))
 }
 
 #[tokio::main]
@@ -109,7 +140,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut line = String::new();
     BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
     let info: serde_json::Value = serde_json::from_str(&line)?;
-    let base = info["base_url"].as_str().ok_or("no base_url")?;
     let site = info["sites"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == "team"))
@@ -117,19 +147,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let library = &site["libraries"][0];
 
     let http = reqwest::Client::new();
+    let (sp_token, graph_token) = tokens(&info).await?;
     let sp = SharePointClient::new(
         http.clone(),
-        Arc::new(StaticBearer::new(
-            token(&info, &format!("{base}/.default")).await?,
-        )),
+        Arc::new(StaticBearer::new(sp_token)),
         SharePointOptions::default(),
     );
     let graph = GraphClient::new(
         http.clone(),
         Url::parse(info["graph"].as_str().ok_or("no graph")?)?,
-        Arc::new(StaticBearer::new(
-            token(&info, "https://graph.microsoft.com/.default").await?,
-        )),
+        Arc::new(StaticBearer::new(graph_token)),
         GraphOptions::default(),
     );
     let target = SharePointTarget::new(

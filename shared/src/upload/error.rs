@@ -206,6 +206,20 @@ impl MicrosoftError {
             .as_ref()
             .and_then(|j| j.get("odata.error").or_else(|| j.get("error")));
         let Some(err) = err else {
+            // SharePoint's 401 body: {"error_description":"Invalid JWT token. …"}.
+            if let Some(desc) = json
+                .as_ref()
+                .and_then(|j| j.get("error_description"))
+                .and_then(Value::as_str)
+            {
+                return MicrosoftError {
+                    status,
+                    code: None,
+                    inner_code: None,
+                    message: desc.to_owned(),
+                    request_id,
+                };
+            }
             let text = String::from_utf8_lossy(body);
             let text: String = text.trim().chars().take(300).collect();
             return MicrosoftError {
@@ -569,6 +583,9 @@ mod tests {
             ),
         );
         h.insert("SPRequestGuid", HeaderValue::from_static("abc-123"));
+        let body = br#"{"error_description":"Invalid JWT token. The token is expired."}"#;
+        let ms = MicrosoftError::parse(401, &h, body);
+        assert_eq!(ms.message, "Invalid JWT token. The token is expired.");
         match from_response(Api::SharePoint, 401, &h, b"", "/x") {
             UploadError::Unauthorized {
                 explanation,
