@@ -402,6 +402,23 @@ async fn metadata_is_set_without_an_extra_version() {
     );
     assert_eq!(item.versions.len(), 1, "versions: {:?}", item.versions);
 
+    // A chunked upload (placeholder, three chunks, fields) still ends as one version.
+    r.file_name = "ledger.bin".into();
+    let len = 3 * 320 * 1024 + 11;
+    let out = w
+        .sp(320 * 1024)
+        .upload(&w.target(), &r, generated(len as u64, true))
+        .await
+        .unwrap();
+    assert_eq!(out.chunks, 4);
+    let item = w.emu.item(&out.path).expect("stored");
+    assert_eq!(item.size, len as u64);
+    assert_eq!(
+        item.fields.get("Title").and_then(|v| v.as_str()),
+        Some("Invoice 42")
+    );
+    assert_eq!(item.versions.len(), 1, "versions: {:?}", item.versions);
+
     // Graph has no field support here: a clear 400, before any byte moves.
     let err = w
         .graph(10 * MIB)
@@ -567,6 +584,81 @@ async fn a_broken_source_cancels_cleanly() {
         let err = w.upload(api, 320 * 1024, &r, src).await.unwrap_err();
         assert!(matches!(err, UploadError::Source(_)), "{api:?}: {err:?}");
         w.assert_clean(&format!("{}/broken/half.bin", w.library()));
+
+        // Replacing an existing file: a broken source leaves the old content whole.
+        let keep = content(2 * MIB);
+        let r = req(
+            "broken",
+            &format!("{api:?}-keep.bin"),
+            ConflictBehavior::Fail,
+        );
+        let out = w
+            .upload(
+                api,
+                320 * 1024,
+                &r,
+                UploadSource::from_bytes(Bytes::from(keep.clone())),
+            )
+            .await
+            .unwrap();
+        let path = w.stored_path(api, &out);
+        let frames = stream::iter((0..7).map(|i| Ok(Bytes::from(vec![i as u8; 100 * 1024]))))
+            .chain(stream::iter([Err(std::io::Error::other("origin reset"))]));
+        let src = UploadSource::from_stream(frames, Some(MIB as u64));
+        let r = req(
+            "broken",
+            &format!("{api:?}-keep.bin"),
+            ConflictBehavior::Replace,
+        );
+        let err = w.upload(api, 320 * 1024, &r, src).await.unwrap_err();
+        assert!(matches!(err, UploadError::Source(_)), "{api:?}: {err:?}");
+        assert!(
+            w.emu.file_bytes(&path).unwrap() == keep,
+            "{api:?}: the original was damaged"
+        );
+        assert!(w.emu.open_uploads().is_empty(), "{api:?}");
+    }
+}
+
+#[tokio::test]
+async fn throttling_mid_upload_past_the_deadline_cancels_cleanly() {
+    let w = World::start().await;
+    for (api, prefix) in [
+        (
+            Target::SharePoint,
+            "/sites/team/_api/web/GetFileByServerRelativePath",
+        ),
+        (Target::Graph, "/graph/_upload"),
+    ] {
+        // The first chunk is throttled for longer than the caller can wait.
+        w.emu.add_fault(
+            FaultRule::new(
+                prefix,
+                FaultKind::Status {
+                    status: 429,
+                    retry_after: Some(120),
+                },
+            )
+            .times(1),
+        );
+        let mut r = req(
+            "late",
+            &format!("{api:?}-chunked.bin"),
+            ConflictBehavior::Fail,
+        );
+        r.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+        let err = w
+            .upload(api, 320 * 1024, &r, generated(3 * 320 * 1024, true))
+            .await
+            .unwrap_err();
+        w.emu.clear_faults();
+        match err {
+            UploadError::Throttled { retry_after } => {
+                assert_eq!(retry_after, Duration::from_secs(120))
+            }
+            other => panic!("{api:?}: {other:?}"),
+        }
+        w.assert_clean(&format!("{}/late/{api:?}-chunked.bin", w.library()));
     }
 }
 
