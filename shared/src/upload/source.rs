@@ -214,6 +214,9 @@ impl Chunker {
         }
         let take = size.min(self.buf.len());
         let bytes = self.buf.split_to(take).freeze();
+        // The rest still shares the chunk's allocation; move it (at most a frame) out, or the
+        // next chunk's buffer would be allocated while this one is still held: two chunks.
+        self.buf = BytesMut::from(&self.buf[..]);
         // Look one frame ahead so the caller knows whether this chunk is the last.
         while self.buf.is_empty() && !self.eof {
             self.pull().await?;
