@@ -573,6 +573,71 @@ async fn a_reset_mid_chunk_completes_or_cancels_cleanly() {
 }
 
 #[tokio::test]
+async fn graph_sessions_resume_after_416_and_server_errors() {
+    let w = World::start().await;
+    let len = 4 * 320 * 1024 + 3;
+    // A 416 hits only the chunk PUT; a 5xx hits the status GET that follows too.
+    for (status, times) in [(416u16, 1), (500, 2), (502, 2), (504, 2)] {
+        w.emu.add_fault(
+            FaultRule::new(
+                "/graph/_upload",
+                FaultKind::Status {
+                    status,
+                    retry_after: None,
+                },
+            )
+            .times(times),
+        );
+        let r = req(
+            "resume",
+            &format!("after-{status}.bin"),
+            ConflictBehavior::Fail,
+        );
+        let out = w
+            .upload(Target::Graph, 320 * 1024, &r, generated(len as u64, true))
+            .await
+            .unwrap_or_else(|e| panic!("{status}: {e}"));
+        w.emu.clear_faults();
+        assert!(out.retries >= times, "{status}: {out:?}");
+        assert_eq!(out.chunks, 5);
+        let stored = w
+            .emu
+            .file_bytes(&w.stored_path(Target::Graph, &out))
+            .unwrap();
+        assert!(stored == content(len), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_graph_session_is_an_upstream_failure() {
+    let emu = Emulator::start(Options {
+        upload_session_ttl: Duration::ZERO,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let graph_token = graph_token(&emu).await;
+    let w = World {
+        sp_token: sharepoint_token(&emu).await,
+        graph_token,
+        emu,
+    };
+    let r = req("expired", "late.bin", ConflictBehavior::Fail);
+    let err = w
+        .upload(
+            Target::Graph,
+            320 * 1024,
+            &r,
+            generated(2 * 320 * 1024, true),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 502, "{err:?}");
+    assert!(err.to_string().contains("expired"), "{err}");
+    w.assert_clean(&format!("{}/expired/late.bin", w.library()));
+}
+
+#[tokio::test]
 async fn a_broken_source_cancels_cleanly() {
     let w = World::start().await;
     for api in BOTH {

@@ -269,6 +269,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chunk_owns_its_memory_alone() {
+        // Frames that straddle chunk boundaries leave a remainder behind each chunk; it must not
+        // keep the chunk's allocation alive, or two chunks live at once.
+        let (_, src) = frames(&[7; 30]);
+        let mut c = Chunker::new(src);
+        for _ in 0..4 {
+            let ch = c.next(40).await.unwrap();
+            assert_eq!(ch.bytes.len(), 40);
+            assert!(ch.bytes.is_unique(), "the chunker still shares the chunk's buffer");
+        }
+    }
+
+    #[tokio::test]
     async fn exact_multiple_is_flagged_last_without_an_empty_chunk() {
         let (_, src) = frames(&[80]);
         let mut c = Chunker::new(src);
