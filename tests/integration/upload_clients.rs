@@ -435,6 +435,7 @@ async fn metadata_is_set_without_an_extra_version() {
 #[tokio::test]
 async fn thirty_percent_throttling_still_lands() {
     let w = World::start().await;
+    // 1 - 0.85 × 0.82 ≈ 30% of requests are throttled.
     for (api, prefix) in [
         (Target::SharePoint, "/sites/team"),
         (Target::Graph, "/graph"),
@@ -457,7 +458,7 @@ async fn thirty_percent_throttling_still_lands() {
                     retry_after: None,
                 },
             )
-            .rate(0.15),
+            .rate(0.18),
         );
         let len = 4 * 320 * 1024 + 99;
         let r = req("throttled", &format!("{api:?}.bin"), ConflictBehavior::Fail);
@@ -932,6 +933,26 @@ async fn a_401_refreshes_the_token_once_and_retries() {
             other => panic!("{api:?}: {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_site_default_drive_is_the_first_library() {
+    let w = World::start().await;
+    let site = w.emu.info().site("team").unwrap();
+    let drive = DriveRef::SiteDefault(site.graph_id.clone());
+    let r = req("via-site", "a.txt", ConflictBehavior::Fail);
+    let out = w
+        .graph(MIB)
+        .upload(
+            &drive,
+            &r,
+            UploadSource::from_bytes(Bytes::from_static(b"site")),
+        )
+        .await
+        .unwrap();
+    let stored = format!("{}/via-site/a.txt", site.libraries[0].server_relative_url);
+    assert_eq!(out.path, "/via-site/a.txt");
+    assert_eq!(w.emu.file_bytes(&stored).as_deref(), Some(&b"site"[..]));
 }
 
 #[tokio::test]

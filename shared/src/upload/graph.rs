@@ -46,7 +46,7 @@ impl DriveRef {
             let ok = !id.is_empty()
                 && id
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "!-_.,".contains(c));
+                    .all(|c| c.is_ascii_alphanumeric() || "!-_.,:".contains(c));
             if ok {
                 Ok(())
             } else {
@@ -608,6 +608,13 @@ mod tests {
         let u = item_url(&graph(), &site, &["a.txt".into()], "/content", None).unwrap();
         assert!(u.as_str().starts_with("https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,f92f9e40-1110,2c99a486/drive/root:/"));
         let bad = DriveRef::Drive("x/../../me".into());
+        for id in ["", "a b", "a?b", "a#b", "a%2Fb"] {
+            let bad = DriveRef::SiteDefault(id.into());
+            assert!(
+                item_url(&graph(), &bad, &["a".into()], "", None).is_err(),
+                "{id:?}"
+            );
+        }
         assert_eq!(
             item_url(&graph(), &bad, &["a".into()], "", None)
                 .unwrap_err()

@@ -82,7 +82,8 @@ impl UploadSource {
     /// Streams `url` (http or https) with `GET`. The request is retried within `policy` and
     /// `deadline` until its headers arrive; a failure after that fails the upload (which then
     /// cancels cleanly). The announced `Content-Length` becomes the length. Error messages name
-    /// only the host: source URLs often carry signatures.
+    /// only the host: source URLs often carry signatures. The client's overall timeout covers
+    /// the whole transfer, so give `http` one long enough for the largest file.
     pub async fn from_url(
         http: &reqwest::Client,
         url: &Url,
@@ -277,7 +278,10 @@ mod tests {
         for _ in 0..4 {
             let ch = c.next(40).await.unwrap();
             assert_eq!(ch.bytes.len(), 40);
-            assert!(ch.bytes.is_unique(), "the chunker still shares the chunk's buffer");
+            assert!(
+                ch.bytes.is_unique(),
+                "the chunker still shares the chunk's buffer"
+            );
         }
     }
 
