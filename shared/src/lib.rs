@@ -10,4 +10,5 @@ pub mod ingest;
 pub mod oauth;
 pub mod secrets;
 pub mod telemetry;
+pub mod upload;
 pub mod webhook;
