@@ -8,5 +8,6 @@ pub mod http;
 pub mod ingest;
 pub mod secrets;
 pub mod oauth;
+pub mod identity;
 pub mod telemetry;
 pub mod webhook;
