@@ -3,11 +3,12 @@
 //! Every Microsoft identity call, every upload and every secret read or write goes through this
 //! crate; the Lambda functions in `functions/` only wire it together.
 
+pub mod access;
 pub mod config;
 pub mod http;
-pub mod ingest;
-pub mod secrets;
-pub mod oauth;
 pub mod identity;
+pub mod ingest;
+pub mod oauth;
+pub mod secrets;
 pub mod telemetry;
 pub mod webhook;
