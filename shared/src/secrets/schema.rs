@@ -234,6 +234,10 @@ pub struct ConnectionSecret {
         skip_serializing_if = "crate::oauth::state::ConsumedStates::is_empty"
     )]
     pub consumed_states: crate::oauth::state::ConsumedStates,
+    /// Azure AD v1: sign in for the Office 365 Discovery resource and record every service
+    /// resource the refresh token can be redeemed for (in `resources`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_discovery: bool,
     /// Microsoft's description of the last failure behind `status` (no secrets; for operators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_detail: Option<String>,
