@@ -1,4 +1,5 @@
 //! Integration tests, one binary made of modules.
 
 mod events;
+mod lifecycle;
 mod secrets;
