@@ -1097,6 +1097,75 @@ mod tests {
         assert_eq!(e.http_status(), http::StatusCode::NOT_FOUND);
     }
 
+    /// A store that, right after the first read of `c1`, lets "another container" store a newer
+    /// refresh token, as if it refreshed while this one was talking to Microsoft.
+    struct ConcurrentWriter {
+        inner: Arc<dyn SecretStore>,
+        done: std::sync::atomic::AtomicBool,
+    }
+
+    impl SecretStore for ConcurrentWriter {
+        fn get<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<crate::secrets::Versioned<serde_json::Value>, SecretError>,
+        > {
+            Box::pin(async move {
+                let read = self.inner.get(name).await?;
+                if name.ends_with("connections/c1")
+                    && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let mut newer = read.value.clone();
+                    newer["refresh_token"] = json!("rt2");
+                    newer["generation"] = json!(2);
+                    self.inner.put(name, &newer, Some(&read.version)).await?;
+                }
+                Ok(read)
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            name: &'a str,
+            value: &'a serde_json::Value,
+            expected: Option<&'a crate::secrets::VersionId>,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::secrets::VersionId, SecretError>>
+        {
+            self.inner.put(name, value, expected)
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> futures_util::future::BoxFuture<'a, Result<Vec<String>, SecretError>> {
+            self.inner.list(prefix)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_refused_because_another_writer_rotated_it_is_not_needs_consent() {
+        // Like a provider that revokes a refresh token once it is redeemed: only rt2 works.
+        let mut f = fixture(entra_connection("rt"), |n, req| {
+            if req.form_value("refresh_token").as_deref() == Some("rt2") {
+                rotating(n, req)
+            } else {
+                let body = json!({"error": "invalid_grant", "error_description": "AADSTS70000: The refresh token was already used."});
+                (400, vec![], body.to_string())
+            }
+        })
+        .await;
+        f.store = Arc::new(ConcurrentWriter {
+            inner: f.store.clone(),
+            done: Default::default(),
+        });
+        let out = f.access().refresh("c1").await.unwrap();
+        assert_eq!(out.persisted, Persisted::Saved { generation: 3 });
+        let stored = f.stored("c1").await;
+        assert_eq!(stored.status, ConnectionStatus::Active);
+        assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt2+");
+        assert_eq!(f.server.hits(), 2);
+    }
+
     #[test]
     fn resources_per_target_and_provider() {
         let eps = Endpoints::for_cloud(Cloud::Global);

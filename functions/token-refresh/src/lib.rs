@@ -455,3 +455,58 @@ pub fn certificate_not_after(pem: &[u8]) -> Option<OffsetDateTime> {
     let cert = pem.parse_x509().ok()?;
     OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_expiry_is_read_from_the_pem() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["spbridge".into()]).unwrap();
+        let not_after = OffsetDateTime::from_unix_timestamp(
+            OffsetDateTime::now_utc().unix_timestamp() + 10 * 86400,
+        )
+        .unwrap();
+        params.not_after = not_after;
+        let pem = params.self_signed(&key).unwrap().pem();
+        assert_eq!(certificate_not_after(pem.as_bytes()), Some(not_after));
+        assert_eq!(certificate_not_after(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn diagnostics_say_whether_a_retry_helps() {
+        let failed = |class| RunFailure::ConnectionsFailed {
+            failed: 1,
+            class,
+            report: Box::default(),
+            summary: Summary::default(),
+        };
+        let d: Diagnostic = failed(RefreshFailure::Throttled).into();
+        assert_eq!(d.error_type, "SpBridge.Retryable.Throttled");
+        assert!(failed(RefreshFailure::Transient).is_retryable());
+        assert!(!failed(RefreshFailure::Misconfigured).is_retryable());
+        let d: Diagnostic = RunFailure::Config("SPBRIDGE_CLOUD is invalid".into()).into();
+        assert_eq!(d.error_type, "SpBridge.Fatal.Misconfigured");
+        assert!(d.error_message.contains("SPBRIDGE_CLOUD"));
+        let store = RunFailure::Store(SecretError::Throttled {
+            name: "x".into(),
+            retry_after: None,
+        });
+        assert!(store.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_configuration_error_fails_the_run_without_panicking() {
+        let state: Result<State, String> = Err("SPBRIDGE_CLOUD is invalid".into());
+        let e = handle(
+            &state,
+            Trigger::Manual {
+                connections: vec![],
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.error_type(), "SpBridge.Fatal.Misconfigured");
+    }
+}
