@@ -611,6 +611,50 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
         (resp.status().as_u16(), error_code(&resp)),
         (400, "token_flow_unsupported".into())
     );
+    // Without a public base URL the redirect URI follows the Host, which must be allowed.
+    let mut cfg = env.config.clone();
+    cfg.public_base_url = None;
+    let guarded: Result<oauth_callback::State, String> = Ok(oauth_callback::State::new(
+        cfg,
+        lifecycle(&[("SPBRIDGE_ALLOWED_HOSTS", "api.contoso.example")]),
+        env.http.clone(),
+    )
+    .with_store(env.store.clone()));
+    let resp = oauth_callback::handle(
+        &guarded,
+        get(
+            "/connect/e1",
+            &[("accept", "application/json"), ("host", "evil.example")],
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 400, "{}", body_json(&resp));
+    let resp = oauth_callback::handle(
+        &guarded,
+        get(
+            "/connect/e1",
+            &[
+                ("accept", "application/json"),
+                ("host", "api.contoso.example"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let authorize = Url::parse(body_json(&resp)["authorize_url"].as_str().unwrap()).unwrap();
+    let redirect = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(redirect, "https://api.contoso.example/callback");
+    assert!(
+        authorize
+            .query_pairs()
+            .any(|(k, v)| k == "code_challenge_method" && v == "S256")
+    );
+
     // Unknown connection, bad id: 4xx, not 5xx.
     let resp =
         oauth_callback::handle(&cb, get("/connect/nope", &[("accept", "application/json")])).await;
