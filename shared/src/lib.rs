@@ -9,4 +9,8 @@ pub mod ingest;
 pub mod secrets;
 pub mod oauth;
 pub mod telemetry;
+<<<<<<< HEAD
 pub mod webhook;
+=======
+pub mod upload;
+>>>>>>> upload

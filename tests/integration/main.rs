@@ -2,3 +2,4 @@
 
 mod events;
 mod secrets;
+mod upload_clients;

@@ -1,0 +1,638 @@
+//! Upload errors, and the parsing of SharePoint's and Graph's error bodies.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+/// SharePoint's code for "a file with the name … already exists".
+pub const SP_FILE_EXISTS: i64 = -2130575257;
+/// SharePoint's code for "the file … does not exist".
+pub const SP_FILE_NOT_FOUND: i64 = -2130575338;
+/// SharePoint's `System.IO.FileNotFoundException` (a missing folder, among others).
+pub const SP_IO_FILE_NOT_FOUND: i64 = -2147024894;
+/// SharePoint's `E_ACCESSDENIED` (`System.UnauthorizedAccessException`).
+pub const SP_ACCESS_DENIED: i64 = -2147024891;
+
+/// Why an upload failed. Each variant maps to one HTTP status via [`UploadError::http_status`].
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// A file of that name exists and the conflict behavior is `fail` (409).
+    #[error("a file already exists at {path}")]
+    Conflict {
+        /// The path that was asked for.
+        path: String,
+        /// Microsoft's error, when the service said so.
+        microsoft: Option<Box<MicrosoftError>>,
+    },
+    /// The site, library, drive or folder does not exist (404).
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was missing, in words.
+        what: String,
+        /// Microsoft's error, when the service said so.
+        microsoft: Option<Box<MicrosoftError>>,
+    },
+    /// The token was refused even after a refresh (401); the diagnostics explain why.
+    #[error("the service refused the access token: {explanation}")]
+    Unauthorized {
+        /// A short human explanation built from the response.
+        explanation: String,
+        /// The headers an auth doctor needs.
+        diagnostics: Box<AuthDiagnostics>,
+    },
+    /// The token is valid but lacks permission (403).
+    #[error("access denied: {explanation}")]
+    Forbidden {
+        /// A short human explanation built from the response.
+        explanation: String,
+        /// The headers an auth doctor needs.
+        diagnostics: Box<AuthDiagnostics>,
+    },
+    /// The service is throttling and waiting longer would pass the deadline or the retry budget
+    /// (503 with `Retry-After`, or 429).
+    #[error("throttled; retry after {}s", retry_after.as_secs())]
+    Throttled {
+        /// How long the caller should wait before trying again.
+        retry_after: Duration,
+    },
+    /// The connection needs a user to sign in or consent again (424).
+    #[error("the connection needs consent again: {0}")]
+    NeedsConsent(String),
+    /// The service failed in a way the caller cannot fix (502).
+    #[error("upstream answered {status}{}: {message}", microsoft_code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Upstream {
+        /// The HTTP status (0 when no response arrived).
+        status: u16,
+        /// Microsoft's error code, e.g. `-2130575342, Microsoft.SharePoint.SPException` or `invalidRequest`.
+        microsoft_code: Option<String>,
+        /// Microsoft's message, or what went wrong.
+        message: String,
+    },
+    /// The request itself is wrong: bad name, bad path, unknown length where one is needed (400).
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The file landed but SharePoint rejected some metadata values (400).
+    #[error(
+        "the file was uploaded to {path} but SharePoint rejected fields: {}",
+        describe_fields(fields)
+    )]
+    MetadataRejected {
+        /// Where the file is.
+        path: String,
+        /// Each rejected field with SharePoint's message.
+        fields: Vec<FieldError>,
+    },
+    /// Reading the content failed (the source URL broke off, or gave other than it announced) (502).
+    #[error("reading the content failed: {0}")]
+    Source(String),
+}
+
+fn describe_fields(fields: &[FieldError]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One field SharePoint refused in `ValidateUpdateListItem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's internal name.
+    pub field: String,
+    /// SharePoint's `ErrorMessage`.
+    pub message: String,
+    /// SharePoint's `ErrorCode`, when given.
+    pub code: Option<i64>,
+}
+
+impl UploadError {
+    /// The HTTP status a function should answer with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            UploadError::Conflict { .. } => 409,
+            UploadError::NotFound { .. } => 404,
+            UploadError::Unauthorized { .. } => 401,
+            UploadError::Forbidden { .. } => 403,
+            UploadError::Throttled { .. } => 503,
+            UploadError::NeedsConsent(_) => 424,
+            UploadError::Upstream { .. } | UploadError::Source(_) => 502,
+            UploadError::BadInput(_) | UploadError::MetadataRejected { .. } => 400,
+        }
+    }
+
+    /// Whether a fresh attempt of the whole upload later might succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UploadError::Throttled { .. } | UploadError::Source(_) => true,
+            UploadError::Upstream { status, .. } => *status == 0 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn transport(e: &reqwest::Error) -> Self {
+        // reqwest's Display can carry the URL; upload URLs never carry secrets except Graph's
+        // tempauth, so strip the URL.
+        UploadError::Upstream {
+            status: 0,
+            microsoft_code: None,
+            message: format!("network error: {}", describe_transport(e)),
+        }
+    }
+}
+
+/// Describes a network error without its URL.
+pub(crate) fn describe_transport(e: &reqwest::Error) -> String {
+    let mut msg = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "body broke off".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// An error as Microsoft reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MicrosoftError {
+    /// HTTP status of the response.
+    pub status: u16,
+    /// The code: SharePoint's `"-2130575257, Microsoft.SharePoint.SPException"` or Graph's
+    /// `nameAlreadyExists` (Graph's innermost `innerError.code` goes to `inner_code`).
+    pub code: Option<String>,
+    /// Graph's innermost `innerError.code`, when present.
+    pub inner_code: Option<String>,
+    /// The human message.
+    pub message: String,
+    /// `request-id` (Graph) or `SPRequestGuid` (SharePoint), for support tickets.
+    pub request_id: Option<String>,
+}
+
+impl MicrosoftError {
+    /// SharePoint's numeric HRESULT-like code: `-2130575257` from
+    /// `"-2130575257, Microsoft.SharePoint.SPException"`.
+    pub fn sp_code(&self) -> Option<i64> {
+        let code = self.code.as_deref()?;
+        code.split(',').next()?.trim().parse().ok()
+    }
+
+    /// Whether the code (or inner code) equals `code`, ignoring ASCII case.
+    pub fn is(&self, code: &str) -> bool {
+        self.code
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case(code))
+            || self
+                .inner_code
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case(code))
+    }
+
+    /// Parses a SharePoint (`odata.error` or verbose `error`) or Graph (`error`) body. Any body
+    /// parses: one that is not JSON becomes the message (shortened).
+    pub fn parse(status: u16, headers: &HeaderMap, body: &[u8]) -> Self {
+        let request_id = header(headers, "request-id").or_else(|| header(headers, "SPRequestGuid"));
+        let json: Option<Value> = serde_json::from_slice(body).ok();
+        let err = json
+            .as_ref()
+            .and_then(|j| j.get("odata.error").or_else(|| j.get("error")));
+        let Some(err) = err else {
+            // SharePoint's 401 body: {"error_description":"Invalid JWT token. …"}.
+            if let Some(desc) = json
+                .as_ref()
+                .and_then(|j| j.get("error_description"))
+                .and_then(Value::as_str)
+            {
+                return MicrosoftError {
+                    status,
+                    code: None,
+                    inner_code: None,
+                    message: desc.to_owned(),
+                    request_id,
+                };
+            }
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.trim().chars().take(300).collect();
+            return MicrosoftError {
+                status,
+                code: None,
+                inner_code: None,
+                message: if text.is_empty() {
+                    format!("HTTP {status} with no error body")
+                } else {
+                    text
+                },
+                request_id,
+            };
+        };
+        let code = err.get("code").and_then(Value::as_str).map(str::to_owned);
+        // SharePoint nests the text as {"lang","value"}; Graph has a plain string.
+        let message = match err.get("message") {
+            Some(Value::String(s)) => s.clone(),
+            Some(m) => m
+                .get("value")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            None => String::new(),
+        };
+        let mut inner_code = None;
+        let mut inner = err.get("innerError").or_else(|| err.get("innererror"));
+        while let Some(i) = inner {
+            if let Some(c) = i.get("code").and_then(Value::as_str) {
+                inner_code = Some(c.to_owned());
+            }
+            inner = i.get("innerError").or_else(|| i.get("innererror"));
+        }
+        let request_id = request_id.or_else(|| {
+            err.get("innerError")
+                .and_then(|i| i.get("request-id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        MicrosoftError {
+            status,
+            code,
+            inner_code,
+            message,
+            request_id,
+        }
+    }
+}
+
+/// The response headers that explain a 401 or 403.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthDiagnostics {
+    /// HTTP status (401 or 403).
+    pub status: u16,
+    /// `WWW-Authenticate` (SharePoint names the realm and client id; Graph a claims challenge).
+    pub www_authenticate: Option<String>,
+    /// SharePoint's `x-ms-diagnostics` (e.g. `3000003;reason="Invalid audience Uri…"`).
+    pub x_ms_diagnostics: Option<String>,
+    /// Graph `request-id` or SharePoint `SPRequestGuid`.
+    pub request_id: Option<String>,
+    /// Microsoft's error from the body.
+    pub microsoft: Option<Box<MicrosoftError>>,
+}
+
+impl AuthDiagnostics {
+    fn from_response(status: u16, headers: &HeaderMap, ms: MicrosoftError) -> Self {
+        AuthDiagnostics {
+            status,
+            www_authenticate: header(headers, "www-authenticate"),
+            x_ms_diagnostics: header(headers, "x-ms-diagnostics"),
+            request_id: header(headers, "request-id")
+                .or_else(|| header(headers, "SPRequestGuid"))
+                .or_else(|| ms.request_id.clone()),
+            microsoft: Some(Box::new(ms)),
+        }
+    }
+
+    fn explain(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(d) = &self.x_ms_diagnostics {
+            // `3000003;reason="Invalid audience Uri '…'.";category="invalid_client"`
+            let reason = d
+                .split(";reason=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or(d);
+            parts.push(reason.to_owned());
+        }
+        if let Some(w) = &self.www_authenticate {
+            if w.contains("insufficient_claims") {
+                parts.push("the token lacks claims a Conditional Access policy requires".into());
+            } else if let Some(desc) = w
+                .split("error_description=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            {
+                parts.push(desc.to_owned());
+            }
+        }
+        if let Some(ms) = &self.microsoft
+            && !ms.message.is_empty()
+        {
+            parts.push(ms.message.clone());
+        }
+        if parts.is_empty() {
+            format!("HTTP {} without details", self.status)
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Which API answered, for mapping its error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    SharePoint,
+    Graph,
+}
+
+/// Maps an error response to an [`UploadError`]. `path` names the target for conflict and
+/// not-found messages.
+pub(crate) fn from_response(
+    api: Api,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+) -> UploadError {
+    let ms = MicrosoftError::parse(status, headers, body);
+    if status == 401 || status == 403 {
+        let diag = AuthDiagnostics::from_response(status, headers, ms);
+        let explanation = diag.explain();
+        return if status == 401 {
+            UploadError::Unauthorized {
+                explanation,
+                diagnostics: Box::new(diag),
+            }
+        } else {
+            UploadError::Forbidden {
+                explanation,
+                diagnostics: Box::new(diag),
+            }
+        };
+    }
+    let conflict = match api {
+        Api::SharePoint => ms.sp_code() == Some(SP_FILE_EXISTS),
+        Api::Graph => ms.is("nameAlreadyExists"),
+    };
+    if conflict || status == 409 {
+        return UploadError::Conflict {
+            path: path.to_owned(),
+            microsoft: Some(Box::new(ms)),
+        };
+    }
+    // SharePoint answers access denied with 500 at times; keep it a 403.
+    if api == Api::SharePoint && ms.sp_code() == Some(SP_ACCESS_DENIED) {
+        let diag = AuthDiagnostics::from_response(status, headers, ms);
+        let explanation = diag.explain();
+        return UploadError::Forbidden {
+            explanation,
+            diagnostics: Box::new(diag),
+        };
+    }
+    if status == 404
+        || matches!(ms.sp_code(), Some(SP_FILE_NOT_FOUND | SP_IO_FILE_NOT_FOUND))
+        || ms.is("itemNotFound")
+    {
+        return UploadError::NotFound {
+            what: format!("{path}: {}", ms.message),
+            microsoft: Some(Box::new(ms)),
+        };
+    }
+    UploadError::Upstream {
+        status,
+        microsoft_code: ms.code.clone(),
+        message: ms.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+
+    /// Opens a PnP recording wrapper: (status, headers, body).
+    fn pnp(path: &str) -> (u16, HeaderMap, Vec<u8>) {
+        let raw = std::fs::read_to_string(format!("{FIXTURES}/{path}")).unwrap();
+        let v: Value = serde_json::from_str(&raw).unwrap();
+        let mut headers = HeaderMap::new();
+        for (k, val) in v["Headers"].as_object().unwrap() {
+            headers.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(val.as_str().unwrap()).unwrap(),
+            );
+        }
+        let status = v["StatusCode"].as_u64().unwrap() as u16;
+        (
+            status,
+            headers,
+            v["Response"].as_str().unwrap().as_bytes().to_vec(),
+        )
+    }
+
+    /// Opens a raw `.http` recording: (status, body).
+    fn http(path: &str) -> (u16, Vec<u8>) {
+        let raw = std::fs::read_to_string(format!("{FIXTURES}/{path}")).unwrap();
+        let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = raw.split_once("\n\n").unwrap().1;
+        (status, body.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn sharepoint_not_found_keeps_code_and_request_guid() {
+        let (s, h, b) = pnp(
+            "sharepoint-rest/pnpcore/GetNonExistingFileByServerRelativeUrlAsyncTest-1-00002.response.json",
+        );
+        let ms = MicrosoftError::parse(s, &h, &b);
+        assert_eq!(ms.sp_code(), Some(SP_FILE_NOT_FOUND));
+        assert_eq!(
+            ms.message,
+            "The file /sites/prov-2/Shared Documents/IdontExist.pdf does not exist."
+        );
+        assert_eq!(
+            ms.request_id.as_deref(),
+            Some("8bd819a1-70fb-8000-74f6-e7d4ebf46da1")
+        );
+        let err = from_response(Api::SharePoint, s, &h, &b, "/x");
+        assert!(matches!(err, UploadError::NotFound { .. }), "{err:?}");
+        assert_eq!(err.http_status(), 404);
+    }
+
+    #[test]
+    fn sharepoint_file_exists_is_a_conflict_even_on_500() {
+        let body = std::fs::read(format!(
+            "{FIXTURES}/sharepoint-rest/cli-microsoft365_app-add.spec_file-exists_-2130575257.json"
+        ))
+        .unwrap();
+        let err = from_response(Api::SharePoint, 500, &HeaderMap::new(), &body, "/a/b.pdf");
+        match err {
+            UploadError::Conflict { path, microsoft } => {
+                assert_eq!(path, "/a/b.pdf");
+                assert_eq!(microsoft.unwrap().sp_code(), Some(SP_FILE_EXISTS));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sharepoint_other_errors_are_upstream_with_code() {
+        let (s, h, b) = pnp(
+            "sharepoint-rest/pnpcore/ThrowSharePointRestServiceException-0-00003.response.json",
+        );
+        match from_response(Api::SharePoint, s, &h, &b, "/x") {
+            UploadError::Upstream {
+                status,
+                microsoft_code,
+                message,
+            } => {
+                assert_eq!(status, 500);
+                assert_eq!(
+                    microsoft_code.as_deref(),
+                    Some("-2130575342, Microsoft.SharePoint.SPException")
+                );
+                assert!(message.starts_with("A list, survey"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (s, h, b) =
+            pnp("sharepoint-rest/pnpcore/GetByServerRelativeSpecialChars-0-00005.response.json");
+        let ms = MicrosoftError::parse(s, &h, &b);
+        assert_eq!(ms.sp_code(), Some(SP_IO_FILE_NOT_FOUND));
+    }
+
+    #[test]
+    fn sharepoint_verbose_error_shape_parses() {
+        let body = br#"{"error":{"code":"-2147024891, System.UnauthorizedAccessException","message":{"lang":"en-US","value":"Access denied."}}}"#;
+        let err = from_response(Api::SharePoint, 500, &HeaderMap::new(), body, "/x");
+        match err {
+            UploadError::Forbidden { explanation, .. } => assert_eq!(explanation, "Access denied."),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn graph_name_already_exists_is_a_conflict() {
+        let (s, b) = http("graph/docs/graph-docs_uploadSession_409_nameAlreadyExists.http");
+        assert_eq!(s, 409);
+        // The docs sample has a trailing comma, so it is not JSON; the status still decides.
+        let err = from_response(Api::Graph, s, &HeaderMap::new(), &b, "/f.txt");
+        assert!(matches!(err, UploadError::Conflict { .. }), "{err:?}");
+        let strict = br#"{"error":{"code":"nameAlreadyExists","message":"exists"}}"#;
+        let ms = MicrosoftError::parse(409, &HeaderMap::new(), strict);
+        assert!(ms.is("nameAlreadyExists"));
+    }
+
+    #[test]
+    fn graph_errors_keep_code_inner_code_and_request_id() {
+        let (s, h, b) =
+            pnp("graph/pnpcore/VerifyGraphServiceExceptionToString-0-00003.response.json");
+        let ms = MicrosoftError::parse(s, &h, &b);
+        assert_eq!(ms.code.as_deref(), Some("BadRequest"));
+        assert_eq!(ms.inner_code.as_deref(), Some("NameAlreadyExists"));
+        assert_eq!(
+            ms.request_id.as_deref(),
+            Some("554c0b9c-7fef-4e85-b7ef-a7257031ce42")
+        );
+
+        let (s, h, b) = pnp("graph/pnpcore/ThrowGraphServiceException-0-00002.response.json");
+        match from_response(Api::Graph, s, &h, &b, "/x") {
+            UploadError::Upstream {
+                status,
+                microsoft_code,
+                message,
+            } => {
+                assert_eq!(
+                    (status, microsoft_code.as_deref()),
+                    (400, Some("invalidRequest"))
+                );
+                assert_eq!(message, "Invalid hostname for this tenancy");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let b = std::fs::read(format!(
+            "{FIXTURES}/graph/cli-microsoft365_file-add.spec_itemNotFound.json"
+        ))
+        .unwrap();
+        let ms = MicrosoftError::parse(404, &HeaderMap::new(), &b);
+        assert_eq!(
+            ms.request_id.as_deref(),
+            Some("e44abe41-7f08-43d2-92b6-089e3335b47c")
+        );
+        assert!(matches!(
+            from_response(Api::Graph, 404, &HeaderMap::new(), &b, "/x"),
+            UploadError::NotFound { .. }
+        ));
+    }
+
+    #[test]
+    fn auth_failures_keep_diagnostic_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "www-authenticate",
+            HeaderValue::from_static(
+                r#"Bearer realm="f7322380-f203-42ff-93e8-66e266f6d2e4",client_id="00000003-0000-0ff1-ce00-000000000000",trusted_issuers="00000001-0000-0000-c000-000000000000@*""#,
+            ),
+        );
+        h.insert(
+            "x-ms-diagnostics",
+            HeaderValue::from_static(
+                r#"3000003;reason="Invalid audience Uri 'https://wrong/'.";category="invalid_client""#,
+            ),
+        );
+        h.insert("SPRequestGuid", HeaderValue::from_static("abc-123"));
+        let body = br#"{"error_description":"Invalid JWT token. The token is expired."}"#;
+        let ms = MicrosoftError::parse(401, &h, body);
+        assert_eq!(ms.message, "Invalid JWT token. The token is expired.");
+        match from_response(Api::SharePoint, 401, &h, b"", "/x") {
+            UploadError::Unauthorized {
+                explanation,
+                diagnostics,
+            } => {
+                assert_eq!(
+                    explanation,
+                    "Invalid audience Uri 'https://wrong/'.; HTTP 401 with no error body"
+                );
+                assert!(diagnostics.www_authenticate.unwrap().contains("realm="));
+                assert_eq!(diagnostics.request_id.as_deref(), Some("abc-123"));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let claims = std::fs::read_to_string(format!(
+            "{FIXTURES}/www-authenticate/FluidFramework_parseAuthErrorClaims_insufficient_claims.txt"
+        ))
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "www-authenticate",
+            HeaderValue::from_str(claims.trim()).unwrap(),
+        );
+        let err = from_response(Api::Graph, 401, &h, b"{}", "/x");
+        assert!(err.to_string().contains("Conditional Access"), "{err}");
+    }
+
+    #[test]
+    fn every_variant_maps_to_a_status() {
+        assert_eq!(
+            UploadError::Throttled {
+                retry_after: Duration::from_secs(3)
+            }
+            .http_status(),
+            503
+        );
+        assert_eq!(UploadError::NeedsConsent("x".into()).http_status(), 424);
+        assert_eq!(UploadError::BadInput("x".into()).http_status(), 400);
+        assert_eq!(
+            UploadError::Upstream {
+                status: 500,
+                microsoft_code: None,
+                message: String::new()
+            }
+            .http_status(),
+            502
+        );
+    }
+}

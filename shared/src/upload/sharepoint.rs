@@ -1,0 +1,793 @@
+//! Uploads through SharePoint REST (`/_api/web/…`).
+//!
+//! Small files go in one `Files/AddUsingPath` request. Larger ones create the file (empty) and
+//! then stream 10 MiB chunks through `StartUpload` / `ContinueUpload` / `FinishUpload`; any
+//! failure cancels the session and deletes the placeholder we created, so no partial file is left
+//! looking complete. Replacing an existing file with a chunked upload streams into that file
+//! directly: SharePoint keeps its old content until `FinishUpload`, so a failure leaves it intact.
+//! The `…Path` (`decodedurl`) variants are used throughout so that `#` and `%` in names work.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use url::Url;
+use uuid::Uuid;
+
+use super::error::{Api, FieldError, from_response};
+use super::names::{folder_segments, odata_literal, renamed, url_path, validate_name};
+use super::retry::{RetryPolicy, Safety, Sender};
+use super::source::{Chunk, Chunker, UploadSource};
+use super::{
+    Attempt, BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, UploadError,
+    UploadOutcome, UploadRequest,
+};
+
+const NOMETADATA: &str = "application/json;odata=nometadata";
+/// How many `name n.ext` candidates a rename tries before giving up.
+const MAX_RENAMES: u32 = 200;
+
+/// A document library on a SharePoint site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharePointTarget {
+    site: Url,
+    library: String,
+}
+
+impl SharePointTarget {
+    /// `site` is the web URL (`https://contoso.sharepoint.com/sites/x`); `library` the library's
+    /// server-relative URL (`/sites/x/Shared Documents`).
+    pub fn new(site: Url, library: &str) -> Result<Self, UploadError> {
+        if !matches!(site.scheme(), "http" | "https")
+            || site.host_str().is_none()
+            || site.query().is_some()
+            || site.fragment().is_some()
+        {
+            return Err(UploadError::BadInput(
+                "the site URL must be http(s) with a host and no query or fragment".into(),
+            ));
+        }
+        if !library.starts_with('/') {
+            return Err(UploadError::BadInput(format!(
+                "the library {library:?} must be a server-relative URL starting with '/'"
+            )));
+        }
+        let segments = folder_segments(library)?;
+        Ok(SharePointTarget {
+            site,
+            library: format!("/{}", segments.join("/")),
+        })
+    }
+
+    /// The site URL.
+    pub fn site(&self) -> &Url {
+        &self.site
+    }
+
+    /// The library's server-relative URL.
+    pub fn library(&self) -> &str {
+        &self.library
+    }
+
+    fn api(&self, rest: &str) -> Result<Url, UploadError> {
+        let s = format!(
+            "{}/_api/web/{rest}",
+            self.site.as_str().trim_end_matches('/')
+        );
+        Url::parse(&s).map_err(|e| UploadError::BadInput(format!("cannot build a URL: {e}")))
+    }
+}
+
+/// URL of `Files/AddUsingPath` in `folder`.
+pub fn add_file_url(
+    t: &SharePointTarget,
+    folder: &str,
+    name: &str,
+    overwrite: bool,
+) -> Result<Url, UploadError> {
+    t.api(&format!(
+        "GetFolderByServerRelativePath(decodedurl={})/Files/AddUsingPath(decodedurl={},overwrite={overwrite})",
+        odata_literal(folder),
+        odata_literal(name)
+    ))
+}
+
+/// URL of a file (`GetFileByServerRelativePath`) followed by `suffix` (e.g. `/Exists`).
+pub fn file_url(t: &SharePointTarget, path: &str, suffix: &str) -> Result<Url, UploadError> {
+    t.api(&format!(
+        "GetFileByServerRelativePath(decodedurl={}){suffix}",
+        odata_literal(path)
+    ))
+}
+
+/// URL that creates the folder at the server-relative `path`.
+pub fn add_folder_url(t: &SharePointTarget, path: &str) -> Result<Url, UploadError> {
+    t.api(&format!(
+        "Folders/AddUsingPath(decodedurl={})",
+        odata_literal(path)
+    ))
+}
+
+/// The chunked-upload operations, as URL suffixes of the file.
+pub fn chunk_suffix(op: ChunkOp, upload_id: Uuid) -> String {
+    match op {
+        ChunkOp::Start => format!("/StartUpload(uploadId=guid'{upload_id}')"),
+        ChunkOp::Continue(n) => {
+            format!("/ContinueUpload(uploadId=guid'{upload_id}',fileOffset={n})")
+        }
+        ChunkOp::Finish(n) => format!("/FinishUpload(uploadId=guid'{upload_id}',fileOffset={n})"),
+        ChunkOp::Cancel => format!("/CancelUpload(uploadId=guid'{upload_id}')"),
+    }
+}
+
+/// One step of SharePoint's chunked upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOp {
+    /// `StartUpload`: the first chunk.
+    Start,
+    /// `ContinueUpload` at this offset.
+    Continue(u64),
+    /// `FinishUpload` at this offset: the last chunk.
+    Finish(u64),
+    /// `CancelUpload`.
+    Cancel,
+}
+
+/// Tuning of the SharePoint client.
+#[derive(Debug, Clone)]
+pub struct SharePointOptions {
+    /// Chunk size, and the size above which uploads are chunked. Default 10 MiB.
+    pub chunk_size: usize,
+    /// Retries of each request.
+    pub retry: RetryPolicy,
+}
+
+impl Default for SharePointOptions {
+    fn default() -> Self {
+        SharePointOptions {
+            chunk_size: 10 * 1024 * 1024,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Uploads into SharePoint document libraries through SharePoint REST.
+#[derive(Clone)]
+pub struct SharePointClient {
+    http: reqwest::Client,
+    bearer: Arc<dyn BearerSource>,
+    opts: SharePointOptions,
+}
+
+/// `SP.File` as `odata=nometadata` returns it (Int64 fields as strings).
+#[derive(Debug, Deserialize)]
+struct SpFile {
+    #[serde(rename = "ServerRelativeUrl")]
+    server_relative_url: String,
+    #[serde(rename = "Length", deserialize_with = "int64")]
+    length: u64,
+    #[serde(rename = "UniqueId", default)]
+    unique_id: Option<String>,
+    #[serde(rename = "ETag", default)]
+    etag: Option<String>,
+}
+
+/// SharePoint writes Int64 as a JSON string; accept a number too.
+pub(crate) fn int64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom("not an unsigned integer")),
+        other => Err(serde::de::Error::custom(format!(
+            "expected Int64, got {other}"
+        ))),
+    }
+}
+
+/// `{"value":"10485760"}` (or `{"d":{"StartUpload":"…"}}` in verbose mode).
+fn parse_offset(body: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let raw = v
+        .get("value")
+        .or_else(|| v.get("d").and_then(|d| d.as_object()?.values().next()))?;
+    match raw {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+fn parse_file(body: &[u8]) -> Result<SpFile, UploadError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad_reply(&e.to_string()))?;
+    // Verbose mode wraps the entity in "d".
+    let v = v.get("d").cloned().unwrap_or(v);
+    serde_json::from_value(v).map_err(|e| bad_reply(&e.to_string()))
+}
+
+fn bad_reply(why: &str) -> UploadError {
+    UploadError::Upstream {
+        status: 200,
+        microsoft_code: None,
+        message: format!("SharePoint answered something unexpected: {why}"),
+    }
+}
+
+/// Per-upload context.
+struct Ctx<'a> {
+    target: &'a SharePointTarget,
+    sender: Sender<'a>,
+}
+
+impl Ctx<'_> {
+    /// Sends and returns the body of a 2xx, or the mapped error.
+    async fn call(
+        &self,
+        safety: Safety,
+        method: Method,
+        url: &Url,
+        body: Option<Bytes>,
+        content_type: &'static str,
+        what: &str,
+    ) -> Result<Bytes, UploadError> {
+        let resp = self
+            .sender
+            .send(safety, |c| {
+                let mut rb = c
+                    .request(method.clone(), url.clone())
+                    .header(ACCEPT, NOMETADATA);
+                rb = match &body {
+                    Some(b) => rb
+                        .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
+                        .body(b.clone()),
+                    // SharePoint wants a length on body-less POSTs.
+                    None if method == Method::POST => rb.body(Bytes::new()),
+                    None => rb,
+                };
+                rb
+            })
+            .await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| UploadError::transport(&e))?;
+        if (200..300).contains(&status) {
+            Ok(bytes)
+        } else {
+            Err(from_response(
+                Api::SharePoint,
+                status,
+                &headers,
+                &bytes,
+                what,
+            ))
+        }
+    }
+
+    /// Whether a file exists: `GET GetFileByServerRelativePath(…)` answers the file or 404
+    /// (the same on every SharePoint version, unlike the `/Exists` property).
+    async fn exists(&self, path: &str) -> Result<bool, UploadError> {
+        let url = file_url(self.target, path, "")?;
+        match self
+            .call(Safety::Idempotent, Method::GET, &url, None, "", path)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(UploadError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn add(
+        &self,
+        folder: &str,
+        name: &str,
+        overwrite: bool,
+        body: &Bytes,
+    ) -> Result<SpFile, UploadError> {
+        let url = add_file_url(self.target, folder, name, overwrite)?;
+        // Without overwrite, a repeat after a lost answer would see our own file as a conflict.
+        let safety = if overwrite {
+            Safety::Idempotent
+        } else {
+            Safety::ThrottleOnly
+        };
+        let path = format!("{folder}/{name}");
+        let reply = self
+            .call(
+                safety,
+                Method::POST,
+                &url,
+                Some(body.clone()),
+                "application/octet-stream",
+                &path,
+            )
+            .await?;
+        parse_file(&reply)
+    }
+
+    /// Creates each missing folder from the library down to `segments`.
+    async fn ensure_folders(&self, segments: &[String]) -> Result<(), UploadError> {
+        let mut path = self.target.library.clone();
+        for seg in segments {
+            path.push('/');
+            path.push_str(seg);
+            let url = add_folder_url(self.target, &path)?;
+            match self
+                .call(Safety::Idempotent, Method::POST, &url, None, "", &path)
+                .await
+            {
+                Ok(_) | Err(UploadError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `body` as `name` in `folder`, applying `conflict`. With `keep_existing` (a chunked
+    /// replace), an existing file is left as is and reported as `Replaced` for the caller to
+    /// stream into. Returns the file, the outcome and whether we created it.
+    async fn create(
+        &self,
+        folder: &str,
+        segments: &[String],
+        name: &str,
+        conflict: ConflictBehavior,
+        body: &Bytes,
+        keep_existing: bool,
+    ) -> Result<(SpFile, ConflictOutcome, bool), UploadError> {
+        let first = match self.add(folder, name, false, body).await {
+            Err(UploadError::NotFound { .. }) if !segments.is_empty() => {
+                self.ensure_folders(segments).await?;
+                self.add(folder, name, false, body).await
+            }
+            other => other,
+        };
+        match (first, conflict) {
+            (Ok(f), _) => Ok((f, ConflictOutcome::Created, true)),
+            (Err(e @ UploadError::Conflict { .. }), ConflictBehavior::Fail) => Err(e),
+            (Err(UploadError::Conflict { .. }), ConflictBehavior::Replace) => {
+                if keep_existing {
+                    let path = format!("{folder}/{name}");
+                    let f = SpFile {
+                        server_relative_url: path,
+                        length: 0,
+                        unique_id: None,
+                        etag: None,
+                    };
+                    return Ok((f, ConflictOutcome::Replaced, false));
+                }
+                let f = self.add(folder, name, true, body).await?;
+                Ok((f, ConflictOutcome::Replaced, false))
+            }
+            (Err(UploadError::Conflict { .. }), ConflictBehavior::Rename) => {
+                for n in 1..=MAX_RENAMES {
+                    let candidate = renamed(name, n);
+                    if self.exists(&format!("{folder}/{candidate}")).await? {
+                        continue;
+                    }
+                    match self.add(folder, &candidate, false, body).await {
+                        Ok(f) => {
+                            let outcome = ConflictOutcome::Renamed {
+                                from: name.to_owned(),
+                            };
+                            return Ok((f, outcome, true));
+                        }
+                        // Someone took it between the check and the add: try the next.
+                        Err(UploadError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(UploadError::Conflict {
+                    path: format!("{folder}/{name}"),
+                    microsoft: None,
+                })
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn chunk_op(
+        &self,
+        path: &str,
+        op: ChunkOp,
+        id: Uuid,
+        chunk: &Chunk,
+    ) -> Result<Bytes, UploadError> {
+        let url = file_url(self.target, path, &chunk_suffix(op, id))?;
+        self.call(
+            Safety::Idempotent,
+            Method::POST,
+            &url,
+            Some(chunk.bytes.clone()),
+            "application/octet-stream",
+            path,
+        )
+        .await
+    }
+
+    /// Streams the chunks into `path` and returns the finished file and the chunk count.
+    async fn stream_chunks(
+        &self,
+        path: &str,
+        id: Uuid,
+        first: Chunk,
+        chunker: &mut Chunker,
+        chunk_size: usize,
+    ) -> Result<(SpFile, u32), UploadError> {
+        let mut chunk = first;
+        let mut count = 0u32;
+        loop {
+            count += 1;
+            let op = if chunk.offset == 0 {
+                ChunkOp::Start
+            } else if chunk.last {
+                ChunkOp::Finish(chunk.offset)
+            } else {
+                ChunkOp::Continue(chunk.offset)
+            };
+            let reply = self.chunk_op(path, op, id, &chunk).await?;
+            if let ChunkOp::Finish(_) = op {
+                return Ok((parse_file(&reply)?, count));
+            }
+            let expected = chunk.offset + chunk.bytes.len() as u64;
+            match parse_offset(&reply) {
+                Some(n) if n == expected => {}
+                got => {
+                    return Err(UploadError::Upstream {
+                        status: 200,
+                        microsoft_code: None,
+                        message: format!(
+                            "SharePoint reported offset {got:?} after a chunk ending at {expected}"
+                        ),
+                    });
+                }
+            }
+            // Drop this chunk before reading the next: one chunk in memory at a time.
+            drop(chunk);
+            chunk = chunker.next(chunk_size).await?;
+        }
+    }
+
+    /// Cancels the session and deletes the placeholder if we made it. Best effort: the first
+    /// error has already decided the answer.
+    async fn clean_up(&self, path: &str, id: Uuid, delete: bool) {
+        if let Ok(url) = file_url(self.target, path, &chunk_suffix(ChunkOp::Cancel, id))
+            && let Err(e) = self
+                .call(Safety::Idempotent, Method::POST, &url, None, "", path)
+                .await
+        {
+            tracing::debug!(error = %e, "CancelUpload failed (the session may not have started)");
+        }
+        if delete {
+            let deleted = match file_url(self.target, path, "") {
+                Ok(url) => self
+                    .sender
+                    .send(Safety::Idempotent, |c| {
+                        c.delete(url.clone())
+                            .header(ACCEPT, NOMETADATA)
+                            .header("If-Match", "*")
+                    })
+                    .await
+                    .map(|r| r.status().is_success() || r.status().as_u16() == 404),
+                Err(e) => Err(e),
+            };
+            if !matches!(deleted, Ok(true)) {
+                tracing::warn!(
+                    ?deleted,
+                    "could not delete the placeholder of a failed upload"
+                );
+            }
+        }
+    }
+
+    async fn set_fields(&self, path: &str, fields: &[FieldValue]) -> Result<(), UploadError> {
+        let url = file_url(
+            self.target,
+            path,
+            "/ListItemAllFields/ValidateUpdateListItem",
+        )?;
+        let form: Vec<Value> = fields
+            .iter()
+            .map(|f| json!({"FieldName": f.name, "FieldValue": f.value}))
+            .collect();
+        // bNewDocumentUpdate: update the version just uploaded instead of adding one.
+        let body = json!({"formValues": form, "bNewDocumentUpdate": true}).to_string();
+        let reply = self
+            .call(
+                Safety::Idempotent,
+                Method::POST,
+                &url,
+                Some(Bytes::from(body)),
+                "application/json;odata=nometadata",
+                path,
+            )
+            .await?;
+        let rejected = parse_field_results(&reply)?;
+        if rejected.is_empty() {
+            Ok(())
+        } else {
+            Err(UploadError::MetadataRejected {
+                path: path.to_owned(),
+                fields: rejected,
+            })
+        }
+    }
+}
+
+/// The fields `ValidateUpdateListItem` refused (`HasException: true`).
+fn parse_field_results(body: &[u8]) -> Result<Vec<FieldError>, UploadError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad_reply(&e.to_string()))?;
+    let list = v
+        .get("value")
+        .or_else(|| v.pointer("/d/ValidateUpdateListItem/results"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_reply("ValidateUpdateListItem gave no field results"))?;
+    Ok(list
+        .iter()
+        .filter(|r| r.get("HasException").and_then(Value::as_bool) == Some(true))
+        .map(|r| FieldError {
+            field: r
+                .get("FieldName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            message: r
+                .get("ErrorMessage")
+                .and_then(Value::as_str)
+                .unwrap_or("rejected")
+                .to_owned(),
+            code: r.get("ErrorCode").and_then(Value::as_i64),
+        })
+        .collect())
+}
+
+impl SharePointClient {
+    /// A client over the shared HTTP client and a token source for the SharePoint resource.
+    pub fn new(
+        http: reqwest::Client,
+        bearer: Arc<dyn BearerSource>,
+        opts: SharePointOptions,
+    ) -> Self {
+        SharePointClient { http, bearer, opts }
+    }
+
+    /// Uploads `source` as `req.folder/req.file_name` into the library.
+    #[tracing::instrument(skip_all, fields(site = %target.site, file = %req.file_name))]
+    pub async fn upload(
+        &self,
+        target: &SharePointTarget,
+        req: &UploadRequest,
+        source: UploadSource,
+    ) -> Result<UploadOutcome, UploadError> {
+        validate_name(&req.file_name)?;
+        let segments = folder_segments(&req.folder)?;
+        if self.opts.chunk_size == 0 {
+            return Err(UploadError::BadInput("chunk size must not be zero".into()));
+        }
+        let folder = if segments.is_empty() {
+            target.library.clone()
+        } else {
+            format!("{}/{}", target.library, segments.join("/"))
+        };
+        let attempt = Attempt::new(req.deadline);
+        let waited = Mutex::new(Duration::ZERO);
+        let ctx = Ctx {
+            target,
+            sender: Sender {
+                http: &self.http,
+                policy: &self.opts.retry,
+                attempt: &attempt,
+                bearer: Some(self.bearer.as_ref()),
+                waited: &waited,
+            },
+        };
+        let size = self.opts.chunk_size;
+        let mut chunker = Chunker::new(source);
+        let first = chunker.next(size).await?;
+        let (file, conflict_outcome, chunks) = if first.last {
+            let (f, o, _) = ctx
+                .create(
+                    &folder,
+                    &segments,
+                    &req.file_name,
+                    req.conflict,
+                    &first.bytes,
+                    false,
+                )
+                .await?;
+            (f, o, 1)
+        } else {
+            let (placeholder, outcome, created) = ctx
+                .create(
+                    &folder,
+                    &segments,
+                    &req.file_name,
+                    req.conflict,
+                    &Bytes::new(),
+                    true,
+                )
+                .await?;
+            let path = placeholder.server_relative_url;
+            let id = Uuid::new_v4();
+            match ctx
+                .stream_chunks(&path, id, first, &mut chunker, size)
+                .await
+            {
+                Ok((f, n)) => (f, outcome, n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "chunked upload failed; cancelling");
+                    ctx.clean_up(&path, id, created).await;
+                    return Err(e);
+                }
+            }
+        };
+        if !req.fields.is_empty() {
+            ctx.set_fields(&file.server_relative_url, &req.fields)
+                .await?;
+        }
+        let web_url = {
+            let mut u = target.site.clone();
+            u.set_query(None);
+            u.set_path("");
+            format!(
+                "{}{}",
+                u.as_str().trim_end_matches('/'),
+                url_path(&file.server_relative_url)
+            )
+        };
+        Ok(UploadOutcome {
+            path: file.server_relative_url,
+            web_url: Some(web_url),
+            size: file.length,
+            id: file.unique_id.unwrap_or_default(),
+            etag: file.etag,
+            conflict_outcome,
+            chunks,
+            retries: attempt.retries(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+
+    fn pnp_body(name: &str) -> Vec<u8> {
+        let raw =
+            std::fs::read_to_string(format!("{FIXTURES}/sharepoint-rest/pnpcore/{name}")).unwrap();
+        let v: Value = serde_json::from_str(&raw).unwrap();
+        v["Response"].as_str().unwrap().as_bytes().to_vec()
+    }
+
+    fn target() -> SharePointTarget {
+        SharePointTarget::new(
+            Url::parse("https://contoso.sharepoint.com/sites/prov-2").unwrap(),
+            "/sites/prov-2/Shared Documents",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn add_url_escapes_quotes_hash_percent_and_unicode() {
+        let u = add_file_url(
+            &target(),
+            "/sites/prov-2/Shared Documents/Q#1",
+            "O'Neil 100%.pdf",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://contoso.sharepoint.com/sites/prov-2/_api/web/GetFolderByServerRelativePath(decodedurl='/sites/prov-2/Shared%20Documents/Q%231')/Files/AddUsingPath(decodedurl='O''Neil%20100%25.pdf',overwrite=false)"
+        );
+        // The URL must round-trip: `#` stays in the path, not a fragment.
+        assert_eq!(u.fragment(), None);
+        let u = file_url(&target(), "/sites/prov-2/Shared Documents/Ü.txt", "/Exists").unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://contoso.sharepoint.com/sites/prov-2/_api/web/GetFileByServerRelativePath(decodedurl='/sites/prov-2/Shared%20Documents/%C3%9C.txt')/Exists"
+        );
+    }
+
+    #[test]
+    fn chunk_urls_follow_pnp() {
+        let id = Uuid::parse_str("8a4b5bde-8c5f-4dca-a7b5-3e1a1c3ad47c").unwrap();
+        assert_eq!(
+            chunk_suffix(ChunkOp::Start, id),
+            "/StartUpload(uploadId=guid'8a4b5bde-8c5f-4dca-a7b5-3e1a1c3ad47c')"
+        );
+        assert_eq!(
+            chunk_suffix(ChunkOp::Continue(10485760), id),
+            "/ContinueUpload(uploadId=guid'8a4b5bde-8c5f-4dca-a7b5-3e1a1c3ad47c',fileOffset=10485760)"
+        );
+        assert_eq!(
+            chunk_suffix(ChunkOp::Finish(20971520), id),
+            "/FinishUpload(uploadId=guid'8a4b5bde-8c5f-4dca-a7b5-3e1a1c3ad47c',fileOffset=20971520)"
+        );
+        assert_eq!(
+            chunk_suffix(ChunkOp::Cancel, id),
+            "/CancelUpload(uploadId=guid'8a4b5bde-8c5f-4dca-a7b5-3e1a1c3ad47c')"
+        );
+    }
+
+    #[test]
+    fn targets_are_checked() {
+        let site = Url::parse("https://contoso.sharepoint.com/sites/x").unwrap();
+        assert!(SharePointTarget::new(site.clone(), "Shared Documents").is_err());
+        assert!(SharePointTarget::new(site.clone(), "/sites/x/../y").is_err());
+        assert_eq!(
+            SharePointTarget::new(site, "/sites/x/Docs/")
+                .unwrap()
+                .library(),
+            "/sites/x/Docs"
+        );
+        let q = Url::parse("https://contoso.sharepoint.com/sites/x?a=b").unwrap();
+        assert!(SharePointTarget::new(q, "/sites/x/Docs").is_err());
+    }
+
+    #[test]
+    fn chunk_offsets_parse_from_recorded_replies() {
+        assert_eq!(
+            parse_offset(&pnp_body(
+                "AddChunkedFileToFolderTest-0-00004.response.json"
+            )),
+            Some(10485760)
+        );
+        assert_eq!(
+            parse_offset(&pnp_body(
+                "AddChunkedFileToFolderTest-0-00005.response.json"
+            )),
+            Some(20971520)
+        );
+        assert_eq!(parse_offset(br#"{"d":{"StartUpload":"5"}}"#), Some(5));
+        assert_eq!(parse_offset(br#"{"value":"x"}"#), None);
+    }
+
+    #[test]
+    fn files_parse_from_recorded_replies() {
+        let f = parse_file(&pnp_body(
+            "AddChunkedFileToFolderTest-0-00006.response.json",
+        ))
+        .unwrap();
+        assert_eq!(f.length, 21117312);
+        assert_eq!(
+            f.server_relative_url,
+            "/sites/prov-2/SiteAssets/PNP_SDK_TEST_testchunked_added.docx"
+        );
+        assert_eq!(
+            f.unique_id.as_deref(),
+            Some("e4f033b3-3baf-47db-8179-6d2a5d6903f5")
+        );
+        assert_eq!(
+            f.etag.as_deref(),
+            Some("\"{E4F033B3-3BAF-47DB-8179-6D2A5D6903F5},2\"")
+        );
+        let f = parse_file(&pnp_body("AddFileToFolderTest-0-00003.response.json")).unwrap();
+        assert_eq!(f.length, 20159);
+        assert!(parse_file(b"{}").is_err());
+    }
+
+    #[test]
+    fn field_results_surface_exceptions() {
+        let body = br#"{"value":[
+            {"ErrorCode":0,"ErrorMessage":null,"FieldName":"Title","FieldValue":"x","HasException":false,"ItemId":1},
+            {"ErrorCode":-2147024809,"ErrorMessage":"Invalid date.","FieldName":"Due","FieldValue":"nope","HasException":true,"ItemId":1}]}"#;
+        let rejected = parse_field_results(body).unwrap();
+        assert_eq!(
+            rejected,
+            vec![FieldError {
+                field: "Due".into(),
+                message: "Invalid date.".into(),
+                code: Some(-2147024809)
+            }]
+        );
+        assert!(parse_field_results(br#"{"value":[]}"#).unwrap().is_empty());
+        assert!(parse_field_results(b"[]").is_err());
+    }
+}
