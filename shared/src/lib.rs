@@ -8,9 +8,7 @@ pub mod http;
 pub mod ingest;
 pub mod secrets;
 pub mod oauth;
+pub mod identity;
 pub mod telemetry;
-<<<<<<< HEAD
 pub mod webhook;
-=======
 pub mod upload;
->>>>>>> upload

@@ -1,0 +1,371 @@
+//! The one error type of the identity code, keeping Microsoft's error code and ids.
+
+use std::{fmt, time::Duration};
+
+use serde::Deserialize;
+
+/// An OAuth error body from Microsoft (AAD, ACS, login.live.com) or an error redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsError {
+    /// HTTP status, or 0 when the error came from a redirect URL.
+    pub status: u16,
+    /// The OAuth `error` value, e.g. `invalid_grant`.
+    pub error: String,
+    /// Microsoft's code, e.g. `AADSTS70016` or `ACS50012`, from `error_description` or `error_codes`.
+    pub code: Option<String>,
+    /// `error_description` as sent.
+    pub description: Option<String>,
+    /// `correlation_id` (or the `Correlation ID:` line of the description).
+    pub correlation_id: Option<String>,
+    /// `trace_id` (or the `Trace ID:` line of the description).
+    pub trace_id: Option<String>,
+    /// The raw body (or redirect query), kept for logs. Error bodies carry no tokens.
+    pub body: String,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    error_codes: Option<Vec<u64>>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    trace_id: Option<String>,
+}
+
+impl MsError {
+    /// Parses a JSON OAuth error body; `None` if the body is not one.
+    pub fn from_json(status: u16, body: &str) -> Option<Self> {
+        let raw: RawError = serde_json::from_str(body).ok()?;
+        Some(Self::from_parts(
+            status,
+            raw.error,
+            raw.error_description,
+            raw.error_codes.as_deref().and_then(|c| c.first().copied()),
+            raw.correlation_id,
+            raw.trace_id,
+            body,
+        ))
+    }
+
+    /// Builds an error from its fields, deriving the code and ids from the description if needed.
+    pub fn from_parts(
+        status: u16,
+        error: String,
+        description: Option<String>,
+        first_error_code: Option<u64>,
+        correlation_id: Option<String>,
+        trace_id: Option<String>,
+        body: &str,
+    ) -> Self {
+        let desc = description.as_deref().unwrap_or("");
+        let code = ms_code(desc).or_else(|| {
+            // AAD sends the number alone in error_codes; ACS errors always carry their prefix.
+            first_error_code.map(|n| format!("AADSTS{n}"))
+        });
+        MsError {
+            status,
+            error,
+            code,
+            correlation_id: correlation_id.or_else(|| labelled_line(desc, "Correlation ID:")),
+            trace_id: trace_id.or_else(|| labelled_line(desc, "Trace ID:")),
+            description,
+            body: body.to_owned(),
+        }
+    }
+
+    /// The numeric part of the code, e.g. 70016 for `AADSTS70016`.
+    pub fn code_number(&self) -> Option<u64> {
+        let code = self.code.as_deref()?;
+        code.trim_start_matches(|c: char| c.is_ascii_alphabetic())
+            .parse()
+            .ok()
+    }
+}
+
+impl fmt::Display for MsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.error)?;
+        if let Some(code) = &self.code {
+            write!(f, " ({code})")?;
+        }
+        if self.status != 0 {
+            write!(f, " [HTTP {}]", self.status)?;
+        }
+        // The first line of AAD descriptions says what is wrong; the rest repeats the ids.
+        if let Some(first) = self.description.as_deref().and_then(|d| d.lines().next()) {
+            let first: String = first.chars().take(200).collect();
+            if !first.trim().is_empty() {
+                write!(f, ": {}", first.trim())?;
+            }
+        }
+        if let Some(id) = &self.correlation_id {
+            write!(f, " correlation_id={id}")?;
+        }
+        if let Some(id) = &self.trace_id {
+            write!(f, " trace_id={id}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Finds the first `AADSTSnnnn` or `ACSnnnn` in a description.
+fn ms_code(desc: &str) -> Option<String> {
+    for prefix in ["AADSTS", "ACS"] {
+        let mut rest = desc;
+        while let Some(at) = rest.find(prefix) {
+            let after = &rest[at + prefix.len()..];
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            // A prefix glued to a previous word (e.g. "XACS1") is not a code.
+            let starts_word = rest[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
+            if !digits.is_empty() && starts_word {
+                return Some(format!("{prefix}{digits}"));
+            }
+            rest = after;
+        }
+    }
+    None
+}
+
+/// The value after `label` on its own line of an AAD description.
+fn labelled_line(desc: &str, label: &str) -> Option<String> {
+    desc.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// What went wrong getting a token. Each variant tells the caller what to do next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdentityError {
+    /// The user must sign in or consent again (expired/revoked refresh token, consent missing,
+    /// interaction or MFA required). Retrying will not help.
+    #[error("sign-in or consent is needed again: {0}")]
+    NeedsConsent(Box<MsError>),
+    /// The app registration or configuration is wrong (bad client id or secret, unknown
+    /// resource or scope, wrong tenant). An operator must fix it.
+    #[error("the app registration or request is misconfigured: {0}")]
+    Misconfigured(Box<MsError>),
+    /// Microsoft refused with an error this code does not classify further.
+    #[error("Microsoft refused the request: {0}")]
+    Rejected(Box<MsError>),
+    /// Throttled, a server error or a network fault, still failing after bounded retries.
+    #[error("transient failure after {attempts} attempt(s): {detail}")]
+    Transient {
+        /// What failed last.
+        detail: String,
+        /// The server's last `Retry-After`, if any.
+        retry_after: Option<Duration>,
+        /// Attempts made.
+        attempts: u32,
+        /// Microsoft's error, if the last response carried one.
+        ms: Option<Box<MsError>>,
+    },
+    /// A response that is not what the protocol promises (unparseable JSON, missing fields).
+    #[error("unexpected response (HTTP {status}): {reason}")]
+    BadResponse {
+        /// HTTP status of the response.
+        status: u16,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The protocol could not proceed (no realm in the challenge, no tenant known, …).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A token presented to us (a SharePoint context token) failed validation.
+    #[error("token rejected: {0}")]
+    InvalidToken(String),
+    /// Caller input is unusable (bad URL, unsupported combination).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+impl IdentityError {
+    /// Classifies a Microsoft error response.
+    pub fn from_ms(ms: MsError) -> Self {
+        let e = Box::new(ms);
+        // AADSTS codes that mean "the user has to come back", whatever the OAuth error says.
+        const CONSENT_CODES: &[u64] = &[
+            65001, 65004, 50076, 50079, 50078, 50158, 50173, 70000, 70008, 700082, 700084, 54005,
+            50126, 50058, 50132, 50133, 50140,
+        ];
+        const MISCONFIGURED_CODES: &[u64] = &[
+            7000215, 7000222, 700016, 700023, 700027, 90002, 50049, 500011, 500113, 50011, 90014,
+            700054, 70011,
+        ];
+        let n = e.code_number();
+        match e.error.as_str() {
+            _ if e.status == 429 || e.status >= 500 => IdentityError::Transient {
+                detail: e.to_string(),
+                retry_after: None,
+                attempts: 1,
+                ms: Some(e),
+            },
+            "temporarily_unavailable" | "server_error" => IdentityError::Transient {
+                detail: e.to_string(),
+                retry_after: None,
+                attempts: 1,
+                ms: Some(e),
+            },
+            _ if n.is_some_and(|n| CONSENT_CODES.contains(&n)) => IdentityError::NeedsConsent(e),
+            _ if n.is_some_and(|n| MISCONFIGURED_CODES.contains(&n)) => {
+                IdentityError::Misconfigured(e)
+            }
+            "invalid_grant"
+            | "interaction_required"
+            | "consent_required"
+            | "login_required"
+            | "access_denied"
+            | "expired_token" => IdentityError::NeedsConsent(e),
+            "invalid_client"
+            | "unauthorized_client"
+            | "invalid_resource"
+            | "invalid_scope"
+            | "unsupported_grant_type"
+            | "unsupported_response_type"
+            | "invalid_instance"
+            | "invalid_request" => IdentityError::Misconfigured(e),
+            _ => IdentityError::Rejected(e),
+        }
+    }
+
+    /// True if trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IdentityError::Transient { .. })
+    }
+
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IdentityError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Microsoft's error, if this error came from one.
+    pub fn ms_error(&self) -> Option<&MsError> {
+        match self {
+            IdentityError::NeedsConsent(e)
+            | IdentityError::Misconfigured(e)
+            | IdentityError::Rejected(e) => Some(e),
+            IdentityError::Transient { ms, .. } => ms.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/../../shared/fixtures/aad/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn parses_authorization_pending_aadsts70016() {
+        let body =
+            fixture("msal-dotnet_DeviceCodeRequestTests_authorization_pending_AADSTS70016.json");
+        let e = MsError::from_json(400, &body).unwrap();
+        assert_eq!(e.error, "authorization_pending");
+        assert_eq!(e.code.as_deref(), Some("AADSTS70016"));
+        assert_eq!(e.code_number(), Some(70016));
+        assert_eq!(
+            e.correlation_id.as_deref(),
+            Some("36fe3e82-442f-4418-b9f4-9f4b9295831d")
+        );
+        assert_eq!(
+            e.trace_id.as_deref(),
+            Some("f6c2c73f-a21d-474e-a71f-d8b121a58205")
+        );
+        assert!(matches!(
+            IdentityError::from_ms(e),
+            IdentityError::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn invalid_resource_aadsts500011_is_misconfigured() {
+        let body = fixture("msal-dotnet_MockHelpers_GetMsiImdsErrorResponse_AADSTS500011.json");
+        let e = MsError::from_json(400, &body).unwrap();
+        assert_eq!(e.code.as_deref(), Some("AADSTS500011"));
+        assert_eq!(
+            e.correlation_id.as_deref(),
+            Some("77145480-bc5a-4ebe-ae4d-e4a8b7d727cf")
+        );
+        let err = IdentityError::from_ms(e);
+        assert!(matches!(err, IdentityError::Misconfigured(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("AADSTS500011") && msg.contains("77145480"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("The resource principal named user.read was not found"),
+            "{msg}"
+        );
+        assert!(!msg.contains("Trace ID:"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_instance_aadsts50049_is_misconfigured() {
+        let body = fixture("msal-dotnet_TestConstants_DiscoveryFailedResponse_AADSTS50049.json");
+        let e = MsError::from_json(400, &body).unwrap();
+        assert_eq!(e.code.as_deref(), Some("AADSTS50049"));
+        assert_eq!(
+            e.trace_id.as_deref(),
+            Some("82e709b9-f0b3-431d-99cd-f3c2ca3d4b00")
+        );
+        assert!(matches!(
+            IdentityError::from_ms(e),
+            IdentityError::Misconfigured(_)
+        ));
+    }
+
+    #[test]
+    fn code_from_error_codes_or_acs_description() {
+        let e =
+            MsError::from_json(400, r#"{"error":"invalid_grant","error_codes":[700082]}"#).unwrap();
+        assert_eq!(e.code.as_deref(), Some("AADSTS700082"));
+        assert!(matches!(
+            IdentityError::from_ms(e),
+            IdentityError::NeedsConsent(_)
+        ));
+
+        let e = MsError::from_json(
+            401,
+            r#"{"error":"invalid_client","error_description":"ACS50012: Authentication failed."}"#,
+        )
+        .unwrap();
+        assert_eq!(e.code.as_deref(), Some("ACS50012"));
+        assert!(matches!(
+            IdentityError::from_ms(e),
+            IdentityError::Misconfigured(_)
+        ));
+
+        let e = MsError::from_json(400, r#"{"error":"interaction_required"}"#).unwrap();
+        assert_eq!(e.code, None);
+        assert!(matches!(
+            IdentityError::from_ms(e),
+            IdentityError::NeedsConsent(_)
+        ));
+
+        let e = MsError::from_json(503, r#"{"error":"temporarily_unavailable"}"#).unwrap();
+        assert!(matches!(
+            IdentityError::from_ms(e),
+            IdentityError::Transient { .. }
+        ));
+
+        assert!(MsError::from_json(400, "<html>").is_none());
+    }
+}
