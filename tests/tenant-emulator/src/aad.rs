@@ -343,6 +343,7 @@ fn authorize(st: &Shared, r: &Req, tenant: &str, v2: bool) -> Response {
             client_id: app.client_id.clone(),
             redirect_uri: redirect_uri.clone(),
             challenge,
+            nonce: r.q("nonce").map(str::to_string),
             scope,
             resource,
             user_oid: user.oid.clone(),
@@ -764,12 +765,27 @@ fn token(st: &Shared, r: &Req, tenant: &str, v2: bool) -> Response {
                     );
                 }
             }
-            let (scope, resource, oid) = (c.scope.clone(), c.resource.clone(), c.user_oid.clone());
+            let (scope, resource, oid, nonce) = (
+                c.scope.clone(),
+                c.resource.clone(),
+                c.user_oid.clone(),
+                c.nonce.clone(),
+            );
             if let Some(c) = db.codes.get_mut(&code) {
                 c.used = true;
             }
             issue_user_tokens(
-                st, &mut db, &app, acr, &form, kind, &scope, &resource, &oid, None,
+                st,
+                &mut db,
+                &app,
+                acr,
+                &form,
+                kind,
+                &scope,
+                &resource,
+                &oid,
+                None,
+                nonce.as_deref(),
             )
         }
         "refresh_token" => {
@@ -829,6 +845,7 @@ fn token(st: &Shared, r: &Req, tenant: &str, v2: bool) -> Response {
                 &resource,
                 &oid,
                 Some(&rt),
+                None,
             )
         }
         "" => aad_error(
@@ -944,6 +961,7 @@ fn issue_user_tokens(
     resource: &str,
     oid: &str,
     old_rt: Option<&str>,
+    nonce: Option<&str>,
 ) -> Response {
     let v2 = kind == GrantKind::AadV2;
     let Some(user) = db.user(oid).cloned() else {
@@ -999,7 +1017,7 @@ fn issue_user_tokens(
         body["refresh_token"] = json!(rt);
     }
     if !v2 || scope.split_whitespace().any(|s| s == "openid") {
-        body["id_token"] = json!(id_token(st, app, &user, None));
+        body["id_token"] = json!(id_token(st, app, &user, nonce));
     }
     if v2 || field(form, "client_info") == Some("1") {
         body["client_info"] = json!(client_info(st, &user));

@@ -378,6 +378,7 @@ pub(crate) fn oauth_authorize(st: &Shared, r: &Req) -> Response {
             client_id: app.client_id.clone(),
             redirect_uri: redirect_uri.clone(),
             challenge: None,
+            nonce: None,
             scope: r.q("scope").unwrap_or_default().to_string(),
             resource: String::new(),
             user_oid: user.oid,

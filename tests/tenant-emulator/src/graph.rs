@@ -181,20 +181,33 @@ pub(crate) fn handle(st: &Arc<Shared>, r: Req) -> Response {
             };
             (lib.drive_id.clone(), x.trim_start_matches('/').to_string())
         } else if let Some(x) = rest.strip_prefix("sites/") {
-            let (site_ref, after) = x.split_once('/').unwrap_or((x, ""));
-            let site = if let Some((_, path)) = site_ref.split_once(":") {
-                db.sites.iter().find(|s| {
-                    s.server_relative_url
-                        .eq_ignore_ascii_case(path.trim_end_matches(':'))
-                })
+            // `{host}:/sites/team:[/rest]` (by path) or `{host},{siteId},{webId}[/rest]`.
+            let by_path = x.find(":/").filter(|i| !x[..*i].contains('/'));
+            let (site, after) = if let Some(i) = by_path {
+                let tail = &x[i + 2..];
+                let (path, after) = match tail.find(':') {
+                    Some(j) => (&tail[..j], tail[j + 1..].trim_start_matches('/')),
+                    None => (tail, ""),
+                };
+                let path = format!("/{}", path.trim_end_matches('/'));
+                (
+                    db.sites
+                        .iter()
+                        .find(|s| s.server_relative_url.eq_ignore_ascii_case(&path)),
+                    after,
+                )
             } else {
-                db.sites.iter().find(|s| {
-                    site_ref
-                        .split(',')
-                        .nth(1)
-                        .map(|id| id == s.site_id)
-                        .unwrap_or(s.site_id == site_ref)
-                })
+                let (site_ref, after) = x.split_once('/').unwrap_or((x, ""));
+                (
+                    db.sites.iter().find(|s| {
+                        site_ref
+                            .split(',')
+                            .nth(1)
+                            .map(|id| id == s.site_id)
+                            .unwrap_or(s.site_id == site_ref)
+                    }),
+                    after,
+                )
             };
             let Some(site) = site.cloned() else {
                 return graph_error(

@@ -70,6 +70,7 @@ fn authorize(st: &Shared, r: &Req) -> Response {
                     client_id: app.client_id.clone(),
                     redirect_uri: redirect_uri.clone(),
                     challenge: None,
+                    nonce: None,
                     scope,
                     resource: String::new(),
                     user_oid: user.oid,

@@ -153,6 +153,7 @@ pub struct AuthCode {
     pub client_id: String,
     pub redirect_uri: String,
     pub challenge: Option<(String, String)>,
+    pub nonce: Option<String>,
     pub scope: String,
     pub resource: String,
     pub user_oid: String,

@@ -542,6 +542,27 @@ impl Ctx<'_> {
                     Err(e) => e,
                 }
             }
+            "getfilebyid" => {
+                let id = target
+                    .arg("uniqueid")
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                let path = self
+                    .st
+                    .db()
+                    .nodes
+                    .values()
+                    .find(|n| n.unique_id == id)
+                    .map(|n| n.path.clone());
+                match path {
+                    Some(p) => self.file_ops(&p, after),
+                    None => self.err(
+                        StatusCode::NOT_FOUND,
+                        "-2147024894, System.IO.FileNotFoundException",
+                        "File Not Found.",
+                    ),
+                }
+            }
             "lists" => {
                 let Some(by_title) = after.first().filter(|s| s.is("getbytitle")) else {
                     return self.bad_arg("Only lists/GetByTitle('…') is supported.");

@@ -100,7 +100,8 @@ impl Signer {
 
 fn num(v: Option<&Value>) -> Option<i64> {
     match v? {
-        Value::Number(n) => n.as_i64(),
+        // Some clients (MSAL Python) write fractional seconds.
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
@@ -166,11 +167,13 @@ pub fn verify_assertion(
 ) -> Result<Option<String>, AssertionError> {
     let header = jsonwebtoken::decode_header(assertion)
         .map_err(|e| AssertionError::Malformed(e.to_string()))?;
+    // Base64url with or without padding, as clients differ.
+    let same = |given: &str, digest: &[u8]| given.trim_end_matches('=') == b64url(digest);
     let matches = header
         .x5t_s256
         .as_deref()
-        .map(|t| t == b64url(cert_sha256))
-        .or_else(|| header.x5t.as_deref().map(|t| t == b64url(cert_sha1)))
+        .map(|t| same(t, cert_sha256))
+        .or_else(|| header.x5t.as_deref().map(|t| same(t, cert_sha1)))
         .unwrap_or(false);
     if !matches {
         return Err(AssertionError::UnknownKey);
