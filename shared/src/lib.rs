@@ -5,10 +5,10 @@
 
 pub mod config;
 pub mod http;
-pub mod ingest;
-pub mod secrets;
-pub mod oauth;
 pub mod identity;
+pub mod ingest;
+pub mod oauth;
+pub mod secrets;
 pub mod telemetry;
-pub mod webhook;
 pub mod upload;
+pub mod webhook;

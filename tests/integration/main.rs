@@ -1,5 +1,6 @@
 //! Integration tests, one binary made of modules.
 
 mod events;
+mod ingest;
 mod secrets;
 mod upload_clients;

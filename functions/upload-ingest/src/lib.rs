@@ -1,12 +1,67 @@
 //! upload-ingest: the HTTP endpoint webhooks POST files to.
+//!
+//! This crate only translates between API Gateway (`lambda_http`) and
+//! [`shared::ingest::pipeline`]; the behaviour lives there.
 
-use lambda_http::{Body, Request, Response, http::StatusCode};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lambda_http::{Body, Request, RequestExt as _, Response, http::StatusCode};
 use shared::config::Config;
+use shared::ingest::pipeline::{IngestRequest, IngestResponse, Pipeline, TokenProvider};
+use tokio::sync::OnceCell;
 
 /// What a warm container keeps between invocations.
 pub struct State {
+    /// Configuration read at cold start.
     pub config: Config,
+    /// The shared HTTP client.
     pub http: reqwest::Client,
+    tokens: Option<Arc<dyn TokenProvider>>,
+    pipeline: OnceCell<Result<Pipeline, String>>,
+}
+
+impl State {
+    /// A state whose pipeline is already built (tests: a moto store and emulator tokens).
+    pub fn with_pipeline(config: Config, http: reqwest::Client, pipeline: Pipeline) -> Self {
+        State {
+            config,
+            http,
+            tokens: None,
+            pipeline: OnceCell::new_with(Some(Ok(pipeline))),
+        }
+    }
+
+    /// Uses `tokens` for access tokens instead of the default provider.
+    pub fn with_tokens(mut self, tokens: Arc<dyn TokenProvider>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The pipeline, built on first use (the secret store's client needs async set-up).
+    async fn pipeline(&self) -> &Result<Pipeline, String> {
+        self.pipeline
+            .get_or_init(|| async {
+                let store = shared::secrets::from_config(&self.config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let tokens = match &self.tokens {
+                    Some(t) => t.clone(),
+                    None => default_tokens(&self.config, &self.http, &store)?,
+                };
+                Pipeline::new(self.config.clone(), self.http.clone(), store, tokens)
+            })
+            .await
+    }
+}
+
+/// The production token provider.
+fn default_tokens(
+    _config: &Config,
+    _http: &reqwest::Client,
+    _store: &Arc<dyn shared::secrets::SecretStore>,
+) -> Result<Arc<dyn TokenProvider>, String> {
+    Err("no token provider is wired into upload-ingest yet (shared::access)".into())
 }
 
 /// Builds the state once per cold start. The error text names the bad variable.
@@ -17,23 +72,82 @@ pub fn init() -> Result<State, String> {
 /// Builds the state from an already-read configuration.
 pub fn init_with(config: Config) -> Result<State, String> {
     let http = shared::http::build_client(&config.http).map_err(|e| e.to_string())?;
-    Ok(State { config, http })
+    Ok(State {
+        config,
+        http,
+        tokens: None,
+        pipeline: OnceCell::new(),
+    })
 }
 
 /// Answers one API Gateway request.
 pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Body> {
-    let _state = match state {
+    let state = match state {
         Ok(s) => s,
         Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
     };
-    match (req.method().as_str(), req.uri().path()) {
-        ("POST", p) if p == "/upload" || p.starts_with("/upload/") => json(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "uploads are not implemented yet",
-        ),
-        _ => json(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    let path = req.uri().path().to_owned();
+    let connection = match path.strip_prefix("/upload") {
+        Some("") | Some("/") => None,
+        Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => Some(&rest[1..]),
+        _ => return json(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    };
+    if req.method() != lambda_http::http::Method::POST {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST to upload",
+        );
     }
+    let pipeline = match state.pipeline().await {
+        Ok(p) => p,
+        Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
+    };
+    let context = req.lambda_context_ref();
+    let deadline = context.map(|c| instant_of(c.deadline()));
+    let request_id = context.map(|c| c.request_id.clone());
+    let query = req.uri().query().map(str::to_owned);
+    let body = match req.body() {
+        Body::Empty => shared::upload::Bytes::new(),
+        Body::Text(t) => shared::upload::Bytes::copy_from_slice(t.as_bytes()),
+        Body::Binary(b) => shared::upload::Bytes::copy_from_slice(b),
+        _ => shared::upload::Bytes::new(),
+    };
+    let answer = pipeline
+        .handle(IngestRequest {
+            connection,
+            method: req.method(),
+            headers: req.headers(),
+            query: query.as_deref(),
+            body,
+            deadline,
+            request_id: request_id.as_deref(),
+        })
+        .await;
+    respond(answer)
+}
+
+/// The Lambda deadline (wall clock) as a monotonic instant.
+fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
+fn respond(answer: IngestResponse) -> Response<Body> {
+    let mut builder = Response::builder()
+        .status(answer.status)
+        .header("content-type", "application/json");
+    if let Some(secs) = answer.retry_after {
+        builder = builder.header("retry-after", secs.to_string());
+    }
+    if answer.replayed {
+        builder = builder.header("idempotent-replayed", "true");
+    }
+    builder
+        .body(Body::from(answer.body.to_string()))
+        .unwrap_or_default()
 }
 
 fn json(status: StatusCode, error: &str, message: &str) -> Response<Body> {
