@@ -11,11 +11,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use secrecy::SecretString;
 use shared::upload::graph::{DriveRef, GraphClient, GraphOptions};
 use shared::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
-use shared::upload::{Bytes, ConflictBehavior, StaticBearer, UploadRequest, UploadSource};
+use shared::upload::{
+    Bytes, ConflictBehavior, RetryPolicy, StaticBearer, UploadRequest, UploadSource,
+};
 use url::Url;
 
 fn byte_at(i: u64) -> u8 {
@@ -34,6 +36,32 @@ fn generated(len: u64) -> UploadSource {
         Some((Ok(Bytes::from(frame)), at + n))
     });
     UploadSource::from_stream(frames, Some(len))
+}
+
+/// Streams the stored file back from the emulator and compares it with the generator.
+async fn verify(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    len: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut url = Url::parse(&format!("{base}/_emulator/files/content"))?;
+    url.query_pairs_mut().append_pair("path", path);
+    let resp = http.get(url).send().await?.error_for_status()?;
+    let mut at = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(frame) = body.next().await {
+        for b in frame?.iter() {
+            if *b != byte_at(at) {
+                return Err(format!("{path}: byte {at} differs").into());
+            }
+            at += 1;
+        }
+    }
+    if at != len {
+        return Err(format!("{path}: {at} bytes stored, {len} sent").into());
+    }
+    Ok(())
 }
 
 /// (current, peak) resident set in MiB, from /proc.
@@ -167,27 +195,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let drive = DriveRef::Drive(library["drive_id"].as_str().ok_or("no drive")?.to_owned());
 
+    let base = info["base_url"].as_str().ok_or("no base_url")?.to_owned();
+    let library_path = library["server_relative_url"]
+        .as_str()
+        .ok_or("no library")?
+        .to_owned();
     let (rss, peak) = rss_mib();
     println!("before: rss {rss:.1} MiB, peak {peak:.1} MiB");
-    for api in ["sharepoint", "graph"] {
+    // Generated streams into both APIs, then source_url mode: the SharePoint copy streamed back
+    // out of the emulator (another process) into Graph.
+    for run in ["sharepoint", "graph", "graph-from-url"] {
         let req = UploadRequest {
             folder: "bench".into(),
-            file_name: format!("{api}-{mib}mib.bin"),
+            file_name: format!("{run}-{mib}mib.bin"),
             conflict: ConflictBehavior::Replace,
             ..UploadRequest::default()
         };
         let started = Instant::now();
-        let out = match api {
+        let out = match run {
             "sharepoint" => sp.upload(&target, &req, generated(len)).await?,
-            _ => graph.upload(&drive, &req, generated(len)).await?,
+            "graph" => graph.upload(&drive, &req, generated(len)).await?,
+            _ => {
+                let mut url = Url::parse(&format!("{base}/_emulator/files/content"))?;
+                url.query_pairs_mut().append_pair(
+                    "path",
+                    &format!("{library_path}/bench/sharepoint-{mib}mib.bin"),
+                );
+                let src =
+                    UploadSource::from_url(&http, &url, &RetryPolicy::default(), None).await?;
+                graph.upload(&drive, &req, src).await?
+            }
         };
         let secs = started.elapsed().as_secs_f64();
-        if out.size != len {
-            return Err(format!("{api}: stored {} bytes, sent {len}", out.size).into());
-        }
         let (rss, peak) = rss_mib();
+        let stored = format!("{library_path}/bench/{run}-{mib}mib.bin");
+        verify(&http, &base, &stored, len).await?;
         println!(
-            "{api:>10}: {mib} MiB in {secs:.2}s = {:.1} MiB/s, {} chunks, {} retries; rss {rss:.1} MiB, peak {peak:.1} MiB",
+            "{run:>14}: {mib} MiB in {secs:.2}s = {:.1} MiB/s, {} chunks, {} retries, bytes verified; rss {rss:.1} MiB, peak {peak:.1} MiB",
             mib as f64 / secs,
             out.chunks,
             out.retries

@@ -402,6 +402,23 @@ async fn metadata_is_set_without_an_extra_version() {
     );
     assert_eq!(item.versions.len(), 1, "versions: {:?}", item.versions);
 
+    // A chunked upload (placeholder, three chunks, fields) still ends as one version.
+    r.file_name = "ledger.bin".into();
+    let len = 3 * 320 * 1024 + 11;
+    let out = w
+        .sp(320 * 1024)
+        .upload(&w.target(), &r, generated(len as u64, true))
+        .await
+        .unwrap();
+    assert_eq!(out.chunks, 4);
+    let item = w.emu.item(&out.path).expect("stored");
+    assert_eq!(item.size, len as u64);
+    assert_eq!(
+        item.fields.get("Title").and_then(|v| v.as_str()),
+        Some("Invoice 42")
+    );
+    assert_eq!(item.versions.len(), 1, "versions: {:?}", item.versions);
+
     // Graph has no field support here: a clear 400, before any byte moves.
     let err = w
         .graph(10 * MIB)
@@ -418,6 +435,7 @@ async fn metadata_is_set_without_an_extra_version() {
 #[tokio::test]
 async fn thirty_percent_throttling_still_lands() {
     let w = World::start().await;
+    // 1 - 0.85 × 0.82 ≈ 30% of requests are throttled.
     for (api, prefix) in [
         (Target::SharePoint, "/sites/team"),
         (Target::Graph, "/graph"),
@@ -440,7 +458,7 @@ async fn thirty_percent_throttling_still_lands() {
                     retry_after: None,
                 },
             )
-            .rate(0.15),
+            .rate(0.18),
         );
         let len = 4 * 320 * 1024 + 99;
         let r = req("throttled", &format!("{api:?}.bin"), ConflictBehavior::Fail);
@@ -556,6 +574,71 @@ async fn a_reset_mid_chunk_completes_or_cancels_cleanly() {
 }
 
 #[tokio::test]
+async fn graph_sessions_resume_after_416_and_server_errors() {
+    let w = World::start().await;
+    let len = 4 * 320 * 1024 + 3;
+    // A 416 hits only the chunk PUT; a 5xx hits the status GET that follows too.
+    for (status, times) in [(416u16, 1), (500, 2), (502, 2), (504, 2)] {
+        w.emu.add_fault(
+            FaultRule::new(
+                "/graph/_upload",
+                FaultKind::Status {
+                    status,
+                    retry_after: None,
+                },
+            )
+            .times(times),
+        );
+        let r = req(
+            "resume",
+            &format!("after-{status}.bin"),
+            ConflictBehavior::Fail,
+        );
+        let out = w
+            .upload(Target::Graph, 320 * 1024, &r, generated(len as u64, true))
+            .await
+            .unwrap_or_else(|e| panic!("{status}: {e}"));
+        w.emu.clear_faults();
+        assert!(out.retries >= times, "{status}: {out:?}");
+        assert_eq!(out.chunks, 5);
+        let stored = w
+            .emu
+            .file_bytes(&w.stored_path(Target::Graph, &out))
+            .unwrap();
+        assert!(stored == content(len), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_graph_session_is_an_upstream_failure() {
+    let emu = Emulator::start(Options {
+        upload_session_ttl: Duration::ZERO,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let graph_token = graph_token(&emu).await;
+    let w = World {
+        sp_token: sharepoint_token(&emu).await,
+        graph_token,
+        emu,
+    };
+    let r = req("expired", "late.bin", ConflictBehavior::Fail);
+    let err = w
+        .upload(
+            Target::Graph,
+            320 * 1024,
+            &r,
+            generated(2 * 320 * 1024, true),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 502, "{err:?}");
+    assert!(err.to_string().contains("expired"), "{err}");
+    w.assert_clean(&format!("{}/expired/late.bin", w.library()));
+}
+
+#[tokio::test]
 async fn a_broken_source_cancels_cleanly() {
     let w = World::start().await;
     for api in BOTH {
@@ -567,6 +650,81 @@ async fn a_broken_source_cancels_cleanly() {
         let err = w.upload(api, 320 * 1024, &r, src).await.unwrap_err();
         assert!(matches!(err, UploadError::Source(_)), "{api:?}: {err:?}");
         w.assert_clean(&format!("{}/broken/half.bin", w.library()));
+
+        // Replacing an existing file: a broken source leaves the old content whole.
+        let keep = content(2 * MIB);
+        let r = req(
+            "broken",
+            &format!("{api:?}-keep.bin"),
+            ConflictBehavior::Fail,
+        );
+        let out = w
+            .upload(
+                api,
+                320 * 1024,
+                &r,
+                UploadSource::from_bytes(Bytes::from(keep.clone())),
+            )
+            .await
+            .unwrap();
+        let path = w.stored_path(api, &out);
+        let frames = stream::iter((0..7).map(|i| Ok(Bytes::from(vec![i as u8; 100 * 1024]))))
+            .chain(stream::iter([Err(std::io::Error::other("origin reset"))]));
+        let src = UploadSource::from_stream(frames, Some(MIB as u64));
+        let r = req(
+            "broken",
+            &format!("{api:?}-keep.bin"),
+            ConflictBehavior::Replace,
+        );
+        let err = w.upload(api, 320 * 1024, &r, src).await.unwrap_err();
+        assert!(matches!(err, UploadError::Source(_)), "{api:?}: {err:?}");
+        assert!(
+            w.emu.file_bytes(&path).unwrap() == keep,
+            "{api:?}: the original was damaged"
+        );
+        assert!(w.emu.open_uploads().is_empty(), "{api:?}");
+    }
+}
+
+#[tokio::test]
+async fn throttling_mid_upload_past_the_deadline_cancels_cleanly() {
+    let w = World::start().await;
+    for (api, prefix) in [
+        (
+            Target::SharePoint,
+            "/sites/team/_api/web/GetFileByServerRelativePath",
+        ),
+        (Target::Graph, "/graph/_upload"),
+    ] {
+        // The first chunk is throttled for longer than the caller can wait.
+        w.emu.add_fault(
+            FaultRule::new(
+                prefix,
+                FaultKind::Status {
+                    status: 429,
+                    retry_after: Some(120),
+                },
+            )
+            .times(1),
+        );
+        let mut r = req(
+            "late",
+            &format!("{api:?}-chunked.bin"),
+            ConflictBehavior::Fail,
+        );
+        r.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+        let err = w
+            .upload(api, 320 * 1024, &r, generated(3 * 320 * 1024, true))
+            .await
+            .unwrap_err();
+        w.emu.clear_faults();
+        match err {
+            UploadError::Throttled { retry_after } => {
+                assert_eq!(retry_after, Duration::from_secs(120))
+            }
+            other => panic!("{api:?}: {other:?}"),
+        }
+        w.assert_clean(&format!("{}/late/{api:?}-chunked.bin", w.library()));
     }
 }
 
@@ -775,6 +933,26 @@ async fn a_401_refreshes_the_token_once_and_retries() {
             other => panic!("{api:?}: {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_site_default_drive_is_the_first_library() {
+    let w = World::start().await;
+    let site = w.emu.info().site("team").unwrap();
+    let drive = DriveRef::SiteDefault(site.graph_id.clone());
+    let r = req("via-site", "a.txt", ConflictBehavior::Fail);
+    let out = w
+        .graph(MIB)
+        .upload(
+            &drive,
+            &r,
+            UploadSource::from_bytes(Bytes::from_static(b"site")),
+        )
+        .await
+        .unwrap();
+    let stored = format!("{}/via-site/a.txt", site.libraries[0].server_relative_url);
+    assert_eq!(out.path, "/via-site/a.txt");
+    assert_eq!(w.emu.file_bytes(&stored).as_deref(), Some(&b"site"[..]));
 }
 
 #[tokio::test]

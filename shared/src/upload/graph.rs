@@ -46,7 +46,7 @@ impl DriveRef {
             let ok = !id.is_empty()
                 && id
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "!-_.,".contains(c));
+                    .all(|c| c.is_ascii_alphanumeric() || "!-_.,:".contains(c));
             if ok {
                 Ok(())
             } else {
@@ -418,15 +418,22 @@ impl GraphClient {
                     .map_err(|()| UploadError::Throttled {
                         retry_after: sender.policy.backoff(recoveries),
                     })?;
-                match self.status(sender, upload_url, display).await? {
-                    Some(n) if n >= chunk.offset && n <= end => pos = n,
-                    Some(n) => {
+                match self.status(sender, upload_url, display).await {
+                    Ok(Some(n)) if n >= chunk.offset && n <= end => pos = n,
+                    // The session could not say either: resend from where we were; a wrong
+                    // guess comes back as 416 and another round.
+                    Err(e) if e.is_transient() => {
+                        tracing::info!(error = %e, "the session status is unavailable");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                    Ok(Some(n)) => {
                         return Err(bad_reply(&format!(
                             "after a fault the session wants offset {n}, outside the chunk {}-{end} in hand",
                             chunk.offset
                         )));
                     }
-                    None => return Err(recover),
+                    Ok(None) => return Err(recover),
                 }
                 if pos == end {
                     if chunk.last {
@@ -507,13 +514,7 @@ impl GraphClient {
                 &bytes,
                 display,
             ))),
-            _ => Err(Fatal(from_response(
-                Api::Graph,
-                status,
-                &headers,
-                &bytes,
-                display,
-            ))),
+            _ => Err(Fatal(session_error(status, &headers, &bytes, display))),
         }
     }
 
@@ -531,12 +532,31 @@ impl GraphClient {
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| UploadError::transport(&e))?;
         if !(200..300).contains(&status) {
-            return Err(from_response(Api::Graph, status, &headers, &bytes, display));
+            return Err(session_error(status, &headers, &bytes, display));
         }
         let s: SessionStatus =
             serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))?;
         Ok(next_expected(&s.next_expected_ranges))
     }
+}
+
+/// Maps an error from the `uploadUrl`. A 404 there means the session expired or vanished, not
+/// that the caller named a missing folder: it is the service's failure (502), worth a new try.
+fn session_error(
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+    display: &str,
+) -> UploadError {
+    if status == 404 {
+        let ms = super::error::MicrosoftError::parse(status, headers, body);
+        return UploadError::Upstream {
+            status,
+            microsoft_code: ms.code,
+            message: format!("the upload session expired or vanished: {}", ms.message),
+        };
+    }
+    from_response(Api::Graph, status, headers, body, display)
 }
 
 /// A failed chunk PUT: worth asking the session about, or not.
@@ -588,6 +608,13 @@ mod tests {
         let u = item_url(&graph(), &site, &["a.txt".into()], "/content", None).unwrap();
         assert!(u.as_str().starts_with("https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,f92f9e40-1110,2c99a486/drive/root:/"));
         let bad = DriveRef::Drive("x/../../me".into());
+        for id in ["", "a b", "a?b", "a#b", "a%2Fb"] {
+            let bad = DriveRef::SiteDefault(id.into());
+            assert!(
+                item_url(&graph(), &bad, &["a".into()], "", None).is_err(),
+                "{id:?}"
+            );
+        }
         assert_eq!(
             item_url(&graph(), &bad, &["a".into()], "", None)
                 .unwrap_err()

@@ -6,6 +6,8 @@
 //! chunk at a time, get their access token through a [`BearerSource`], retry through
 //! [`retry::RetryPolicy`] and answer an [`UploadOutcome`] or an [`UploadError`].
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod graph;
 pub mod names;

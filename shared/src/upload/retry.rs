@@ -18,7 +18,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// First backoff when the service gives no `Retry-After`; doubles per attempt.
     pub base_delay: Duration,
-    /// Cap of one backoff, and of an honoured `Retry-After`.
+    /// Cap of one backoff, and the longest `Retry-After` waited out; a longer one ends the
+    /// upload as [`UploadError::Throttled`] carrying it.
     pub max_delay: Duration,
     /// Cap of all waiting within one upload; beyond it the upload stops as
     /// [`UploadError::Throttled`].
@@ -141,6 +142,11 @@ impl Sender<'_> {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
                     let wait = named.unwrap_or_else(|| self.policy.backoff(tries));
+                    // Honouring Retry-After means not coming back sooner: a longer wait than
+                    // the policy allows ends the upload, and the caller relays the wait.
+                    if throttled && wait > self.policy.max_delay {
+                        return Err(UploadError::Throttled { retry_after: wait });
+                    }
                     if tries >= self.policy.max_attempts {
                         return if throttled {
                             Err(UploadError::Throttled { retry_after: wait })
@@ -151,7 +157,7 @@ impl Sender<'_> {
                     // Read what is left of the body so the connection can be reused.
                     let _ = resp.bytes().await;
                     tracing::info!(status, wait_ms = wait.as_millis() as u64, tries, "retrying");
-                    self.pause(wait.min(self.policy.max_delay))
+                    self.pause(wait)
                         .await
                         .map_err(|()| UploadError::Throttled { retry_after: wait })?;
                 }

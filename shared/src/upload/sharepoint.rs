@@ -430,10 +430,17 @@ impl Ctx<'_> {
                 ChunkOp::Continue(chunk.offset)
             };
             let reply = self.chunk_op(path, op, id, &chunk).await?;
-            if let ChunkOp::Finish(_) = op {
-                return Ok((parse_file(&reply)?, count));
-            }
             let expected = chunk.offset + chunk.bytes.len() as u64;
+            if let ChunkOp::Finish(_) = op {
+                let file = parse_file(&reply)?;
+                if file.length != expected {
+                    return Err(bad_reply(&format!(
+                        "the finished file has {} bytes, not the {expected} sent",
+                        file.length
+                    )));
+                }
+                return Ok((file, count));
+            }
             match parse_offset(&reply) {
                 Some(n) if n == expected => {}
                 got => {

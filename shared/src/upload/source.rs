@@ -82,7 +82,8 @@ impl UploadSource {
     /// Streams `url` (http or https) with `GET`. The request is retried within `policy` and
     /// `deadline` until its headers arrive; a failure after that fails the upload (which then
     /// cancels cleanly). The announced `Content-Length` becomes the length. Error messages name
-    /// only the host: source URLs often carry signatures.
+    /// only the host: source URLs often carry signatures. The client's overall timeout covers
+    /// the whole transfer, so give `http` one long enough for the largest file.
     pub async fn from_url(
         http: &reqwest::Client,
         url: &Url,
@@ -214,6 +215,9 @@ impl Chunker {
         }
         let take = size.min(self.buf.len());
         let bytes = self.buf.split_to(take).freeze();
+        // The rest still shares the chunk's allocation; move it (at most a frame) out, or the
+        // next chunk's buffer would be allocated while this one is still held: two chunks.
+        self.buf = BytesMut::from(&self.buf[..]);
         // Look one frame ahead so the caller knows whether this chunk is the last.
         while self.buf.is_empty() && !self.eof {
             self.pull().await?;
@@ -263,6 +267,22 @@ mod tests {
             assert_eq!(ch.bytes.len(), 40);
         }
         assert_eq!(got, all);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_owns_its_memory_alone() {
+        // Frames that straddle chunk boundaries leave a remainder behind each chunk; it must not
+        // keep the chunk's allocation alive, or two chunks live at once.
+        let (_, src) = frames(&[7; 30]);
+        let mut c = Chunker::new(src);
+        for _ in 0..4 {
+            let ch = c.next(40).await.unwrap();
+            assert_eq!(ch.bytes.len(), 40);
+            assert!(
+                ch.bytes.is_unique(),
+                "the chunker still shares the chunk's buffer"
+            );
+        }
     }
 
     #[tokio::test]

@@ -347,7 +347,7 @@ fn authorize(st: &Shared, r: &Req, tenant: &str, v2: bool) -> Response {
             scope,
             resource,
             user_oid: user.oid.clone(),
-            expires: unix_now() + st.cfg.opts.code_ttl.as_secs() as i64,
+            expires: unix_now().saturating_add(crate::util::secs(st.cfg.opts.code_ttl)),
             used: false,
         },
     );
@@ -437,7 +437,7 @@ pub(crate) fn entra_access_token(
     user: Option<(&User, &str)>,
 ) -> (String, i64) {
     let now = unix_now();
-    let exp = now + st.cfg.opts.access_token_ttl.as_secs() as i64;
+    let exp = now.saturating_add(crate::util::secs(st.cfg.opts.access_token_ttl));
     let tid = &st.cfg.tenant;
     let mut c = json!({
         "aud": resource,
@@ -907,11 +907,11 @@ fn refresh_problem(st: &Shared, db: &Db, t: &RefreshToken, app: &EntraApp) -> Op
         RefreshState::Inactive => Some(inactive(
             st,
             t.issued,
-            st.cfg.opts.refresh_inactivity_ttl.as_secs() as i64,
+            crate::util::secs(st.cfg.opts.refresh_inactivity_ttl),
         )),
         RefreshState::Active | RefreshState::Rotated if t.expires <= now => Some(expired(st)),
         RefreshState::Active | RefreshState::Rotated
-            if inactive_for >= st.cfg.opts.refresh_inactivity_ttl.as_secs() as i64 =>
+            if inactive_for >= crate::util::secs(st.cfg.opts.refresh_inactivity_ttl) =>
         {
             Some(inactive(st, t.issued, inactive_for))
         }
@@ -1009,7 +1009,7 @@ fn issue_user_tokens(
                 resource: resource.to_string(),
                 user_oid: user.oid.clone(),
                 issued,
-                expires: now + st.cfg.opts.refresh_token_ttl.as_secs() as i64,
+                expires: now.saturating_add(crate::util::secs(st.cfg.opts.refresh_token_ttl)),
                 last_used: now,
                 state: RefreshState::Active,
             },

@@ -558,6 +558,7 @@ impl Ctx<'_> {
         let n = db
             .write_file(&target, self.r.body.clone(), "Graph client", false)
             .clone();
+        self.st.persist(&n);
         json(status, &self.item_json(&n, &db))
     }
 
@@ -642,7 +643,7 @@ impl Ctx<'_> {
             return name_exists_session();
         }
         let id = opaque("");
-        let expires = now() + self.st.cfg.opts.upload_session_ttl;
+        let expires = crate::util::add_secs(now(), self.st.cfg.opts.upload_session_ttl);
         let declared = body
             .get("item")
             .and_then(|i| i.get("fileSize"))
@@ -768,7 +769,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
         );
     };
     let received = session.data.len() as u64;
-    let len = b - a + 1;
+    let len = (b - a).saturating_add(1);
     if len != r.body.len() as u64 {
         return graph_error(
             StatusCode::BAD_REQUEST,
@@ -841,6 +842,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
     let n = db
         .write_file(&target, session.data.into(), "Graph client", false)
         .clone();
+    st.persist(&n);
     let lib = db
         .library_by_drive(&session.drive_id)
         .map(|(s, l)| (s.clone(), l.clone()));

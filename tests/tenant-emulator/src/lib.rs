@@ -32,6 +32,24 @@
 //!
 //! Context tokens are HS256-signed with the base64-decoded ACS client secret (as SharePoint's
 //! `TokenHelper` expects).
+//!
+//! ## Fidelity notes
+//!
+//! Shapes follow the recorded samples in the handout fixtures (checked by `tests/shapes.rs`).
+//! Where no sample exists the emulator approximates: ACS error codes other than ACS50012 and
+//! ACS50011 (e.g. ACS70002 for bad codes/refresh tokens, ACS50001 for a bad resource), the
+//! `x-ms-diagnostics` numbers other than 3000003, the Graph `unauthenticated` error for an
+//! upload URL called with an `Authorization` header, and SharePoint's message for a wrong chunk
+//! offset. A chunked upload that fills the empty placeholder file keeps version 1.0 (as the
+//! PnP recording shows); every other replace adds a major version.
+//!
+//! ## Faults
+//!
+//! [`FaultRule`]s (latency, 429/503 with `Retry-After`, token endpoint outage, TCP reset after N
+//! request-body bytes) are scoped by path prefix, hit with a seeded RNG at a given rate and
+//! optionally a limited number of times; set them in [`Options::faults`], with CLI flags, with
+//! [`RunningEmulator::add_fault`] or `POST /_emulator/faults` (a rule or an array of rules, e.g.
+//! `{"path_prefix":"/graph","kind":"status","status":429,"retry_after":2,"rate":0.5}`).
 
 // Handlers short-circuit with the HTTP response itself as the error; boxing it buys nothing here.
 #![allow(clippy::result_large_err)]
@@ -56,7 +74,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use faults::{FaultKind, FaultRule};
-pub use model::RefreshState;
+pub use model::{RefreshState, Right};
 pub use tokens::{TokenError, verify_hs256};
 
 /// How to start an emulator.
@@ -277,6 +295,21 @@ pub struct OpenUpload {
     pub received: u64,
 }
 
+/// What to register with [`RunningEmulator::add_entra_app`].
+#[derive(Clone, Debug, Default)]
+pub struct EntraAppSpec {
+    /// Name in this emulator.
+    pub name: String,
+    /// Application roles (`Sites.ReadWrite.All`, `Sites.Selected`, …).
+    pub roles: Vec<String>,
+    /// Sites (server-relative URLs) granted through Sites.Selected.
+    pub selected_sites: Vec<String>,
+    /// Give it a client secret.
+    pub secret: bool,
+    /// Register the crate's test certificate for it.
+    pub certificate: bool,
+}
+
 /// Errors starting the emulator.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -321,6 +354,20 @@ impl Shared {
     pub fn db(&self) -> MutexGuard<'_, model::Db> {
         // A panicked handler must not take the whole emulator down.
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Mirrors a file's current bytes under `{state_dir}/files/{server-relative path}`.
+    pub fn persist(&self, n: &model::Node) {
+        if let Some(v) = n.current() {
+            let target = self
+                .cfg
+                .state_dir
+                .join("files")
+                .join(n.path.trim_start_matches('/'));
+            if let Some(parent) = target.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::write(target, &v.content);
+        }
     }
     pub fn faults(&self) -> MutexGuard<'_, faults::Faults> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
@@ -402,6 +449,102 @@ impl RunningEmulator {
             db.consent_revoked.insert(client_id.to_lowercase());
         } else {
             db.consent_revoked.remove(&client_id.to_lowercase());
+        }
+    }
+
+    /// Registers an ACS app with app-only rights on sites (server-relative URLs). Not part of
+    /// [`RunningEmulator::info`], which is the start-up snapshot.
+    pub fn add_acs_app(&self, name: &str, grants: &[(&str, Right)]) -> AcsAppInfo {
+        let app = model::AcsApp {
+            name: name.to_string(),
+            client_id: util::new_guid(),
+            secret: util::new_secret(),
+            redirect_uri: "https://localhost/callback".into(),
+            app_only: grants.iter().map(|(s, r)| (s.to_string(), *r)).collect(),
+        };
+        let info = AcsAppInfo {
+            name: app.name.clone(),
+            client_id: app.client_id.clone(),
+            client_secret: app.secret.clone(),
+            redirect_uri: app.redirect_uri.clone(),
+            app_only_sites: app.app_only.keys().cloned().collect(),
+        };
+        self.shared.db().acs_apps.push(app);
+        info
+    }
+
+    /// Sets (Some) or removes (None) an ACS app's app-only right on a site; false when the app
+    /// is unknown.
+    pub fn set_acs_grant(&self, client_id: &str, site: &str, right: Option<Right>) -> bool {
+        let mut db = self.shared.db();
+        let Some(app) = db
+            .acs_apps
+            .iter_mut()
+            .find(|a| a.client_id.eq_ignore_ascii_case(client_id))
+        else {
+            return false;
+        };
+        match right {
+            Some(r) => {
+                app.app_only.insert(site.to_string(), r);
+            }
+            None => {
+                app.app_only.remove(site);
+            }
+        }
+        true
+    }
+
+    /// Registers an Entra app (secret and/or the crate's test certificate).
+    pub fn add_entra_app(&self, spec: EntraAppSpec) -> Result<EntraAppInfo, StartError> {
+        let cert = keys::cert_info(keys::APP_CERT_PEM, keys::APP_KEY_PEM)
+            .map_err(|e| StartError::Crypto(e.to_string()))?;
+        let c = spec.certificate;
+        let app = model::EntraApp {
+            name: spec.name.clone(),
+            client_id: util::new_guid(),
+            secret: spec.secret.then(util::new_secret),
+            cert_pem: c.then(|| cert.cert_pem.clone()),
+            key_pem: c.then(|| cert.key_pem.clone()),
+            thumbprint_sha1: c.then(|| cert.sha1.clone()),
+            thumbprint_sha256: c.then(|| cert.sha256.clone()),
+            cert_public_der: c.then(|| cert.public_key_der.clone()),
+            roles: spec.roles,
+            selected_sites: spec.selected_sites,
+            redirect_uri: "https://localhost/callback".into(),
+            public_client: !spec.secret && !c,
+        };
+        let info = EntraAppInfo {
+            name: app.name.clone(),
+            client_id: app.client_id.clone(),
+            client_secret: app.secret.clone(),
+            certificate_pem: app.cert_pem.clone(),
+            private_key_pem: app.key_pem.clone(),
+            certificate_path: None,
+            private_key_path: None,
+            thumbprint_sha1: app.thumbprint_sha1.as_ref().map(hex::encode_upper),
+            thumbprint_sha256: app.thumbprint_sha256.as_ref().map(hex::encode_upper),
+            roles: app.roles.clone(),
+            selected_sites: app.selected_sites.clone(),
+            redirect_uri: app.redirect_uri.clone(),
+        };
+        self.shared.db().entra_apps.push(app);
+        Ok(info)
+    }
+
+    /// Replaces an Entra app's Sites.Selected grants; false when the app is unknown.
+    pub fn set_selected_sites(&self, client_id: &str, sites: &[&str]) -> bool {
+        let mut db = self.shared.db();
+        match db
+            .entra_apps
+            .iter_mut()
+            .find(|a| a.client_id.eq_ignore_ascii_case(client_id))
+        {
+            Some(app) => {
+                app.selected_sites = sites.iter().map(|s| s.to_string()).collect();
+                true
+            }
+            None => false,
         }
     }
 

@@ -74,7 +74,7 @@ fn authorize(st: &Shared, r: &Req) -> Response {
                     scope,
                     resource: String::new(),
                     user_oid: user.oid,
-                    expires: unix_now() + st.cfg.opts.code_ttl.as_secs() as i64,
+                    expires: unix_now().saturating_add(crate::util::secs(st.cfg.opts.code_ttl)),
                     used: false,
                 },
             );
@@ -228,7 +228,7 @@ fn token(st: &Shared, r: &Req) -> Response {
             resource: String::new(),
             user_oid: oid.clone(),
             issued: now,
-            expires: now + st.cfg.opts.refresh_token_ttl.as_secs() as i64,
+            expires: now.saturating_add(crate::util::secs(st.cfg.opts.refresh_token_ttl)),
             last_used: now,
             state: RefreshState::Active,
         },

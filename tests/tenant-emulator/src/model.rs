@@ -38,7 +38,11 @@ pub struct Site {
 /// Rights an ACS app-only policy grants on a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Right {
+    /// Read only: writes answer 403 access denied.
     Read,
+    /// Read and write.
+    Write,
+    /// Everything.
     FullControl,
 }
 
@@ -240,11 +244,13 @@ fn drive_id() -> String {
 /// Graph item ids look like `01AH65SIN6Y2GOVW7725BZO354PWSELRRZ`.
 pub fn graph_item_id() -> String {
     const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let bytes = uuid::Uuid::new_v4();
+    // 20 random bytes → 32 base32 characters, as real ids have.
+    let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
+    bytes.extend_from_slice(&uuid::Uuid::new_v4().as_bytes()[..4]);
     let mut out = String::from("01");
     let mut acc: u32 = 0;
     let mut bits = 0;
-    for b in bytes.as_bytes() {
+    for b in &bytes {
         acc = (acc << 8) | u32::from(*b);
         bits += 8;
         while bits >= 5 {

@@ -208,25 +208,21 @@ fn authenticate(st: &Shared, r: &Req, site: &Site) -> Result<Caller, Response> {
 }
 
 pub(crate) fn handle(st: &Arc<Shared>, r: Req) -> Response {
-    let site = {
+    // ASCII-only case folding keeps byte offsets stable for slicing.
+    let site_and_rest = {
         let db = st.db();
-        let lower = r.path.to_lowercase();
-        db.sites
-            .iter()
-            .find(|s| {
-                let root = s.server_relative_url.to_lowercase();
-                lower == root || lower.starts_with(&format!("{root}/"))
-            })
-            .cloned()
+        db.sites.iter().find_map(|s| {
+            let rest = strip_prefix_ci(&r.path, &s.server_relative_url)?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| (s.clone(), rest.to_string()))
+        })
     };
-    let Some(site) = site else {
+    let Some((site, rest)) = site_and_rest else {
         return sp_error_plain(
             StatusCode::NOT_FOUND,
             "-2147024894, System.IO.FileNotFoundException",
             "File Not Found.",
         );
     };
-    let rest = r.path[site.server_relative_url.len()..].to_string();
     let rest_l = rest.to_ascii_lowercase();
     let site_url = format!("{}{}", st.cfg.base, site.server_relative_url);
     if rest_l == "/_layouts/15/oauthauthorize.aspx" {
@@ -875,14 +871,7 @@ impl Ctx<'_> {
     }
 
     fn persist(&self, n: &Node) {
-        if let Some(v) = n.current() {
-            let dir = self.st.cfg.state_dir.join("files");
-            let target = dir.join(n.path.trim_start_matches('/'));
-            if let Some(parent) = target.parent() {
-                let _ = std::fs::create_dir_all(parent);
-            }
-            let _ = std::fs::write(target, &v.content);
-        }
+        self.st.persist(n);
     }
 
     fn file_uri(&self, n: &Node) -> String {
@@ -920,7 +909,7 @@ impl Ctx<'_> {
             "ServerRelativeUrl": n.path,
             "TimeCreated": sp_time(n.created),
             "TimeLastModified": sp_time(n.modified),
-            "Title": n.fields.get("Title").cloned().unwrap_or(Value::Null),
+            "Title": n.fields.get("Title").cloned().unwrap_or_else(|| json!("")),
             "UIVersion": major * 512,
             "UIVersionLabel": n.ui_version_label(),
             "UniqueId": n.unique_id,

@@ -90,6 +90,19 @@ pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// Whole seconds of a duration as i64, saturating (options may hold huge values).
+pub(crate) fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// `t + d`, saturating at the largest representable date.
+pub(crate) fn add_secs(t: OffsetDateTime, d: std::time::Duration) -> OffsetDateTime {
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d))
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
+}
+
 pub(crate) fn unix_now() -> i64 {
     now().unix_timestamp()
 }

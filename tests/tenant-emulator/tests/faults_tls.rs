@@ -208,8 +208,51 @@ async fn tls_serves_with_its_own_ca() {
             .await
             .is_err()
     );
-    // State dir holds the PEMs.
+    // State dir holds the PEMs and a copy of stored files.
     assert!(dir.path().join("app-key.pem").exists() && dir.path().join("ca.pem").exists());
+    let tok = {
+        let a = i
+            .entra_app("entra-app")
+            .cloned()
+            .unwrap_or_else(|| panic!());
+        let r = client
+            .post(format!("{}/{}/oauth2/v2.0/token", i.login, i.tenant_id))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", a.client_id.as_str()),
+                (
+                    "client_secret",
+                    a.client_secret.as_deref().unwrap_or_default(),
+                ),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        v["access_token"].as_str().unwrap_or_default().to_string()
+    };
+    let drive = i
+        .site("team")
+        .map(|s| s.libraries[0].drive_id.clone())
+        .unwrap_or_default();
+    let r = client
+        .put(format!(
+            "{}/v1.0/drives/{drive}/root:/kept.txt:/content",
+            i.graph
+        ))
+        .bearer_auth(tok)
+        .body("kept")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 201);
+    let kept = std::fs::read(
+        dir.path()
+            .join("files/sites/team/Shared Documents/kept.txt"),
+    )
+    .unwrap_or_default();
+    assert_eq!(kept, b"kept");
 }
 
 #[test]

@@ -381,3 +381,124 @@ async fn upload_sessions_expire() {
         (404, Some("itemNotFound"))
     );
 }
+
+#[tokio::test]
+async fn items_by_id_and_me_drive() {
+    let t = start().await;
+    let g = t.info().graph.clone();
+    let tok = t
+        .entra_token("entra-app", "https://graph.microsoft.com")
+        .await;
+    let drive = t.drive("team");
+    let (s, folder) = body(
+        t.http
+            .post(format!("{g}/v1.0/drives/{drive}/root/children"))
+            .bearer_auth(&tok)
+            .json(&json!({"name": "ById", "folder": {}}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let id = folder["id"].as_str().unwrap_or_default().to_string();
+    assert!(id.starts_with("01") && id.len() == 34, "{id}");
+    let (s, v) = body(
+        t.http
+            .put(format!(
+                "{g}/v1.0/drives/{drive}/items/{id}:/x.txt:/content"
+            ))
+            .bearer_auth(&tok)
+            .body("by id")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["parentReference"]["id"], id.as_str());
+    assert_eq!(
+        v["parentReference"]["path"],
+        format!("/drives/{drive}/root:/ById")
+    );
+    let (s, kids) = body(
+        t.http
+            .get(format!("{g}/v1.0/drives/{drive}/items/{id}/children"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(
+        (s, kids["value"].as_array().map(|a| a.len())),
+        (200, Some(1))
+    );
+    let dl = v["@microsoft.graph.downloadUrl"]
+        .as_str()
+        .unwrap_or_default();
+    let bytes = t
+        .http
+        .get(dl)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .bytes()
+        .await
+        .unwrap_or_default();
+    assert_eq!(&bytes[..], b"by id");
+    // /me/drive needs a delegated token.
+    let (s, v) = body(
+        t.http
+            .get(format!("{g}/v1.0/me/drive/root"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("BadRequest")));
+    let a = t
+        .info()
+        .entra_app("entra-app")
+        .cloned()
+        .unwrap_or_else(|| panic!());
+    let code = t.authorize_v2("entra-app", "Files.ReadWrite", None).await;
+    let (s, v) = t
+        .post_form(
+            &t.v2_token_url(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", &a.client_id),
+                (
+                    "client_secret",
+                    a.client_secret.as_deref().unwrap_or_default(),
+                ),
+                ("code", &code),
+                ("redirect_uri", &a.redirect_uri),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let user = v["access_token"].as_str().unwrap_or_default().to_string();
+    let (s, v) = body(
+        t.http
+            .put(format!("{g}/v1.0/me/drive/root:/Notes/n.txt:/content"))
+            .bearer_auth(&user)
+            .body("mine")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(
+        (s, v["parentReference"]["driveType"].as_str()),
+        (201, Some("business"))
+    );
+    assert_eq!(
+        t.emu
+            .file_bytes("/personal/alex_contoso_onmicrosoft_com/Documents/Notes/n.txt")
+            .as_deref(),
+        Some(&b"mine"[..])
+    );
+}

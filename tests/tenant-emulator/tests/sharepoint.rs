@@ -455,3 +455,205 @@ async fn list_item_fields_and_versions() {
         .unwrap_or_default();
     assert_eq!(f["versions"].as_array().map(|v| v.len()), Some(3));
 }
+
+#[tokio::test]
+async fn delegated_entra_token_reaches_any_site() {
+    let t = start().await;
+    let i = t.info().clone();
+    let a = i
+        .entra_app("entra-app")
+        .cloned()
+        .unwrap_or_else(|| panic!());
+    let scope = format!(
+        "https://{}/AllSites.Write offline_access",
+        i.sharepoint_host
+    );
+    let code = t.authorize_v2("entra-app", &scope, None).await;
+    let (s, v) = t
+        .post_form(
+            &t.v2_token_url(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", &a.client_id),
+                (
+                    "client_secret",
+                    a.client_secret.as_deref().unwrap_or_default(),
+                ),
+                ("code", &code),
+                ("redirect_uri", &a.redirect_uri),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let tok = v["access_token"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        common::claims(&tok)["aud"],
+        format!("https://{}", i.sharepoint_host)
+    );
+    let (s, v) = post(&t, &tok, &format!("{}/_api/web/GetFolderByServerRelativeUrl('Shared Documents')/Files/add(url='d.txt',overwrite=true)", t.site("other")), NOMETA, b"d".to_vec()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        t.emu
+            .file_bytes("/sites/other/Shared Documents/d.txt")
+            .as_deref(),
+        Some(&b"d"[..])
+    );
+}
+
+#[tokio::test]
+async fn registered_apps_and_grants() {
+    let t = start().await;
+    let i = t.info().clone();
+    let reader = t
+        .emu
+        .add_acs_app("reader", &[("/sites/team", tenant_emulator::Right::Read)]);
+    let url = format!("{}/{}/tokens/OAuth/2", i.acs, i.realm);
+    let resource = format!(
+        "00000003-0000-0ff1-ce00-000000000000/{}@{}",
+        i.sharepoint_host, i.realm
+    );
+    let (s, v) = t
+        .post_form(
+            &url,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", &format!("{}@{}", reader.client_id, i.realm)),
+                ("client_secret", &reader.client_secret),
+                ("resource", &resource),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let tok = v["access_token"].as_str().unwrap_or_default().to_string();
+    let (s, _) = body(
+        t.http
+            .get(format!("{}/_api/web", t.site("team")))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let add = format!(
+        "{}/_api/web/GetFolderByServerRelativeUrl('Shared Documents')/Files/add(url='r.txt',overwrite=true)",
+        t.site("team")
+    );
+    let (s, v) = post(&t, &tok, &add, NOMETA, b"r".to_vec()).await;
+    assert_eq!(
+        (s, code(&v).as_str()),
+        (403, "-2147024891, System.UnauthorizedAccessException")
+    );
+    assert!(t.emu.set_acs_grant(
+        &reader.client_id,
+        "/sites/team",
+        Some(tenant_emulator::Right::Write)
+    ));
+    let (s, _) = post(&t, &tok, &add, NOMETA, b"r".to_vec()).await;
+    assert_eq!(s, 200);
+    assert!(t.emu.set_acs_grant(&reader.client_id, "/sites/team", None));
+    let (s, _) = post(&t, &tok, &add, NOMETA, b"r".to_vec()).await;
+    assert_eq!(s, 403);
+    // An Entra app with Sites.Selected and no grant, then granted.
+    let app = t
+        .emu
+        .add_entra_app(tenant_emulator::EntraAppSpec {
+            name: "late".into(),
+            roles: vec!["Sites.Selected".into()],
+            secret: true,
+            certificate: true,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key = app.private_key_pem.clone().unwrap_or_default();
+    let token_url = t.v2_token_url();
+    let thumb = common::hex_decode(app.thumbprint_sha1.as_deref().unwrap_or_default());
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.x5t = Some(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        thumb,
+    ));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let assertion = jsonwebtoken::encode(&h, &json!({"aud": token_url, "iss": app.client_id, "sub": app.client_id, "exp": now + 600, "jti": "late-1"}), &jsonwebtoken::EncodingKey::from_rsa_pem(key.as_bytes()).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+    let (s, v) = t
+        .post_form(
+            &token_url,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", &app.client_id),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion),
+                ("scope", &format!("https://{}/.default", i.sharepoint_host)),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let tok = v["access_token"].as_str().unwrap_or_default().to_string();
+    let (s, _) = body(
+        t.http
+            .get(format!("{}/_api/web", t.site("team")))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert!(t.emu.set_selected_sites(&app.client_id, &["/sites/team"]));
+    let (s, _) = body(
+        t.http
+            .get(format!("{}/_api/web", t.site("team")))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_refused() {
+    let t = common::start_with(tenant_emulator::Options {
+        access_token_ttl: std::time::Duration::ZERO,
+        ..Default::default()
+    })
+    .await;
+    let tok = t
+        .entra_cert_token(
+            "entra-app",
+            &format!("https://{}", t.info().sharepoint_host),
+        )
+        .await;
+    let r = t
+        .http
+        .get(format!("{}/_api/web", t.site("team")))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 401);
+    let gtok = t
+        .entra_token("entra-app", "https://graph.microsoft.com")
+        .await;
+    let (s, v) = body(
+        t.http
+            .get(format!(
+                "{}/v1.0/drives/{}/root",
+                t.info().graph,
+                t.drive("team")
+            ))
+            .bearer_auth(&gtok)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("InvalidAuthenticationToken"))
+    );
+}
