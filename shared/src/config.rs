@@ -338,6 +338,93 @@ impl Config {
     }
 }
 
+/// Settings of the sign-in (oauth-callback) and token-refresh functions, read separately from
+/// [`Config`] because only those two functions need them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// `SPBRIDGE_ALLOWED_HOSTS`: hosts a request-derived OAuth redirect URI may use (comma or
+    /// space separated; empty: any host API Gateway routed to us). Ignored when
+    /// `SPBRIDGE_PUBLIC_BASE_URL` is set.
+    pub allowed_hosts: Vec<String>,
+    /// `SPBRIDGE_REFRESH_ACCESS_SKEW_SECS`: refresh when the access token expires within this.
+    pub refresh_access_skew: Duration,
+    /// `SPBRIDGE_REFRESH_MAX_TOKEN_AGE_SECS`: refresh when the refresh token was last used this
+    /// long ago, whatever the access token says.
+    pub refresh_max_token_age: Duration,
+    /// `SPBRIDGE_REFRESH_CONCURRENCY`: connections refreshed at once.
+    pub refresh_concurrency: usize,
+    /// `SPBRIDGE_REFRESH_CHECK_APP_ONLY`: also get a token for app-only connections (a credential
+    /// check) and warn about certificates expiring soon.
+    pub check_app_only: bool,
+    /// `SPBRIDGE_CERT_WARNING_DAYS`: warn when an app certificate expires within this.
+    pub certificate_warning: Duration,
+}
+
+/// Names of every variable [`LifecycleConfig::from_lookup`] reads.
+pub mod lifecycle_vars {
+    pub const ALLOWED_HOSTS: &str = "SPBRIDGE_ALLOWED_HOSTS";
+    pub const REFRESH_ACCESS_SKEW: &str = "SPBRIDGE_REFRESH_ACCESS_SKEW_SECS";
+    pub const REFRESH_MAX_TOKEN_AGE: &str = "SPBRIDGE_REFRESH_MAX_TOKEN_AGE_SECS";
+    pub const REFRESH_CONCURRENCY: &str = "SPBRIDGE_REFRESH_CONCURRENCY";
+    pub const CHECK_APP_ONLY: &str = "SPBRIDGE_REFRESH_CHECK_APP_ONLY";
+    pub const CERT_WARNING_DAYS: &str = "SPBRIDGE_CERT_WARNING_DAYS";
+}
+
+impl LifecycleConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads through `get`; empty values count as unset. Defaults: skew 600 s, age 7 days,
+    /// concurrency 8, app-only check on, certificate warning 30 days.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        use lifecycle_vars as v;
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let concurrency = parse_num(&get, v::REFRESH_CONCURRENCY, 8)?;
+        if concurrency == 0 || concurrency > 256 {
+            return Err(ConfigError::Invalid {
+                var: v::REFRESH_CONCURRENCY,
+                reason: format!("{concurrency} is outside 1..=256"),
+            });
+        }
+        let check_app_only = match get(v::CHECK_APP_ONLY)
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("1" | "true" | "yes" | "on") => true,
+            Some("0" | "false" | "no" | "off") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: v::CHECK_APP_ONLY,
+                    reason: format!("{other:?} is not true or false"),
+                });
+            }
+        };
+        Ok(LifecycleConfig {
+            allowed_hosts: get(v::ALLOWED_HOSTS)
+                .map(|l| {
+                    l.split([',', ' '])
+                        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            refresh_access_skew: Duration::from_secs(parse_num(&get, v::REFRESH_ACCESS_SKEW, 600)?),
+            refresh_max_token_age: Duration::from_secs(parse_num(
+                &get,
+                v::REFRESH_MAX_TOKEN_AGE,
+                7 * 86400,
+            )?),
+            refresh_concurrency: concurrency as usize,
+            check_app_only,
+            certificate_warning: Duration::from_secs(
+                parse_num(&get, v::CERT_WARNING_DAYS, 30)?.saturating_mul(86400),
+            ),
+        })
+    }
+}
+
 fn secret_dir(get: &impl Fn(&str) -> Option<String>) -> PathBuf {
     get(vars::SECRET_DIR)
         .map(PathBuf::from)
@@ -459,6 +546,30 @@ mod tests {
         assert!(e.to_string().contains("SPBRIDGE_SECRET_BACKEND"), "{e}");
         let e = cfg(&[(vars::LOGIN_URL, "ftp://x")]).unwrap_err();
         assert!(e.to_string().contains("SPBRIDGE_LOGIN_URL"), "{e}");
+    }
+
+    #[test]
+    fn lifecycle_defaults_and_errors() {
+        let c = LifecycleConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(c.refresh_concurrency, 8);
+        assert_eq!(c.refresh_max_token_age, Duration::from_secs(7 * 86400));
+        assert!(c.check_app_only && c.allowed_hosts.is_empty());
+        let c = LifecycleConfig::from_lookup(|k| match k {
+            lifecycle_vars::ALLOWED_HOSTS => Some("Api.Contoso.com, localhost:3000".into()),
+            lifecycle_vars::CHECK_APP_ONLY => Some("off".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.allowed_hosts, ["api.contoso.com", "localhost:3000"]);
+        assert!(!c.check_app_only);
+        let e = LifecycleConfig::from_lookup(|k| {
+            (k == lifecycle_vars::REFRESH_CONCURRENCY).then(|| "0".into())
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("SPBRIDGE_REFRESH_CONCURRENCY"),
+            "{e}"
+        );
     }
 
     #[test]

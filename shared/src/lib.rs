@@ -3,6 +3,7 @@
 //! Every Microsoft identity call, every upload and every secret read or write goes through this
 //! crate; the Lambda functions in `functions/` only wire it together.
 
+pub mod access;
 pub mod config;
 pub mod http;
 pub mod identity;

@@ -5,7 +5,7 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let state = oauth_callback::init();
     if let Err(e) = &state {
-        tracing::error!(error = %e, "configuration error; every request will get a 500 naming it");
+        tracing::error!(error = %e, "configuration error; every request will get a 500");
     }
     let state = &state;
     run(service_fn(move |req| async move {

@@ -37,6 +37,12 @@ pub struct AppCredential {
     /// ACS realm (the tenant GUID as SharePoint names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
+    /// Key (base64, at least 32 bytes) that signs the OAuth `state` and derives PKCE verifiers.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    pub state_signing_key: Option<SecretString>,
+    /// The key before the last rotation, still accepted for sign-ins started before it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    pub previous_state_signing_key: Option<SecretString>,
 }
 
 impl AppCredential {
@@ -215,6 +221,26 @@ pub struct ConnectionSecret {
     /// refused, so an older token never overwrites a newer one.
     #[serde(default)]
     pub generation: u64,
+    /// Name of the app-credential secret this connection uses; `None`: the deployment's
+    /// `{prefix}app`. Lets one deployment hold an ACS add-in and an Entra app side by side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<String>,
+    /// The redirect URI the consent used (login.live.com wants it again on every refresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<Url>,
+    /// Sign-in attempts already completed, so a replayed callback is refused before any write.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::oauth::state::ConsumedStates::is_empty"
+    )]
+    pub consumed_states: crate::oauth::state::ConsumedStates,
+    /// Azure AD v1: sign in for the Office 365 Discovery resource and record every service
+    /// resource the refresh token can be redeemed for (in `resources`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_discovery: bool,
+    /// Microsoft's description of the last failure behind `status` (no secrets; for operators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_detail: Option<String>,
     /// How upload-ingest treats requests for this connection (top-level JSON fields).
     #[serde(default, flatten)]
     pub upload: UploadOptions,
