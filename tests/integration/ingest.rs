@@ -13,11 +13,13 @@ use lambda_http::{Body, Request, RequestExt as _, Response};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sha2::Sha256;
+use shared::access::Access;
 use shared::config::Config;
+use shared::identity::TokenCache;
 use shared::ingest::Limits;
-use shared::ingest::pipeline::{Pipeline, TokenProvider};
+use shared::ingest::pipeline::{Pipeline, TokenError, TokenProvider};
 use shared::secrets::SecretStore;
-use shared::upload::{RetryPolicy, UploadError};
+use shared::upload::RetryPolicy;
 use tenant_emulator::{Emulator, FaultKind, FaultRule, Options, RunningEmulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -167,6 +169,7 @@ async fn answer(resp: Response<Body>) -> (u16, Value, HashMap<String, String>) {
 /// Emulator tokens per connection: ACS app-only for SharePoint, Entra client credentials for
 /// Graph, or (to exercise the doctor) an Entra secret-based token sent to SharePoint.
 struct EmulatorTokens {
+    access: Access,
     emu: tenant_emulator::EmulatorInfo,
     kinds: HashMap<String, TokenKind>,
     calls: AtomicU32,
@@ -175,67 +178,43 @@ struct EmulatorTokens {
 
 #[derive(Clone, Copy)]
 enum TokenKind {
-    Acs,
-    Graph,
+    /// The production path: `shared::access::Access` with the stored app credentials.
+    Access,
+    /// An Entra client-credentials (secret) token sent to SharePoint, which refuses it.
     EntraSecretForSharePoint,
 }
 
 impl EmulatorTokens {
-    async fn fetch(&self, kind: TokenKind) -> Result<SecretString, UploadError> {
+    /// The token SharePoint refuses: Entra client credentials with a secret, for SharePoint.
+    async fn entra_secret_token(&self) -> Result<SecretString, TokenError> {
         let info = &self.emu;
-        let (url, form): (String, Vec<(&str, String)>) = match kind {
-            TokenKind::Acs => {
-                let app = info.acs_app("acs-app").expect("acs-app");
-                (
-                    format!("{}/{}/tokens/OAuth/2", info.acs, info.realm),
-                    vec![
-                        ("grant_type", "client_credentials".into()),
-                        ("client_id", format!("{}@{}", app.client_id, info.realm)),
-                        ("client_secret", app.client_secret.clone()),
-                        (
-                            "resource",
-                            format!(
-                                "00000003-0000-0ff1-ce00-000000000000/{}@{}",
-                                info.sharepoint_host, info.realm
-                            ),
-                        ),
-                    ],
-                )
-            }
-            TokenKind::Graph | TokenKind::EntraSecretForSharePoint => {
-                let app = info.entra_app("entra-app").expect("entra-app");
-                let scope = match kind {
-                    TokenKind::Graph => "https://graph.microsoft.com/.default".to_owned(),
-                    _ => format!("http://{}/.default", info.sharepoint_host),
-                };
-                (
-                    format!("{}/{}/oauth2/v2.0/token", info.login, info.tenant_id),
-                    vec![
-                        ("grant_type", "client_credentials".into()),
-                        ("client_id", app.client_id.clone()),
-                        (
-                            "client_secret",
-                            app.client_secret.clone().unwrap_or_default(),
-                        ),
-                        ("scope", scope),
-                    ],
-                )
-            }
-        };
+        let app = info.entra_app("entra-app").expect("entra-app");
+        let form = [
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_id", app.client_id.clone()),
+            (
+                "client_secret",
+                app.client_secret.clone().unwrap_or_default(),
+            ),
+            ("scope", format!("http://{}/.default", info.sharepoint_host)),
+        ];
         let resp = reqwest::Client::new()
-            .post(url)
+            .post(format!(
+                "{}/{}/oauth2/v2.0/token",
+                info.login, info.tenant_id
+            ))
             .form(&form)
             .send()
             .await
-            .map_err(|e| UploadError::Source(format!("token endpoint: {e}")))?;
+            .map_err(|e| TokenError::Transient(format!("token endpoint: {e}")))?;
         let body: Value = resp
             .json()
             .await
-            .map_err(|e| UploadError::Source(format!("token JSON: {e}")))?;
+            .map_err(|e| TokenError::Transient(format!("token JSON: {e}")))?;
         body["access_token"]
             .as_str()
             .map(|t| SecretString::from(t.to_owned()))
-            .ok_or_else(|| UploadError::NeedsConsent(format!("no token: {body}")))
+            .ok_or_else(|| TokenError::Misconfigured(format!("no token: {body}")))
     }
 }
 
@@ -244,17 +223,23 @@ impl TokenProvider for EmulatorTokens {
         &'a self,
         connection: &'a str,
         force_refresh: bool,
-    ) -> BoxFuture<'a, Result<SecretString, UploadError>> {
+    ) -> BoxFuture<'a, Result<SecretString, TokenError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             if force_refresh {
                 self.forced.fetch_add(1, Ordering::Relaxed);
             }
-            let kind = *self
+            match self
                 .kinds
                 .get(connection)
-                .ok_or_else(|| UploadError::BadInput(format!("no token for {connection}")))?;
-            self.fetch(kind).await
+                .copied()
+                .unwrap_or(TokenKind::Access)
+            {
+                TokenKind::Access => {
+                    TokenProvider::bearer(&self.access, connection, force_refresh).await
+                }
+                TokenKind::EntraSecretForSharePoint => self.entra_secret_token().await,
+            }
         })
     }
 }
@@ -293,6 +278,8 @@ impl World {
             ("SPBRIDGE_SECRET_PREFIX", prefix.clone()),
             ("SPBRIDGE_SECRET_BACKEND", "aws".into()),
             ("SPBRIDGE_GRAPH_URL", info.graph.clone()),
+            ("SPBRIDGE_ACS_URL", info.acs.clone()),
+            ("SPBRIDGE_LOGIN_URL", info.login.clone()),
             ("SPBRIDGE_DEFAULT_CONNECTION", "contoso-docs".into()),
             ("SPBRIDGE_SOURCE_URL_ALLOW_LOOPBACK", "true".into()),
             ("SPBRIDGE_SECRET_CACHE_TTL_SECS", "0".into()),
@@ -309,9 +296,26 @@ impl World {
             async move { store.put(&name, &v, None).await.expect("secret written") }
         };
         put(format!("{prefix}webhook"), json!({"secrets": [WHSEC]})).await;
+        // App credentials: the ACS add-in for SharePoint, the Entra app (secret) for Graph.
+        let acs = info.acs_app("acs-app").expect("acs-app");
+        put(
+            format!("{prefix}acs-app"),
+            json!({"client_id": acs.client_id, "client_secret": acs.client_secret,
+                   "realm": info.realm, "tenant_id": info.tenant_id}),
+        )
+        .await;
+        let entra = info.entra_app("entra-app").expect("entra-app");
+        put(
+            format!("{prefix}app"),
+            json!({"client_id": entra.client_id, "client_secret": entra.client_secret,
+                   "tenant_id": info.tenant_id}),
+        )
+        .await;
+        let acs_app = format!("{prefix}acs-app");
         let sp = |extra: Value| {
             let mut v = json!({
                 "provider": "acs", "auth": "app_only", "status": "active",
+                "app_secret": acs_app, "realm": info.realm,
                 "target": {"kind": "sharepoint", "site_url": site.url, "library": "Shared Documents"},
             });
             if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
@@ -324,6 +328,7 @@ impl World {
             format!("{prefix}connections/docs-inbox"),
             json!({
                 "provider": "acs", "auth": "app_only", "status": "active",
+                "app_secret": acs_app, "realm": info.realm,
                 "target": {"kind": "sharepoint", "site_url": site.url, "library": "Shared Documents",
                            "base_folder": "inbox"},
                 "sanitize_names": true, "blocked_extensions": ["exe", "zip"], "max_file_bytes": 2 * MIB,
@@ -338,6 +343,7 @@ impl World {
         put(
             format!("{prefix}connections/drive"),
             json!({"provider": "entra", "auth": "app_only", "status": "active",
+                   "tenant_id": info.tenant_id,
                    "target": {"kind": "drive", "drive_id": drive_id}}),
         )
         .await;
@@ -352,23 +358,24 @@ impl World {
             sp(json!({"status": "needs_consent", "status_code": "invalid_grant"})),
         )
         .await;
+        let http = shared::http::build_client(&config.http).expect("client");
+        let access = Access::new(
+            http.clone(),
+            config.endpoints.clone(),
+            Arc::new(TokenCache::new(Duration::from_secs(300))),
+            store.clone(),
+            config.secrets.clone(),
+        );
         let tokens = Arc::new(EmulatorTokens {
+            access,
             emu: info.clone(),
-            kinds: HashMap::from([
-                ("contoso-docs".to_owned(), TokenKind::Acs),
-                ("docs-inbox".to_owned(), TokenKind::Acs),
-                ("open".to_owned(), TokenKind::Acs),
-                ("lapsed".to_owned(), TokenKind::Acs),
-                ("drive".to_owned(), TokenKind::Graph),
-                (
-                    "secret-cert".to_owned(),
-                    TokenKind::EntraSecretForSharePoint,
-                ),
-            ]),
+            kinds: HashMap::from([(
+                "secret-cert".to_owned(),
+                TokenKind::EntraSecretForSharePoint,
+            )]),
             calls: AtomicU32::new(0),
             forced: AtomicU32::new(0),
         });
-        let http = shared::http::build_client(&config.http).expect("client");
         let mut pipeline =
             Pipeline::new(config.clone(), http.clone(), store.clone(), tokens.clone())
                 .expect("pipeline")
@@ -652,6 +659,7 @@ async fn sizes_land_identical_on_sharepoint_and_graph() {
                 .await;
             assert_eq!(status, 201, "{conn} {len}: {body}");
             assert_eq!(body["size"], len, "{conn} {len}");
+            assert_eq!(body["chunks"], 1, "{conn} {len}: a simple upload");
             let stored = w
                 .bytes(&format!("{SP_LIB}/sizes/{dir}/f{len}.bin"))
                 .unwrap();
@@ -664,6 +672,10 @@ async fn sizes_land_identical_on_sharepoint_and_graph() {
             .await;
         assert_eq!(status, 201, "{conn} 50 MiB: {body}");
         assert_eq!(body["size"], 50 * MIB);
+        assert_eq!(
+            body["chunks"], 5,
+            "{conn}: 50 MiB goes in five 10 MiB chunks"
+        );
         let stored = w.bytes(&format!("{SP_LIB}/sizes/{dir}/big.bin")).unwrap();
         assert_eq!(stored.len(), 50 * MIB);
         assert!(
@@ -815,6 +827,7 @@ async fn thirty_percent_throttling_still_lands_everything() {
     })
     .await;
     let mut landed = 0;
+    let mut retries = 0;
     for conn in ["contoso-docs", "drive"] {
         for (i, len) in [0usize, 1024, 100_000, 3 * MIB + 17]
             .into_iter()
@@ -837,9 +850,14 @@ async fn thirty_percent_throttling_still_lands_everything() {
                     == data
             );
             landed += 1;
+            retries += b["retries"].as_u64().unwrap();
         }
     }
     assert_eq!(landed, 8);
+    assert!(
+        retries >= 5,
+        "the injected faults were hit: {retries} retries"
+    );
     w.assert_no_half_files();
 }
 
@@ -896,6 +914,10 @@ async fn a_reset_mid_chunk_completes_or_cancels_cleanly() {
             }
             if label == "once" {
                 assert_eq!(s, 201, "{conn}: one reset is survived: {b}");
+                assert!(
+                    b["retries"].as_u64().unwrap() >= 1,
+                    "{conn}: the reset was hit: {b}"
+                );
             }
             w.assert_no_half_files();
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lambda_http::{Body, Request, RequestExt as _, Response, http::StatusCode};
+use shared::access::Access;
 use shared::config::Config;
+use shared::identity::TokenCache;
 use shared::ingest::pipeline::{IngestRequest, IngestResponse, Pipeline, TokenProvider};
 use tokio::sync::OnceCell;
 
@@ -55,14 +57,24 @@ impl State {
     }
 }
 
-/// The production token provider.
+/// The production token provider: [`Access`] over the warm container's token cache.
 fn default_tokens(
-    _config: &Config,
-    _http: &reqwest::Client,
-    _store: &Arc<dyn shared::secrets::SecretStore>,
+    config: &Config,
+    http: &reqwest::Client,
+    store: &Arc<dyn shared::secrets::SecretStore>,
 ) -> Result<Arc<dyn TokenProvider>, String> {
-    Err("no token provider is wired into upload-ingest yet (shared::access)".into())
+    Ok(Arc::new(Access::new(
+        http.clone(),
+        config.endpoints.clone(),
+        Arc::new(TokenCache::new(TOKEN_SKEW)),
+        store.clone(),
+        config.secrets.clone(),
+    )))
 }
+
+/// Tokens are renewed this long before they expire, so an upload never starts with a token
+/// that dies mid-way.
+const TOKEN_SKEW: Duration = Duration::from_secs(300);
 
 /// Builds the state once per cold start. The error text names the bad variable.
 pub fn init() -> Result<State, String> {

@@ -28,6 +28,7 @@ use super::{
     ConflictMode, Content, IncomingFile, IngestError, Limits, NamePolicy, RawRequest,
     parse_request, server_relative_path,
 };
+use crate::access::{Access, AccessError};
 use crate::config::Config;
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, ConnectionStatus, Target};
 use crate::secrets::{SecretError, SecretStore};
@@ -48,15 +49,70 @@ const MAX_CONNECTION_ID: usize = 128;
 
 /// Where uploads get a connection's access token.
 ///
-/// Production: the lifecycle's `Access::bearer(connection, force_refresh)` (app-only or delegated,
-/// persisting rotated refresh tokens). `force_refresh` asks for a new token after a 401.
+/// Production: [`crate::access::Access`] (app-only or delegated, persisting rotated refresh
+/// tokens). `force_refresh` asks for a new token after a 401.
 pub trait TokenProvider: Send + Sync {
     /// The access token for `connection`'s upload target.
     fn bearer<'a>(
         &'a self,
         connection: &'a str,
         force_refresh: bool,
-    ) -> BoxFuture<'a, Result<SecretString, UploadError>>;
+    ) -> BoxFuture<'a, Result<SecretString, TokenError>>;
+}
+
+/// Why no token could be had, in the terms the answer needs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// A person must sign in or consent again (424).
+    #[error("{0}")]
+    NeedsConsent(String),
+    /// Microsoft throttled the token request (503 with Retry-After).
+    #[error("{message}")]
+    Throttled {
+        /// Server-requested wait.
+        retry_after: Option<Duration>,
+        /// What failed.
+        message: String,
+    },
+    /// A network fault or Microsoft server error outlasted the retries (502).
+    #[error("{0}")]
+    Transient(String),
+    /// The connection or app registration is wrong; an operator must fix it (500).
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl From<AccessError> for TokenError {
+    fn from(e: AccessError) -> Self {
+        let message = e.to_string();
+        match e {
+            AccessError::NeedsConsent { .. } => TokenError::NeedsConsent(message),
+            AccessError::Throttled { retry_after, .. } => TokenError::Throttled {
+                retry_after,
+                message,
+            },
+            AccessError::Transient { .. } => TokenError::Transient(message),
+            AccessError::Store { .. } if e.is_retryable() => TokenError::Transient(message),
+            AccessError::NotFound { .. }
+            | AccessError::Misconfigured { .. }
+            | AccessError::Store { .. } => TokenError::Misconfigured(message),
+        }
+    }
+}
+
+impl TokenProvider for Access {
+    fn bearer<'a>(
+        &'a self,
+        connection: &'a str,
+        force_refresh: bool,
+    ) -> BoxFuture<'a, Result<SecretString, TokenError>> {
+        Box::pin(async move {
+            Access::bearer(self, connection, force_refresh)
+                .await
+                .map(|b| b.token)
+                .map_err(TokenError::from)
+        })
+    }
 }
 
 /// The current time; tests pin it to a recorded event's timestamp.
@@ -165,7 +221,8 @@ impl PipelineError {
         match self {
             PipelineError::Ingest(e) => e.status(),
             PipelineError::UnknownConnection(_) => 404,
-            PipelineError::NoDefaultConnection => 404,
+            // The route exists; the deployment lacks SPBRIDGE_DEFAULT_CONNECTION.
+            PipelineError::NoDefaultConnection => 500,
             PipelineError::NeedsConsent { .. } => 424,
             PipelineError::InFlight { .. } | PipelineError::IdReused => 409,
             PipelineError::SourceForbidden(_) | PipelineError::SourceRefused(_) => 400,
@@ -672,11 +729,7 @@ impl Pipeline {
                 .collect(),
             deadline,
         };
-        let bearer = Arc::new(ConnectionBearer {
-            tokens: self.tokens.clone(),
-            connection: connection.to_owned(),
-            last: Mutex::new(None),
-        });
+        let bearer = Arc::new(ConnectionBearer::new(self.tokens.clone(), connection));
         let result = match dest {
             Destination::SharePoint { target, .. } => {
                 let client = SharePointClient::new(
@@ -705,6 +758,9 @@ impl Pipeline {
         result.map_err(|error| {
             if overflow.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
                 return PipelineError::SourceTooLarge { limit: max_source };
+            }
+            if let Some(reason) = bearer.misconfigured() {
+                return PipelineError::Config(reason);
             }
             if matches!(error, UploadError::Throttled { .. })
                 && deadline.is_some_and(|d| d <= Instant::now() + DEADLINE_MARGIN)
@@ -839,6 +895,8 @@ fn outcome_json(o: &UploadOutcome) -> Value {
         "id": o.id,
         "etag": o.etag,
         "conflict_outcome": conflict_name(&o.conflict_outcome),
+        "chunks": o.chunks,
+        "retries": o.retries,
     });
     if let ConflictOutcome::Renamed { from } = &o.conflict_outcome {
         v["renamed_from"] = Value::String(from.clone());
@@ -938,18 +996,64 @@ struct ConnectionBearer {
     tokens: Arc<dyn TokenProvider>,
     connection: String,
     last: Mutex<Option<SecretString>>,
+    misconfigured: Mutex<Option<String>>,
 }
 
 impl ConnectionBearer {
+    fn new(tokens: Arc<dyn TokenProvider>, connection: &str) -> Self {
+        ConnectionBearer {
+            tokens,
+            connection: connection.to_owned(),
+            last: Mutex::new(None),
+            misconfigured: Mutex::new(None),
+        }
+    }
+
     fn last_token(&self) -> Option<SecretString> {
         self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Set when the token source said the deployment is misconfigured (a 500, not a 502).
+    fn misconfigured(&self) -> Option<String> {
+        self.misconfigured.lock().ok().and_then(|m| m.clone())
     }
 }
 
 impl BearerSource for ConnectionBearer {
     fn bearer(&self, force_refresh: bool) -> BoxFuture<'_, Result<SecretString, UploadError>> {
         Box::pin(async move {
-            let token = self.tokens.bearer(&self.connection, force_refresh).await?;
+            let token = match self.tokens.bearer(&self.connection, force_refresh).await {
+                Ok(t) => t,
+                Err(e) => {
+                    return Err(match e {
+                        TokenError::NeedsConsent(m) => UploadError::NeedsConsent(m),
+                        TokenError::Throttled {
+                            retry_after,
+                            message,
+                        } => {
+                            tracing::warn!(connection = %self.connection, %message, "token request throttled");
+                            UploadError::Throttled {
+                                retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
+                            }
+                        }
+                        TokenError::Transient(m) => UploadError::Upstream {
+                            status: 0,
+                            microsoft_code: None,
+                            message: format!("getting an access token: {m}"),
+                        },
+                        TokenError::Misconfigured(m) => {
+                            if let Ok(mut slot) = self.misconfigured.lock() {
+                                *slot = Some(m.clone());
+                            }
+                            UploadError::Upstream {
+                                status: 0,
+                                microsoft_code: None,
+                                message: format!("getting an access token: {m}"),
+                            }
+                        }
+                    });
+                }
+            };
             if let Ok(mut last) = self.last.lock() {
                 *last = Some(token.clone());
             }
