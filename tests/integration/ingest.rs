@@ -1181,6 +1181,67 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
         "no duplicate file"
     );
     assert_eq!(w.bytes(&format!("{SP_LIB}/race.bin")).unwrap(), data);
+    // A multi-file delivery whose second file conflicts: 409 naming what landed; the same
+    // delivery again gets the same answer and changes nothing.
+    let (s, _, _) = w
+        .send(signed_raw(
+            "/upload/contoso-docs",
+            "name=second.txt&folder=multi",
+            &new_id(),
+            b"old",
+        ))
+        .await;
+    assert_eq!(s, 201);
+    let boundary = "XyZ";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\nmulti\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"first.txt\"\r\n\r\none\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"second.txt\"\r\n\r\ntwo\r\n\
+         --{boundary}--\r\n"
+    );
+    let id = new_id();
+    let mk = || {
+        let ts = now_secs();
+        event(
+            "/upload/contoso-docs",
+            "",
+            &[
+                (
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                ),
+                ("webhook-id", id.clone()),
+                ("webhook-timestamp", ts.to_string()),
+                ("webhook-signature", sign(&id, ts, multipart.as_bytes())),
+            ],
+            multipart.as_bytes(),
+        )
+    };
+    let (s1, b1, _) = w.send(mk()).await;
+    assert_eq!((s1, b1["error"].as_str()), (409, Some("conflict")), "{b1}");
+    assert_eq!(
+        b1["uploaded"][0]["path"],
+        format!("{SP_LIB}/multi/first.txt")
+    );
+    assert_eq!(
+        w.bytes(&format!("{SP_LIB}/multi/second.txt")).unwrap(),
+        b"old"
+    );
+    let (s2, b2, h2) = w.send(mk()).await;
+    assert_eq!((s2, &b2), (409, &b1));
+    assert_eq!(
+        h2.get("idempotent-replayed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        w.emu
+            .item(&format!("{SP_LIB}/multi/first.txt"))
+            .unwrap()
+            .versions
+            .len(),
+        1
+    );
+
     // The ledger lives in the secret store under {prefix}idempotency/{connection}.
     let ledger = w
         .store

@@ -207,6 +207,14 @@ pub enum PipelineError {
     /// The Lambda would time out before the upload could finish.
     #[error("the upload could not finish before the function's deadline; retry later")]
     Deadline,
+    /// Some files of a multi-file request landed before one failed.
+    #[error("{source} ({} earlier file(s) were stored; see uploaded)", uploaded.len())]
+    Partial {
+        /// The answers for the files that landed.
+        uploaded: Vec<Value>,
+        /// Why the next file failed.
+        source: Box<PipelineError>,
+    },
     /// The secret store failed.
     #[error("secret store: {0}")]
     Store(#[from] SecretError),
@@ -216,9 +224,22 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// Whether the request's own content decided the answer (400, 409, 413, 415, 422), so a
+    /// repeated delivery gets the same answer from the idempotency ledger. Everything else
+    /// (throttling, outages, missing consent or configuration, a missing library) releases the
+    /// claim so the sender's retry runs again.
+    pub fn is_final(&self) -> bool {
+        if let PipelineError::Partial { source, .. } = self {
+            return source.is_final();
+        }
+        matches!(self.status(), 400 | 409 | 413 | 415 | 422)
+            && !matches!(self, PipelineError::InFlight { .. })
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
+            PipelineError::Partial { source, .. } => source.status(),
             PipelineError::Ingest(e) => e.status(),
             PipelineError::UnknownConnection(_) => 404,
             // The route exists; the deployment lacks SPBRIDGE_DEFAULT_CONNECTION.
@@ -250,6 +271,7 @@ impl PipelineError {
     /// The `error` code of the JSON answer.
     pub fn code(&self) -> &'static str {
         match self {
+            PipelineError::Partial { source, .. } => source.code(),
             PipelineError::Ingest(e) => e.code(),
             PipelineError::UnknownConnection(_) => "unknown_connection",
             PipelineError::NoDefaultConnection => "no_default_connection",
@@ -281,6 +303,7 @@ impl PipelineError {
     /// `Retry-After` seconds, when waiting helps.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
+            PipelineError::Partial { source, .. } => source.retry_after(),
             PipelineError::InFlight { retry_after } => Some(retry_after.as_secs().max(1)),
             PipelineError::Upload {
                 error: UploadError::Throttled { retry_after },
@@ -295,8 +318,13 @@ impl PipelineError {
         }
     }
 
-    /// The JSON answer: `{error, message, microsoft_code?, diagnosis?}`.
+    /// The JSON answer: `{error, message, microsoft_code?, diagnosis?, uploaded?}`.
     pub fn to_json(&self) -> Value {
+        if let PipelineError::Partial { uploaded, source } = self {
+            let mut body = source.to_json();
+            body["uploaded"] = Value::Array(uploaded.clone());
+            return body;
+        }
         let mut body = json!({ "error": self.code(), "message": self.to_string() });
         if let PipelineError::Upload { error, diagnosis } = self {
             if let Some(code) = microsoft_code(error) {
@@ -500,19 +528,22 @@ impl Pipeline {
         result: &Result<IngestResponse, PipelineError>,
     ) {
         let Some(token) = claim else { return };
-        let outcome = match result {
-            Ok(r) => {
-                idem.complete(
-                    token,
-                    StoredResponse {
-                        status: r.status,
-                        body: r.body.clone(),
-                    },
-                    (self.clock)(),
-                )
-                .await
-            }
-            Err(_) => idem.release(token).await,
+        let remembered = match result {
+            Ok(r) => Some(StoredResponse {
+                status: r.status,
+                body: r.body.clone(),
+            }),
+            // The request itself decided these; the same delivery would get them again.
+            Err(e) if e.is_final() => Some(StoredResponse {
+                status: e.status(),
+                body: e.to_json(),
+            }),
+            // Transient, or fixable by an operator: the sender's retry must run again.
+            Err(_) => None,
+        };
+        let outcome = match remembered {
+            Some(r) => idem.complete(token, r, (self.clock)()).await,
+            None => idem.release(token).await,
         };
         if let Err(e) = outcome {
             // The file state is already decided; a stale claim expires on its own.
@@ -672,7 +703,13 @@ impl Pipeline {
                         request_id = req.request_id,
                         "upload failed"
                     );
-                    return Err(e);
+                    if answers.is_empty() {
+                        return Err(e);
+                    }
+                    return Err(PipelineError::Partial {
+                        uploaded: answers,
+                        source: Box::new(e),
+                    });
                 }
             }
         }
@@ -1299,6 +1336,35 @@ mod tests {
             diagnosis: None,
         };
         assert_eq!(t.retry_after(), Some(7));
+        assert!(!t.is_final(), "throttling releases the idempotency claim");
+        assert!(
+            !PipelineError::InFlight {
+                retry_after: Duration::from_secs(1)
+            }
+            .is_final()
+        );
+        let conflict = PipelineError::Upload {
+            error: UploadError::Conflict {
+                path: "/a".into(),
+                microsoft: None,
+            },
+            diagnosis: None,
+        };
+        assert!(conflict.is_final());
+        let partial = PipelineError::Partial {
+            uploaded: vec![json!({"path": "/first"})],
+            source: Box::new(conflict),
+        };
+        assert_eq!((partial.status(), partial.code()), (409, "conflict"));
+        assert!(partial.is_final());
+        assert_eq!(partial.to_json()["uploaded"][0]["path"], "/first");
+        assert!(
+            !PipelineError::NeedsConsent {
+                connection: "c".into(),
+                code: "x".into()
+            }
+            .is_final()
+        );
         assert_eq!(PipelineError::Deadline.retry_after(), Some(30));
     }
 }
