@@ -40,7 +40,17 @@ impl State {
         self
     }
 
-    /// The pipeline, built on first use (the secret store's client needs async set-up).
+    /// Builds the pipeline now (at cold start) instead of on the first request; the error names
+    /// what is wrong.
+    pub async fn warm(&self) -> Result<(), String> {
+        self.pipeline()
+            .await
+            .as_ref()
+            .map(|_| ())
+            .map_err(Clone::clone)
+    }
+
+    /// The pipeline, built once (the secret store's client needs async set-up).
     async fn pipeline(&self) -> &Result<Pipeline, String> {
         self.pipeline
             .get_or_init(|| async {
@@ -98,12 +108,10 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
         Ok(s) => s,
         Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
     };
-    let path = req.uri().path().to_owned();
-    let connection = match path.strip_prefix("/upload") {
-        Some("") | Some("/") => None,
-        Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => Some(&rest[1..]),
-        _ => return json(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    let Some(connection) = route(&req) else {
+        return json(StatusCode::NOT_FOUND, "not_found", "no such route");
     };
+    let connection = connection.as_deref();
     if req.method() != lambda_http::http::Method::POST {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -139,6 +147,29 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
     respond(answer)
 }
 
+/// `Some(None)` for `/upload`, `Some(Some(id))` for `/upload/{id}`, `None` for anything else.
+/// API Gateway's `{connection}` path parameter wins; otherwise the path is read, allowing a stage
+/// prefix (`/prod/upload/x`) in front.
+fn route(req: &Request) -> Option<Option<String>> {
+    let path = req.uri().path();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let at = segments.iter().rposition(|s| *s == "upload")?;
+    let from_path = match &segments[at + 1..] {
+        [] => None,
+        [id] => Some((*id).to_owned()),
+        _ => return None,
+    };
+    // A stage prefix is one segment at most.
+    if at > 1 {
+        return None;
+    }
+    let param = req
+        .path_parameters_ref()
+        .and_then(|p| p.first("connection"))
+        .map(str::to_owned);
+    Some(param.or(from_path))
+}
+
 /// The Lambda deadline (wall clock) as a monotonic instant.
 fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
     let left = deadline
@@ -169,4 +200,41 @@ fn json(status: StatusCode, error: &str, message: &str) -> Response<Body> {
         .header("content-type", "application/json")
         .body(Body::from(body))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str) -> Request {
+        let mut r = Request::default();
+        *r.uri_mut() = path.parse().unwrap();
+        r
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&req("/upload")), Some(None));
+        assert_eq!(route(&req("/upload/")), Some(None));
+        assert_eq!(
+            route(&req("/upload/contoso-docs")),
+            Some(Some("contoso-docs".into()))
+        );
+        assert_eq!(route(&req("/prod/upload/x")), Some(Some("x".into())));
+        assert_eq!(route(&req("/upload/a/b")), None);
+        assert_eq!(route(&req("/a/b/upload/x")), None);
+        assert_eq!(route(&req("/connect/x")), None);
+        assert_eq!(route(&req("/")), None);
+    }
+
+    #[tokio::test]
+    async fn a_configuration_error_is_a_500_naming_it() {
+        let state: Result<State, String> = Err("SPBRIDGE_CLOUD is invalid".into());
+        let resp = handle(&state, req("/upload")).await;
+        assert_eq!(resp.status(), 500);
+        let Body::Text(t) = resp.body() else {
+            panic!("JSON text body")
+        };
+        assert!(t.contains("SPBRIDGE_CLOUD"));
+    }
 }
