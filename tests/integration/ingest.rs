@@ -10,7 +10,7 @@ use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use lambda_http::{Body, Request, RequestExt as _, Response};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use shared::access::Access;
@@ -174,6 +174,8 @@ struct EmulatorTokens {
     kinds: HashMap<String, TokenKind>,
     calls: AtomicU32,
     forced: AtomicU32,
+    /// Every token handed out, to prove none reaches a log line or an answer.
+    issued: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(Clone, Copy)]
@@ -229,7 +231,7 @@ impl TokenProvider for EmulatorTokens {
             if force_refresh {
                 self.forced.fetch_add(1, Ordering::Relaxed);
             }
-            match self
+            let token = match self
                 .kinds
                 .get(connection)
                 .copied()
@@ -239,7 +241,11 @@ impl TokenProvider for EmulatorTokens {
                     TokenProvider::bearer(&self.access, connection, force_refresh).await
                 }
                 TokenKind::EntraSecretForSharePoint => self.entra_secret_token().await,
+            }?;
+            if let Ok(mut issued) = self.issued.lock() {
+                issued.push(token.expose_secret().to_owned());
             }
+            Ok(token)
         })
     }
 }
@@ -375,6 +381,7 @@ impl World {
             )]),
             calls: AtomicU32::new(0),
             forced: AtomicU32::new(0),
+            issued: std::sync::Mutex::new(Vec::new()),
         });
         let mut pipeline =
             Pipeline::new(config.clone(), http.clone(), store.clone(), tokens.clone())
@@ -631,6 +638,21 @@ async fn python_signed_requests_pass_and_tampered_expired_unsigned_fail() {
         .await;
     assert_eq!(status, 201, "{resp}");
     assert_eq!(w.bytes(&format!("{SP_LIB}/github.txt")).unwrap(), b"gh");
+    // A wrong GitHub signature is refused even though unsigned requests would pass: a signature
+    // that is present must be right.
+    let (status, resp, _) = w
+        .send(event(
+            "/upload/open",
+            "name=github-bad.txt",
+            &[
+                ("content-type", "text/plain".into()),
+                ("x-hub-signature-256", format!("sha256={}", "0".repeat(64))),
+            ],
+            b"gh",
+        ))
+        .await;
+    assert_eq!(status, 401, "{resp}");
+    assert!(w.bytes(&format!("{SP_LIB}/github-bad.txt")).is_none());
 
     // A connection that needs consent again: 424.
     let (status, resp, _) = w
@@ -1333,4 +1355,104 @@ async fn a_deadline_too_close_answers_503_with_retry_after() {
         .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(w.bytes(&format!("{SP_LIB}/late.txt")).unwrap(), b"late");
+}
+
+/// Log lines written while a closure runs on this thread (the test runtime is single-threaded).
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn one_log_line_per_upload_and_never_a_token() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let w = World::start(Setup::default()).await;
+    let data = content(300_000);
+    let (s, b, _) = w
+        .send(signed_raw(
+            "/upload/contoso-docs",
+            "name=logged.bin&folder=logs",
+            &new_id(),
+            &data,
+        ))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b, _) = w
+        .send(signed_raw(
+            "/upload/drive",
+            "name=logged.bin&folder=glogs",
+            &new_id(),
+            &data,
+        ))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _, _) = w
+        .send(signed_raw(
+            "/upload/secret-cert",
+            "name=doc.txt",
+            &new_id(),
+            b"d",
+        ))
+        .await;
+    assert_eq!(s, 502);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let uploads: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "upload")
+        .collect();
+    assert_eq!(uploads.len(), 2, "one line per upload: {text}");
+    for (line, conn) in uploads.iter().zip(["contoso-docs", "drive"]) {
+        let f = &line["fields"];
+        assert_eq!(f["connection"], conn, "{line}");
+        assert_eq!(f["size"], 300_000);
+        assert!(
+            f["path"].as_str().unwrap().ends_with("/logged.bin"),
+            "{line}"
+        );
+        assert!(
+            f["duration_ms"].is_u64() && f["chunks"] == 1 && f["retries"].is_u64(),
+            "{line}"
+        );
+    }
+    let refused = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "the service refused the access token")
+        .expect("the doctor's line");
+    assert_eq!(refused["fields"]["cause"], "secret_instead_of_certificate");
+    let issued = w.tokens.issued.lock().unwrap().clone();
+    assert!(
+        issued.len() >= 3,
+        "tokens were handed out: {}",
+        issued.len()
+    );
+    for token in issued {
+        // Any long piece of a token would do; the signature part is unique to it.
+        let tail = token.rsplit('.').next().unwrap_or(&token);
+        assert!(tail.len() > 8);
+        assert!(!text.contains(tail), "a token reached the logs");
+    }
 }
