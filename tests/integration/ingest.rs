@@ -1456,3 +1456,135 @@ async fn one_log_line_per_upload_and_never_a_token() {
         assert!(!text.contains(tail), "a token reached the logs");
     }
 }
+
+/// A refresh token from the emulator's Entra v2 authorization-code flow (client secret).
+async fn delegated_refresh_token(info: &tenant_emulator::EmulatorInfo, scope: &str) -> String {
+    let app = info.entra_app("entra-app").expect("entra-app");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!(
+            "{}/{}/oauth2/v2.0/authorize",
+            info.login, info.tenant_id
+        ))
+        .query(&[
+            ("client_id", app.client_id.as_str()),
+            ("response_type", "code"),
+            ("redirect_uri", app.redirect_uri.as_str()),
+            ("scope", scope),
+            ("state", "s1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let code = url::Url::parse(&loc)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code in the redirect");
+    let body: Value = http
+        .post(format!(
+            "{}/{}/oauth2/v2.0/token",
+            info.login, info.tenant_id
+        ))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", app.redirect_uri.as_str()),
+            ("client_id", app.client_id.as_str()),
+            (
+                "client_secret",
+                app.client_secret.as_deref().unwrap_or_default(),
+            ),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["refresh_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no refresh token: {body}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_delegated_connection_uploads_then_answers_424_once_consent_is_withdrawn() {
+    let w = World::start(Setup::default()).await;
+    let info = w.emu.info().clone();
+    let scope = "https://graph.microsoft.com/Files.ReadWrite.All offline_access";
+    let rt = delegated_refresh_token(&info, scope).await;
+    let drive_id = info.site("team").unwrap().libraries[0].drive_id.clone();
+    w.store
+        .put(
+            &format!("{}connections/alex", w.prefix),
+            &json!({"provider": "entra", "auth": "delegated", "status": "active",
+                    "tenant_id": info.tenant_id, "refresh_token": rt,
+                    "scopes": ["https://graph.microsoft.com/Files.ReadWrite.All"],
+                    "target": {"kind": "drive", "drive_id": drive_id}}),
+            None,
+        )
+        .await
+        .unwrap();
+    let (s, b, _) = w
+        .send(signed_raw(
+            "/upload/alex",
+            "name=mine.txt&folder=delegated",
+            &new_id(),
+            b"mine",
+        ))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(
+        w.bytes(&format!("{SP_LIB}/delegated/mine.txt")).unwrap(),
+        b"mine"
+    );
+    // The rotated refresh token was stored by Access.
+    let stored = w
+        .store
+        .get(&format!("{}connections/alex", w.prefix))
+        .await
+        .unwrap();
+    assert_ne!(
+        stored.value["refresh_token"],
+        json!(rt),
+        "rotated token stored"
+    );
+
+    // The user withdraws consent; the next token refresh is refused.
+    let app = info.entra_app("entra-app").unwrap();
+    w.emu.set_consent_revoked(&app.client_id, true);
+    // Another container (or token-refresh) refreshes and finds the grant refused: Access marks
+    // the connection needs_consent in the store. This container's cached access token would
+    // still work, but the stored status wins: the sender is told to have the user reconnect.
+    let access_fresh = Access::new(
+        reqwest::Client::new(),
+        w.state.as_ref().unwrap().config.endpoints.clone(),
+        Arc::new(TokenCache::new(Duration::from_secs(300))),
+        w.store.clone(),
+        w.state.as_ref().unwrap().config.secrets.clone(),
+    );
+    let err = access_fresh.bearer("alex", true).await.unwrap_err();
+    assert_eq!(err.code(), "needs_consent", "{err}");
+    let (s, b, _) = w
+        .send(signed_raw(
+            "/upload/alex",
+            "name=later.txt&folder=delegated",
+            &new_id(),
+            b"x",
+        ))
+        .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (424, Some("needs_consent")),
+        "{b}"
+    );
+    assert!(w.bytes(&format!("{SP_LIB}/delegated/later.txt")).is_none());
+}
