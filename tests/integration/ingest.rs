@@ -1357,9 +1357,29 @@ async fn a_deadline_too_close_answers_503_with_retry_after() {
     assert_eq!(w.bytes(&format!("{SP_LIB}/late.txt")).unwrap(), b"late");
 }
 
-/// Log lines written while a closure runs on this thread (the test runtime is single-threaded).
+/// Every log line of this test binary (a process-wide subscriber: thread-scoped ones miss lines
+/// when tests run in parallel and share callsites).
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+
+fn captured_logs() -> &'static LogBuffer {
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        // Another module may have installed one first; then this test cannot see lines.
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the test binary");
+        logs
+    })
+}
 
 impl std::io::Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -1375,15 +1395,7 @@ impl std::io::Write for LogBuffer {
 
 #[tokio::test]
 async fn one_log_line_per_upload_and_never_a_token() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
 
     let w = World::start(Setup::default()).await;
     let data = content(300_000);
@@ -1420,9 +1432,14 @@ async fn one_log_line_per_upload_and_never_a_token() {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    // Other tests log too; this test's uploads are the ones into logs/ and glogs/.
     let uploads: Vec<&Value> = lines
         .iter()
         .filter(|l| l["fields"]["message"] == "upload")
+        .filter(|l| {
+            let p = l["fields"]["path"].as_str().unwrap_or("");
+            p.ends_with("/logs/logged.bin") || p.ends_with("/glogs/logged.bin")
+        })
         .collect();
     assert_eq!(uploads.len(), 2, "one line per upload: {text}");
     for (line, conn) in uploads.iter().zip(["contoso-docs", "drive"]) {
