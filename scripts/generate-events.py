@@ -144,7 +144,7 @@ def main():
         "GET", "/callback", "GET /callback",
         query="code=M.C507_BAY.2.U.sample-code&state=sample.state.value",
         headers={"accept": "text/html"},
-        cookies=["spbridge_state=sample-nonce"]))
+        cookies=["__Host-spbridge_oauth=H0QWzzHTGo1ijwoJK6_3hbiUKVMagXxHleDGOS0j0lE"]))
 
     form = (
         "SPAppToken=" + context_token()

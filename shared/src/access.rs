@@ -15,7 +15,8 @@
 //!    by the connection's `generation` ([`save_connection`]): a write based on an older read is
 //!    refused ([`SaveOutcome::Stale`]), so an older token never overwrites a newer one. The loser
 //!    keeps its access token (it is valid) and the next call reads the winner's refresh token;
-//! 5. classify failures ([`AccessError`]): a refused refresh token marks the connection
+//! 5. on `invalid_client`, retry once with the app's `secondary_client_secret` (secret rollover);
+//! 6. classify failures ([`AccessError`]): a refused refresh token marks the connection
 //!    `needs_consent` with Microsoft's code and the time — unless another writer stored a newer
 //!    token meanwhile, in which case that one is tried instead. Nothing is ever deleted.
 //!
@@ -500,6 +501,7 @@ impl Access {
             }
             let app = self.app_credential(id, &conn).await?;
             let plan = plan(id, &conn, &app, &self.endpoints)?;
+            let secondary = secondary_plan(id, &conn, &app, &self.endpoints);
             let bearer = |token: &Token| BearerToken {
                 connection: id.to_owned(),
                 token: SecretString::from(token.access_token.expose_secret().to_owned()),
@@ -510,15 +512,8 @@ impl Access {
                 resource_or_scope: plan.resource_or_scope.clone(),
             };
             if conn.auth == AuthKind::AppOnly {
-                let token = plan
-                    .source
-                    .token(
-                        &self.http,
-                        &self.endpoints,
-                        &self.cache,
-                        &plan.resource_or_scope,
-                        force,
-                    )
+                let token = self
+                    .token_with_fallback(id, &self.cache, &plan, secondary.as_ref(), force)
                     .await
                     .map_err(|e| AccessError::from_identity(id, e, OffsetDateTime::now_utc()))?;
                 return Ok((bearer(&token), None));
@@ -536,15 +531,8 @@ impl Access {
                 .get_or_fetch(&key, force, || async {
                     let mut fresh = TokenCache::new(Duration::ZERO).with_retry(self.cache.retry);
                     fresh.realms = self.cache.realms.clone();
-                    let token = plan
-                        .source
-                        .token(
-                            &self.http,
-                            &self.endpoints,
-                            &fresh,
-                            &plan.resource_or_scope,
-                            true,
-                        )
+                    let token = self
+                        .token_with_fallback(id, &fresh, &plan, secondary.as_ref(), true)
                         .await?;
                     let outcome = self.persist(id, &conn, &token).await;
                     if let Ok(mut slot) = stored.lock() {
@@ -588,6 +576,47 @@ impl Access {
             retry_after: None,
             detail: "the connection kept changing while its token was refreshed".into(),
         })
+    }
+
+    /// A token from `primary`; if Microsoft refuses the client secret and the app has a
+    /// secondary one (secret rollover), from `secondary`.
+    async fn token_with_fallback(
+        &self,
+        id: &str,
+        cache: &TokenCache,
+        primary: &Plan,
+        secondary: Option<&Plan>,
+        force: bool,
+    ) -> Result<Token, IdentityError> {
+        let first = primary
+            .source
+            .token(
+                &self.http,
+                &self.endpoints,
+                cache,
+                &primary.resource_or_scope,
+                force,
+            )
+            .await;
+        match (first, secondary) {
+            (Err(e), Some(second)) if is_invalid_client(&e) => {
+                tracing::warn!(
+                    connection = id,
+                    "client secret refused; trying the secondary"
+                );
+                second
+                    .source
+                    .token(
+                        &self.http,
+                        &self.endpoints,
+                        cache,
+                        &second.resource_or_scope,
+                        true,
+                    )
+                    .await
+            }
+            (r, _) => r,
+        }
     }
 
     /// Stores what a fresh token response says about the connection read as `read`.
@@ -780,6 +809,25 @@ pub fn resource_for(conn: &ConnectionSecret, endpoints: &Endpoints) -> Result<St
             conn.provider
         )),
     }
+}
+
+/// The plan with the app's secondary client secret (secret rollover), if it has one.
+fn secondary_plan(
+    id: &str,
+    conn: &ConnectionSecret,
+    app: &AppCredential,
+    endpoints: &Endpoints,
+) -> Option<Plan> {
+    let secondary = app.secondary_client_secret.clone()?;
+    let mut app = app.clone();
+    app.client_secret = Some(secondary);
+    plan(id, conn, &app, endpoints).ok()
+}
+
+/// Microsoft refused the client's credentials (a rolled-over or expired secret).
+fn is_invalid_client(e: &IdentityError) -> bool {
+    e.ms_error()
+        .is_some_and(|m| m.error == "invalid_client" || m.code.as_deref() == Some("AADSTS7000215"))
 }
 
 /// `scheme://host[:port]` of a SharePoint URL.
@@ -1095,6 +1143,112 @@ mod tests {
         let e = f.access().bearer("nope", false).await.unwrap_err();
         assert!(matches!(e, AccessError::NotFound { .. }));
         assert_eq!(e.http_status(), http::StatusCode::NOT_FOUND);
+    }
+
+    /// A store that, right after the first read of `c1`, lets "another container" store a newer
+    /// refresh token, as if it refreshed while this one was talking to Microsoft.
+    struct ConcurrentWriter {
+        inner: Arc<dyn SecretStore>,
+        done: std::sync::atomic::AtomicBool,
+    }
+
+    impl SecretStore for ConcurrentWriter {
+        fn get<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<crate::secrets::Versioned<serde_json::Value>, SecretError>,
+        > {
+            Box::pin(async move {
+                let read = self.inner.get(name).await?;
+                if name.ends_with("connections/c1")
+                    && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    let mut newer = read.value.clone();
+                    newer["refresh_token"] = json!("rt2");
+                    newer["generation"] = json!(2);
+                    self.inner.put(name, &newer, Some(&read.version)).await?;
+                }
+                Ok(read)
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            name: &'a str,
+            value: &'a serde_json::Value,
+            expected: Option<&'a crate::secrets::VersionId>,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::secrets::VersionId, SecretError>>
+        {
+            self.inner.put(name, value, expected)
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+        ) -> futures_util::future::BoxFuture<'a, Result<Vec<String>, SecretError>> {
+            self.inner.list(prefix)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_refused_because_another_writer_rotated_it_is_not_needs_consent() {
+        // Like a provider that revokes a refresh token once it is redeemed: only rt2 works.
+        let mut f = fixture(entra_connection("rt"), |n, req| {
+            if req.form_value("refresh_token").as_deref() == Some("rt2") {
+                rotating(n, req)
+            } else {
+                let body = json!({"error": "invalid_grant", "error_description": "AADSTS70000: The refresh token was already used."});
+                (400, vec![], body.to_string())
+            }
+        })
+        .await;
+        f.store = Arc::new(ConcurrentWriter {
+            inner: f.store.clone(),
+            done: Default::default(),
+        });
+        let out = f.access().refresh("c1").await.unwrap();
+        assert_eq!(out.persisted, Persisted::Saved { generation: 3 });
+        let stored = f.stored("c1").await;
+        assert_eq!(stored.status, ConnectionStatus::Active);
+        assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt2+");
+        assert_eq!(f.server.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_client_secret_falls_back_to_the_secondary() {
+        let f = fixture(entra_connection("rt"), |n, req| {
+            if req.form_value("client_secret").as_deref() == Some("cs2") {
+                rotating(n, req)
+            } else {
+                let body = json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."});
+                (401, vec![], body.to_string())
+            }
+        })
+        .await;
+        put_typed(
+            f.store.as_ref(),
+            "t/app",
+            &json!({"client_id": "cid", "client_secret": "cs", "secondary_client_secret": "cs2"}),
+            Some(&f.store.get("t/app").await.unwrap().version),
+        )
+        .await
+        .unwrap();
+        let out = f.access().refresh("c1").await.unwrap();
+        assert!(out.rotated);
+        assert_eq!(f.server.hits(), 2);
+
+        // Without a secondary the refusal is an operator's problem, not a consent problem.
+        put_typed(
+            f.store.as_ref(),
+            "t/app",
+            &json!({"client_id": "cid", "client_secret": "cs"}),
+            Some(&f.store.get("t/app").await.unwrap().version),
+        )
+        .await
+        .unwrap();
+        let e = f.access().refresh("c1").await.unwrap_err();
+        assert!(matches!(e, AccessError::Misconfigured { .. }), "{e:?}");
+        assert_eq!(f.stored("c1").await.status, ConnectionStatus::Active);
     }
 
     #[test]

@@ -2,5 +2,6 @@
 
 mod events;
 mod ingest;
+mod lifecycle;
 mod secrets;
 mod upload_clients;

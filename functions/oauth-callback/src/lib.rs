@@ -626,6 +626,15 @@ async fn complete_code(
     let nonce = find_nonce(req)
         .map_err(|e| Fail::from(&e))?
         .ok_or_else(|| Fail::from(&StateError::MissingCookie))?;
+    // A state we issued is `payload.tag`, both base64url: refuse anything else before the key
+    // is read, so junk never costs a store read.
+    let well_formed = raw_state.split('.').count() == 2
+        && raw_state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !well_formed {
+        return Err(Fail::from(&StateError::Tampered));
+    }
     let signer = signer(state, access).await?;
     let now = (state.clock)();
     let mut verified = signer

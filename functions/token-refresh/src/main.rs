@@ -9,10 +9,9 @@ async fn main() -> Result<(), Error> {
         tracing::error!(error = %e, "configuration error; every run will fail naming it");
     }
     let state = &state;
+    // Errors become Lambda diagnostics whose errorType says whether a retry may help.
     run(service_fn(move |event: LambdaEvent<Trigger>| async move {
-        token_refresh::handle(state, event.payload)
-            .await
-            .map_err(Error::from)
+        token_refresh::handle(state, event.payload).await
     }))
     .await
 }
