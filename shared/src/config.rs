@@ -158,6 +158,32 @@ pub struct Config {
     pub default_connection: Option<String>,
     /// Public base URL of the HTTP API, used to build the OAuth redirect URI.
     pub public_base_url: Option<Url>,
+    /// upload-ingest settings.
+    pub ingest: IngestConfig,
+}
+
+/// upload-ingest settings: limits, chunking, idempotency and `source_url` fetching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Largest file fetched through `source_url`, in bytes (a connection may lower it).
+    pub max_source_bytes: u64,
+    /// Chunk size of chunked uploads, and the size above which uploads are chunked.
+    pub chunk_bytes: usize,
+    /// How long a `webhook-id` is remembered for idempotency.
+    pub idempotency_window: Duration,
+    /// Lets `source_url` reach loopback addresses. For tests only: production keeps it off.
+    pub source_allow_loopback: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_source_bytes: 10 * 1024 * 1024 * 1024,
+            chunk_bytes: 10 * 1024 * 1024,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            source_allow_loopback: false,
+        }
+    }
 }
 
 /// Names of every variable [`Config::from_env`] reads.
@@ -179,6 +205,10 @@ pub mod vars {
     pub const EXTRA_CA_PEM: &str = "SPBRIDGE_EXTRA_CA_PEM";
     pub const DEFAULT_CONNECTION: &str = "SPBRIDGE_DEFAULT_CONNECTION";
     pub const PUBLIC_BASE_URL: &str = "SPBRIDGE_PUBLIC_BASE_URL";
+    pub const MAX_SOURCE_BYTES: &str = "SPBRIDGE_MAX_SOURCE_BYTES";
+    pub const UPLOAD_CHUNK_BYTES: &str = "SPBRIDGE_UPLOAD_CHUNK_BYTES";
+    pub const IDEMPOTENCY_WINDOW: &str = "SPBRIDGE_IDEMPOTENCY_WINDOW_SECS";
+    pub const SOURCE_ALLOW_LOOPBACK: &str = "SPBRIDGE_SOURCE_URL_ALLOW_LOOPBACK";
     /// Set by the Lambda runtime; its presence makes `aws` the default backend.
     pub const LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
 }
@@ -264,7 +294,40 @@ impl Config {
             .map(|v| parse_base_url(vars::PUBLIC_BASE_URL, &v))
             .transpose()?;
 
+        let defaults = IngestConfig::default();
+        let chunk_bytes = parse_num(&get, vars::UPLOAD_CHUNK_BYTES, defaults.chunk_bytes as u64)?;
+        // Graph needs multiples of 320 KiB; SharePoint accepts any size, but tiny chunks are a mistake.
+        if !(320 * 1024..=60 * 1024 * 1024).contains(&chunk_bytes) {
+            return Err(ConfigError::Invalid {
+                var: vars::UPLOAD_CHUNK_BYTES,
+                reason: "must be between 327680 (320 KiB) and 62914560 (60 MiB)".into(),
+            });
+        }
+        let ingest = IngestConfig {
+            max_source_bytes: parse_num(&get, vars::MAX_SOURCE_BYTES, defaults.max_source_bytes)?,
+            chunk_bytes: chunk_bytes as usize,
+            idempotency_window: Duration::from_secs(
+                parse_num(
+                    &get,
+                    vars::IDEMPOTENCY_WINDOW,
+                    defaults.idempotency_window.as_secs(),
+                )?
+                .max(1),
+            ),
+            source_allow_loopback: match get(vars::SOURCE_ALLOW_LOOPBACK).as_deref().map(str::trim)
+            {
+                None | Some("0") | Some("false") => false,
+                Some("1") | Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: vars::SOURCE_ALLOW_LOOPBACK,
+                        reason: format!("{other:?} is not true/false/1/0"),
+                    });
+                }
+            },
+        };
         Ok(Config {
+            ingest,
             cloud,
             endpoints,
             secrets,

@@ -1,6 +1,7 @@
 //! Integration tests, one binary made of modules.
 
 mod events;
+mod ingest;
 mod lifecycle;
 mod secrets;
 mod upload_clients;

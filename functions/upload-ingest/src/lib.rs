@@ -1,13 +1,90 @@
 //! upload-ingest: the HTTP endpoint webhooks POST files to.
+//!
+//! This crate only translates between API Gateway (`lambda_http`) and
+//! [`shared::ingest::pipeline`]; the behaviour lives there.
 
-use lambda_http::{Body, Request, Response, http::StatusCode};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lambda_http::{Body, Request, RequestExt as _, Response, http::StatusCode};
+use shared::access::Access;
 use shared::config::Config;
+use shared::identity::TokenCache;
+use shared::ingest::pipeline::{IngestRequest, IngestResponse, Pipeline, TokenProvider};
+use tokio::sync::OnceCell;
 
 /// What a warm container keeps between invocations.
 pub struct State {
+    /// Configuration read at cold start.
     pub config: Config,
+    /// The shared HTTP client.
     pub http: reqwest::Client,
+    tokens: Option<Arc<dyn TokenProvider>>,
+    pipeline: OnceCell<Result<Pipeline, String>>,
 }
+
+impl State {
+    /// A state whose pipeline is already built (tests: a moto store and emulator tokens).
+    pub fn with_pipeline(config: Config, http: reqwest::Client, pipeline: Pipeline) -> Self {
+        State {
+            config,
+            http,
+            tokens: None,
+            pipeline: OnceCell::new_with(Some(Ok(pipeline))),
+        }
+    }
+
+    /// Uses `tokens` for access tokens instead of the default provider.
+    pub fn with_tokens(mut self, tokens: Arc<dyn TokenProvider>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Builds the pipeline now (at cold start) instead of on the first request; the error names
+    /// what is wrong.
+    pub async fn warm(&self) -> Result<(), String> {
+        self.pipeline()
+            .await
+            .as_ref()
+            .map(|_| ())
+            .map_err(Clone::clone)
+    }
+
+    /// The pipeline, built once (the secret store's client needs async set-up).
+    async fn pipeline(&self) -> &Result<Pipeline, String> {
+        self.pipeline
+            .get_or_init(|| async {
+                let store = shared::secrets::from_config(&self.config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let tokens = match &self.tokens {
+                    Some(t) => t.clone(),
+                    None => default_tokens(&self.config, &self.http, &store)?,
+                };
+                Pipeline::new(self.config.clone(), self.http.clone(), store, tokens)
+            })
+            .await
+    }
+}
+
+/// The production token provider: [`Access`] over the warm container's token cache.
+fn default_tokens(
+    config: &Config,
+    http: &reqwest::Client,
+    store: &Arc<dyn shared::secrets::SecretStore>,
+) -> Result<Arc<dyn TokenProvider>, String> {
+    Ok(Arc::new(Access::new(
+        http.clone(),
+        config.endpoints.clone(),
+        Arc::new(TokenCache::new(TOKEN_SKEW)),
+        store.clone(),
+        config.secrets.clone(),
+    )))
+}
+
+/// Tokens are renewed this long before they expire, so an upload never starts with a token
+/// that dies mid-way.
+const TOKEN_SKEW: Duration = Duration::from_secs(300);
 
 /// Builds the state once per cold start. The error text names the bad variable.
 pub fn init() -> Result<State, String> {
@@ -17,23 +94,103 @@ pub fn init() -> Result<State, String> {
 /// Builds the state from an already-read configuration.
 pub fn init_with(config: Config) -> Result<State, String> {
     let http = shared::http::build_client(&config.http).map_err(|e| e.to_string())?;
-    Ok(State { config, http })
+    Ok(State {
+        config,
+        http,
+        tokens: None,
+        pipeline: OnceCell::new(),
+    })
 }
 
 /// Answers one API Gateway request.
 pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Body> {
-    let _state = match state {
+    let state = match state {
         Ok(s) => s,
         Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
     };
-    match (req.method().as_str(), req.uri().path()) {
-        ("POST", p) if p == "/upload" || p.starts_with("/upload/") => json(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "uploads are not implemented yet",
-        ),
-        _ => json(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    let Some(connection) = route(&req) else {
+        return json(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    let connection = connection.as_deref();
+    if req.method() != lambda_http::http::Method::POST {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST to upload",
+        );
     }
+    let pipeline = match state.pipeline().await {
+        Ok(p) => p,
+        Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
+    };
+    let context = req.lambda_context_ref();
+    let deadline = context.map(|c| instant_of(c.deadline()));
+    let request_id = context.map(|c| c.request_id.clone());
+    let query = req.uri().query().map(str::to_owned);
+    let body = match req.body() {
+        Body::Empty => shared::upload::Bytes::new(),
+        Body::Text(t) => shared::upload::Bytes::copy_from_slice(t.as_bytes()),
+        Body::Binary(b) => shared::upload::Bytes::copy_from_slice(b),
+        _ => shared::upload::Bytes::new(),
+    };
+    let answer = pipeline
+        .handle(IngestRequest {
+            connection,
+            method: req.method(),
+            headers: req.headers(),
+            query: query.as_deref(),
+            body,
+            deadline,
+            request_id: request_id.as_deref(),
+        })
+        .await;
+    respond(answer)
+}
+
+/// `Some(None)` for `/upload`, `Some(Some(id))` for `/upload/{id}`, `None` for anything else.
+/// API Gateway's `{connection}` path parameter wins; otherwise the path is read, allowing a stage
+/// prefix (`/prod/upload/x`) in front.
+fn route(req: &Request) -> Option<Option<String>> {
+    let path = req.uri().path();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let at = segments.iter().rposition(|s| *s == "upload")?;
+    let from_path = match &segments[at + 1..] {
+        [] => None,
+        [id] => Some((*id).to_owned()),
+        _ => return None,
+    };
+    // A stage prefix is one segment at most.
+    if at > 1 {
+        return None;
+    }
+    let param = req
+        .path_parameters_ref()
+        .and_then(|p| p.first("connection"))
+        .map(str::to_owned);
+    Some(param.or(from_path))
+}
+
+/// The Lambda deadline (wall clock) as a monotonic instant.
+fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
+fn respond(answer: IngestResponse) -> Response<Body> {
+    let mut builder = Response::builder()
+        .status(answer.status)
+        .header("content-type", "application/json");
+    if let Some(secs) = answer.retry_after {
+        builder = builder.header("retry-after", secs.to_string());
+    }
+    if answer.replayed {
+        builder = builder.header("idempotent-replayed", "true");
+    }
+    builder
+        .body(Body::from(answer.body.to_string()))
+        .unwrap_or_default()
 }
 
 fn json(status: StatusCode, error: &str, message: &str) -> Response<Body> {
@@ -43,4 +200,41 @@ fn json(status: StatusCode, error: &str, message: &str) -> Response<Body> {
         .header("content-type", "application/json")
         .body(Body::from(body))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str) -> Request {
+        let mut r = Request::default();
+        *r.uri_mut() = path.parse().unwrap();
+        r
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&req("/upload")), Some(None));
+        assert_eq!(route(&req("/upload/")), Some(None));
+        assert_eq!(
+            route(&req("/upload/contoso-docs")),
+            Some(Some("contoso-docs".into()))
+        );
+        assert_eq!(route(&req("/prod/upload/x")), Some(Some("x".into())));
+        assert_eq!(route(&req("/upload/a/b")), None);
+        assert_eq!(route(&req("/a/b/upload/x")), None);
+        assert_eq!(route(&req("/connect/x")), None);
+        assert_eq!(route(&req("/")), None);
+    }
+
+    #[tokio::test]
+    async fn a_configuration_error_is_a_500_naming_it() {
+        let state: Result<State, String> = Err("SPBRIDGE_CLOUD is invalid".into());
+        let resp = handle(&state, req("/upload")).await;
+        assert_eq!(resp.status(), 500);
+        let Body::Text(t) = resp.body() else {
+            panic!("JSON text body")
+        };
+        assert!(t.contains("SPBRIDGE_CLOUD"));
+    }
 }

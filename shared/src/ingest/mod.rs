@@ -6,8 +6,11 @@
 //! `status()` for the HTTP status, `to_json()` for the `{error, message}` body.
 
 pub mod body;
+pub mod doctor;
 mod error;
+pub mod idempotency;
 pub mod names;
+pub mod pipeline;
 
 pub use body::{
     ConflictMode, Content, IncomingFile, Limits, RawRequest, decode_gateway_body, parse_request,

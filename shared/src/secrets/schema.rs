@@ -259,6 +259,30 @@ pub struct ConnectionSecret {
     /// Microsoft's description of the last failure behind `status` (no secrets; for operators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_detail: Option<String>,
+    /// How upload-ingest treats requests for this connection (top-level JSON fields).
+    #[serde(default, flatten)]
+    pub upload: UploadOptions,
+}
+
+/// Per-connection upload-ingest options, stored as top-level fields of the connection secret
+/// (all optional; the defaults are the safe choice).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadOptions {
+    /// Accept requests that carry no signature at all. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
+    /// Also accept GitHub-style `X-Hub-Signature-256`, keyed with the webhook secret's text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub github_signature: bool,
+    /// Clean illegal file and folder names instead of refusing them with 422.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sanitize_names: bool,
+    /// File extensions to refuse (without the dot); absent: the built-in list; empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_extensions: Option<Vec<String>>,
+    /// Largest file accepted, in bytes; absent: the function's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
 }
 
 /// How [`save_connection`] ended.
