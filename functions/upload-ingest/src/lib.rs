@@ -124,7 +124,7 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
         Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
     };
     let context = req.lambda_context_ref();
-    let deadline = context.map(|c| instant_of(c.deadline()));
+    let deadline = context.and_then(|c| instant_of(c.deadline(), SystemTime::now()));
     let request_id = context.map(|c| c.request_id.clone());
     let query = req.uri().query().map(str::to_owned);
     let body = match req.body() {
@@ -171,11 +171,16 @@ fn route(req: &Request) -> Option<Option<String>> {
 }
 
 /// The Lambda deadline (wall clock) as a monotonic instant.
-fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
+///
+/// `None` when the deadline is implausible: `cargo lambda watch` sends the timeout (e.g. 600000 ms)
+/// where Lambda sends an epoch time, which would otherwise read as long past and refuse every upload.
+fn instant_of(deadline: SystemTime, now: SystemTime) -> Option<tokio::time::Instant> {
+    const PLAUSIBLE_PAST: Duration = Duration::from_secs(24 * 3600);
+    match deadline.duration_since(now) {
+        Ok(left) => Some(tokio::time::Instant::now() + left),
+        Err(e) if e.duration() <= PLAUSIBLE_PAST => Some(tokio::time::Instant::now()),
+        Err(_) => None,
+    }
 }
 
 fn respond(answer: IngestResponse) -> Response<Body> {
@@ -205,6 +210,19 @@ fn json(status: StatusCode, error: &str, message: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_from_lambda_count_and_a_local_runner_timeout_is_ignored() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_327_200);
+        let soon = instant_of(now + Duration::from_secs(20), now).unwrap();
+        let left = soon - tokio::time::Instant::now();
+        assert!(left > Duration::from_secs(19) && left <= Duration::from_secs(20));
+        // A deadline just passed is still a deadline: answer 503 rather than start.
+        assert!(instant_of(now - Duration::from_secs(2), now).is_some());
+        // cargo lambda watch's 600000 ms reads as 1970: no deadline rather than "already over".
+        let local = SystemTime::UNIX_EPOCH + Duration::from_millis(600_000);
+        assert!(instant_of(local, now).is_none());
+    }
 
     fn req(path: &str) -> Request {
         let mut r = Request::default();
