@@ -56,8 +56,19 @@ def main():
         "tenant_id": info["tenant_id"],
         "generation": 1,
     })
+    # A delegated connection: a browser visit to /connect/demo-user signs the emulator's user in.
+    write(secret_dir, "spbridge/connections/demo-user", {
+        "provider": "entra",
+        "auth": "delegated",
+        "target": {"kind": "drive", "drive_id": "me"},
+        "scopes": ["Files.ReadWrite", "offline_access"],
+        "status": "active",
+        "tenant_id": info["tenant_id"],
+        "generation": 0,
+    })
     print(f"seeded demo secrets in {secret_dir}: spbridge/app, spbridge/webhook, "
-          "spbridge/connections/demo, spbridge/connections/demo-graph")
+          "spbridge/connections/demo, spbridge/connections/demo-graph, "
+          "spbridge/connections/demo-user")
 
 
 if __name__ == "__main__":
