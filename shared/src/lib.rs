@@ -9,6 +9,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod oauth;
+pub mod runtime;
 pub mod secrets;
 pub mod telemetry;
 pub mod upload;

@@ -12,8 +12,6 @@
 //! `docs/secrets.md`); sign-in fills in the tokens. The Microsoft-account token (implicit) flow
 //! is refused with a message pointing to the code flow: its fragment token cannot be refreshed.
 
-use std::sync::Arc;
-
 use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{Method, StatusCode, header},
@@ -23,10 +21,9 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use shared::{
     access::{Access, AccessError, resource_for},
-    config::{Config, LifecycleConfig, join_path},
+    config::{Config, join_path},
     identity::{
-        AuthCode, ClientSecret, IdentityError, Token, TokenCache, aad_v1, acs, entra, msa,
-        request::send_token,
+        AuthCode, ClientSecret, IdentityError, Token, aad_v1, acs, entra, msa, request::send_token,
     },
     oauth::{
         self,
@@ -38,7 +35,7 @@ use shared::{
         },
     },
     secrets::{
-        self, SecretStore, UpdateError,
+        self, UpdateError,
         schema::{AppCredential, AuthKind, ConnectionSecret, ConnectionStatus, Provider, Target},
         update_typed,
     },
@@ -47,7 +44,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 /// The time source; tests inject a fixed or shifted clock.
-pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+pub use shared::runtime::Clock;
 
 /// Longest `POST /callback` body read.
 pub const MAX_FORM_BODY: usize = 64 * 1024;
@@ -56,66 +53,18 @@ pub const MAX_FORM_BODY: usize = 64 * 1024;
 const MAX_CONNECTION_LEN: usize = 128;
 
 /// What a warm container keeps between invocations.
-pub struct State {
-    /// Function configuration.
-    pub config: Config,
-    /// Sign-in and refresh settings.
-    pub lifecycle: LifecycleConfig,
-    /// Now.
-    pub clock: Clock,
-    http: reqwest::Client,
-    cache: Arc<TokenCache>,
-    // Built on first use: the AWS SDK loads its configuration asynchronously.
-    store: tokio::sync::OnceCell<Arc<dyn SecretStore>>,
-}
+pub type State = shared::runtime::Warm;
 
-impl State {
-    /// Wires the configuration and HTTP client; the secret store is built from `config` on first
-    /// use unless [`State::with_store`] gives one.
-    pub fn new(config: Config, lifecycle: LifecycleConfig, http: reqwest::Client) -> Self {
-        State {
-            config,
-            lifecycle,
-            clock: Arc::new(OffsetDateTime::now_utc),
-            http,
-            cache: Arc::new(TokenCache::default()),
-            store: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// Uses this secret store (tests pass moto's).
-    pub fn with_store(self, store: Arc<dyn SecretStore>) -> Self {
-        let _ = self.store.set(store);
-        self
-    }
-
-    /// Replaces the clock.
-    pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    async fn access(&self) -> Result<Access, Fail> {
-        let store = self
-            .store
-            .get_or_try_init(|| secrets::from_config(&self.config))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot open the secret store");
-                Fail::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "misconfigured",
-                    "the secret store cannot be opened; see the function's logs",
-                )
-            })?;
-        Ok(Access::new(
-            self.http.clone(),
-            self.config.endpoints.clone(),
-            self.cache.clone(),
-            store.clone(),
-            self.config.secrets.clone(),
-        ))
-    }
+/// Token access for stored connections; a store that cannot be opened is a deployment fault.
+async fn access(state: &State) -> Result<Access, Fail> {
+    state.access().await.map_err(|e| {
+        tracing::error!(error = %e, "cannot open the secret store");
+        Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "misconfigured",
+            "the secret store cannot be opened; see the function's logs",
+        )
+    })
 }
 
 /// Builds the state once per cold start. The error text names the bad variable.
@@ -125,9 +74,7 @@ pub fn init() -> Result<State, String> {
 
 /// Builds the state from an already-read configuration (sign-in settings from the environment).
 pub fn init_with(config: Config) -> Result<State, String> {
-    let lifecycle = LifecycleConfig::from_env().map_err(|e| e.to_string())?;
-    let http = shared::http::build_client(&config.http).map_err(|e| e.to_string())?;
-    Ok(State::new(config, lifecycle, http))
+    State::from_config(config)
 }
 
 /// A request that ends early with an error page.
@@ -207,15 +154,15 @@ async fn route(state: &State, req: &Request, format: Format) -> Result<Response<
     let path = req.uri().path().trim_end_matches('/');
     match (req.method(), path) {
         (&Method::GET, p) if p.starts_with("/connect/") => {
-            let access = state.access().await?;
+            let access = access(state).await?;
             connect(state, &access, req, &p["/connect/".len()..], format).await
         }
         (&Method::GET, "/callback") => {
-            let access = state.access().await?;
+            let access = access(state).await?;
             callback_get(state, &access, req, format).await
         }
         (&Method::POST, "/callback") => {
-            let access = state.access().await?;
+            let access = access(state).await?;
             callback_post(state, &access, req, format).await
         }
         (_, p) if p.starts_with("/connect/") || p == "/callback" => Err(Fail::new(

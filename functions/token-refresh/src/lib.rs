@@ -18,92 +18,36 @@ use lambda_runtime::Diagnostic;
 use serde::{Deserialize, Serialize};
 use shared::{
     access::{Access, AccessError},
-    config::{Config, LifecycleConfig},
-    identity::TokenCache,
-    oauth::{
-        self,
-        refresh_policy::{
-            self, ConnectionTimes, Decision, Outcome, RefreshConfig, RefreshFailure, SkipReason,
-            Summary,
-        },
+    config::Config,
+    oauth::refresh_policy::{
+        self, ConnectionTimes, Decision, Outcome, RefreshConfig, RefreshFailure, SkipReason,
+        Summary,
     },
     secrets::{
-        self, SecretError, SecretStore,
-        schema::{AuthKind, ConnectionSecret, ConnectionStatus, Provider},
+        SecretError,
+        schema::{AuthKind, ConnectionSecret, ConnectionStatus},
     },
 };
 use time::OffsetDateTime;
 
 /// The time source; tests inject a shifted clock.
-pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+pub use shared::runtime::Clock;
 
 /// What a warm container keeps between invocations.
-pub struct State {
-    /// Function configuration.
-    pub config: Config,
-    /// Refresh thresholds, concurrency and the app-only check.
-    pub lifecycle: LifecycleConfig,
-    /// Now.
-    pub clock: Clock,
-    http: reqwest::Client,
-    cache: Arc<TokenCache>,
-    // Built on first use: the AWS SDK loads its configuration asynchronously.
-    store: tokio::sync::OnceCell<Arc<dyn SecretStore>>,
-}
+pub type State = shared::runtime::Warm;
 
-impl State {
-    /// Wires the configuration and HTTP client; the store is built from `config` on first use
-    /// unless [`State::with_store`] gives one.
-    pub fn new(config: Config, lifecycle: LifecycleConfig, http: reqwest::Client) -> Self {
-        State {
-            config,
-            lifecycle,
-            clock: Arc::new(OffsetDateTime::now_utc),
-            http,
-            cache: Arc::new(TokenCache::default()),
-            store: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// Uses this secret store (tests pass moto's).
-    pub fn with_store(self, store: Arc<dyn SecretStore>) -> Self {
-        let _ = self.store.set(store);
-        self
-    }
-
-    /// Replaces the clock.
-    pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    async fn access(&self) -> Result<Access, RunFailure> {
-        let store = self
-            .store
-            .get_or_try_init(|| secrets::from_config(&self.config))
-            .await
-            .map_err(RunFailure::Store)?;
-        Ok(Access::new(
-            self.http.clone(),
-            self.config.endpoints.clone(),
-            self.cache.clone(),
-            store.clone(),
-            self.config.secrets.clone(),
-        ))
-    }
-
-    fn refresh_config(&self) -> RefreshConfig {
-        let d = |s: Duration, default| time::Duration::try_from(s).unwrap_or(default);
-        RefreshConfig {
-            access_skew: d(
-                self.lifecycle.refresh_access_skew,
-                refresh_policy::DEFAULT_ACCESS_SKEW,
-            ),
-            max_refresh_token_age: d(
-                self.lifecycle.refresh_max_token_age,
-                refresh_policy::DEFAULT_MAX_REFRESH_TOKEN_AGE,
-            ),
-        }
+/// Refresh thresholds from the lifecycle settings.
+fn refresh_config(state: &State) -> RefreshConfig {
+    let d = |s: Duration, default| time::Duration::try_from(s).unwrap_or(default);
+    RefreshConfig {
+        access_skew: d(
+            state.lifecycle.refresh_access_skew,
+            refresh_policy::DEFAULT_ACCESS_SKEW,
+        ),
+        max_refresh_token_age: d(
+            state.lifecycle.refresh_max_token_age,
+            refresh_policy::DEFAULT_MAX_REFRESH_TOKEN_AGE,
+        ),
     }
 }
 
@@ -114,9 +58,7 @@ pub fn init() -> Result<State, String> {
 
 /// Builds the state from an already-read configuration (refresh settings from the environment).
 pub fn init_with(config: Config) -> Result<State, String> {
-    let lifecycle = LifecycleConfig::from_env().map_err(|e| e.to_string())?;
-    let http = shared::http::build_client(&config.http).map_err(|e| e.to_string())?;
-    Ok(State::new(config, lifecycle, http))
+    State::from_config(config)
 }
 
 /// The events this function answers: the EventBridge schedule or a manual run.
@@ -217,7 +159,7 @@ impl From<RunFailure> for Diagnostic {
 /// Handles one trigger.
 pub async fn handle(state: &Result<State, String>, trigger: Trigger) -> Result<Report, RunFailure> {
     let state = state.as_ref().map_err(|e| RunFailure::Config(e.clone()))?;
-    let access = Arc::new(state.access().await?);
+    let access = Arc::new(state.access().await.map_err(RunFailure::Store)?);
     let (ids, forced) = match trigger {
         Trigger::Manual { connections } => (connections, true),
         Trigger::Scheduled(_) => {
@@ -237,7 +179,7 @@ pub async fn handle(state: &Result<State, String>, trigger: Trigger) -> Result<R
     };
     let started = std::time::Instant::now();
     let cfg = Arc::new(Settings {
-        refresh: state.refresh_config(),
+        refresh: refresh_config(state),
         forced,
         check_app_only: state.lifecycle.check_app_only,
         certificate_warning: state.lifecycle.certificate_warning,
@@ -316,19 +258,10 @@ struct Settings {
     clock: Clock,
 }
 
-fn oauth_provider(p: Provider) -> oauth::Provider {
-    match p {
-        Provider::Acs => oauth::Provider::Acs,
-        Provider::AadV1 => oauth::Provider::AadV1,
-        Provider::Entra => oauth::Provider::Entra,
-        Provider::Msa => oauth::Provider::Msa,
-    }
-}
-
 /// The policy's view of a connection.
 pub fn connection_times(conn: &ConnectionSecret) -> ConnectionTimes {
     ConnectionTimes {
-        provider: oauth_provider(conn.provider),
+        provider: conn.provider,
         app_only: conn.auth == AuthKind::AppOnly,
         needs_consent: conn.status == ConnectionStatus::NeedsConsent,
         has_refresh_token: conn.refresh_token.is_some(),
