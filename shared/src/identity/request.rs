@@ -287,16 +287,8 @@ fn describe(e: &reqwest::Error) -> Fault {
 
 /// `Retry-After` as seconds or an HTTP date.
 fn retry_after(headers: &reqwest::header::HeaderMap, now: OffsetDateTime) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
-    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    crate::http::parse_retry_after(v, now)
 }
 
 /// Sends a token request and parses the token or Microsoft's error.

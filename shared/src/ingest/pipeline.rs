@@ -852,9 +852,7 @@ impl Pipeline {
                     .headers()
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| {
-                        crate::upload::retry::parse_retry_after(v, OffsetDateTime::now_utc())
-                    })
+                    .and_then(|v| crate::http::parse_retry_after(v, OffsetDateTime::now_utc()))
                     .unwrap_or(Duration::from_secs(1)),
                 Ok(_) => break sent,
                 Err(e) if e.is_connect() || e.is_timeout() => Duration::from_millis(500),

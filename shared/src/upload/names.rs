@@ -1,9 +1,7 @@
 //! File and folder names: validation, URL escaping, and OneDrive-style renaming.
 
 use super::UploadError;
-
-/// Characters SharePoint Online and OneDrive refuse in file and folder names.
-const FORBIDDEN: &[char] = &['"', '*', ':', '<', '>', '?', '/', '\\', '|'];
+use crate::ingest::names::ILLEGAL_CHARS as FORBIDDEN;
 
 /// Checks one file or folder name; `#` and `%` are allowed (SharePoint's `…Path` APIs take them).
 pub fn validate_name(name: &str) -> Result<(), UploadError> {

@@ -6,10 +6,10 @@ use std::time::Duration;
 use reqwest::header::RETRY_AFTER;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
-use time::macros::format_description;
 use tokio::time::Instant;
 
 use super::{Attempt, BearerSource, UploadError};
+pub use crate::http::parse_retry_after;
 
 /// How hard one request is retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,27 +54,6 @@ impl RetryPolicy {
         };
         half + Duration::from_millis(jitter)
     }
-}
-
-/// Parses `Retry-After`: delta-seconds (`"120"`) or an HTTP-date
-/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`, relative to `now`; a past date means "now").
-pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let fmt = format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let at = time::PrimitiveDateTime::parse(value, &fmt)
-        .ok()?
-        .assume_utc();
-    let delta = at - now;
-    Some(if delta.is_negative() {
-        Duration::ZERO
-    } else {
-        delta.unsigned_abs()
-    })
 }
 
 /// Whether a failed request may be sent again as is.
@@ -198,28 +177,6 @@ impl Sender<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn retry_after_seconds_and_http_dates() {
-        let now = datetime!(2015-10-21 07:27:00 UTC);
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(parse_retry_after(" 5 ", now), Some(Duration::from_secs(5)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-3", now), None);
-        assert_eq!(parse_retry_after("", now), None);
-    }
 
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
