@@ -4,6 +4,7 @@
 //! crate; the Lambda functions in `functions/` only wire it together.
 
 pub mod access;
+pub mod api;
 pub mod config;
 pub mod http;
 pub mod identity;
