@@ -43,7 +43,7 @@ use crate::{
         ClientSecret, IdentityError, MsError, RefreshProvider, RefreshToken, Token, TokenCache,
         TokenSource, acs, entra,
     },
-    oauth::refresh_policy::RefreshFailure,
+    microsoft::RefreshFailure,
     secrets::{
         SecretError, SecretStore, UpdateError, get_typed,
         schema::{

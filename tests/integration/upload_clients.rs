@@ -508,8 +508,20 @@ async fn throttling_past_the_deadline_answers_throttled_and_leaves_nothing() {
             "it waited past the deadline"
         );
         match err {
-            UploadError::Throttled { retry_after } => {
-                assert_eq!(retry_after, Duration::from_secs(30))
+            UploadError::Throttled {
+                retry_after,
+                microsoft,
+            } => {
+                assert_eq!(retry_after, Duration::from_secs(30));
+                // Microsoft's code (and Graph's request id) survive for the support ticket.
+                let ms = microsoft.expect("Microsoft's error is kept");
+                match api {
+                    Target::Graph => {
+                        assert_eq!(ms.code.as_deref(), Some("serviceNotAvailable"));
+                        assert!(ms.request_id.is_some(), "{ms:?}");
+                    }
+                    Target::SharePoint => assert_eq!(ms.sp_code(), Some(-2147024860)),
+                }
             }
             other => panic!("{api:?}: {other:?}"),
         }
@@ -719,7 +731,7 @@ async fn throttling_mid_upload_past_the_deadline_cancels_cleanly() {
             .unwrap_err();
         w.emu.clear_faults();
         match err {
-            UploadError::Throttled { retry_after } => {
+            UploadError::Throttled { retry_after, .. } => {
                 assert_eq!(retry_after, Duration::from_secs(120))
             }
             other => panic!("{api:?}: {other:?}"),
@@ -985,4 +997,24 @@ async fn a_missing_library_or_drive_is_not_found() {
         .await
         .unwrap_err();
     assert_eq!(err.http_status(), 404, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_graph_202_without_next_expected_ranges_asks_the_session_and_goes_on() {
+    let w = World::start().await;
+    w.emu
+        .add_fault(FaultRule::new("/graph/_upload", FaultKind::OmitNextExpectedRanges).times(1));
+    let len = 3 * 320 * 1024 + 7;
+    let r = req("ranges", "no-ranges.bin", ConflictBehavior::Fail);
+    let out = w
+        .upload(Target::Graph, 320 * 1024, &r, generated(len as u64, true))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.emu.clear_faults();
+    assert!(out.retries > 0, "the fault was not hit");
+    let stored = w
+        .emu
+        .file_bytes(&w.stored_path(Target::Graph, &out))
+        .unwrap();
+    assert!(stored == content(len));
 }

@@ -6,7 +6,6 @@
 //! `status()` for the HTTP status, `to_json()` for the `{error, message}` body.
 
 pub mod body;
-pub mod doctor;
 mod error;
 pub mod idempotency;
 pub mod names;

@@ -31,8 +31,7 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Longest decoded server-relative path including the file name, in UTF-16 code units.
 pub const MAX_PATH_LEN: usize = 400;
 
-/// Characters SharePoint Online refuses in file and folder names.
-pub const ILLEGAL_CHARS: &[char] = &['"', '*', ':', '<', '>', '?', '/', '\\', '|'];
+pub use crate::upload::names::ILLEGAL_CHARS;
 
 /// File types refused by default: Windows executables and scripts that run on a double click.
 pub const DEFAULT_BLOCKED_EXTENSIONS: &[&str] = &[

@@ -22,7 +22,6 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use url::Url;
 
-use super::doctor::{self, Diagnosis, Service};
 use super::idempotency::{Claim, ClaimToken, Idempotency, StoredResponse, body_digest};
 use super::{
     ConflictMode, Content, IncomingFile, IngestError, Limits, NamePolicy, RawRequest,
@@ -32,6 +31,7 @@ use crate::access::{Access, AccessError};
 use crate::config::Config;
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, ConnectionStatus, Target};
 use crate::secrets::{SecretError, SecretStore};
+use crate::upload::doctor::{self, Diagnosis, Service};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
 use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use crate::upload::{
@@ -306,7 +306,7 @@ impl PipelineError {
             PipelineError::Partial { source, .. } => source.retry_after(),
             PipelineError::InFlight { retry_after } => Some(retry_after.as_secs().max(1)),
             PipelineError::Upload {
-                error: UploadError::Throttled { retry_after },
+                error: UploadError::Throttled { retry_after, .. },
                 ..
             } => Some(retry_after.as_secs().max(1)),
             PipelineError::Deadline => Some(DEADLINE_RETRY_AFTER.as_secs()),
@@ -1069,6 +1069,7 @@ impl BearerSource for ConnectionBearer {
                             tracing::warn!(connection = %self.connection, %message, "token request throttled");
                             UploadError::Throttled {
                                 retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
+                                microsoft: None,
                             }
                         }
                         TokenError::Transient(m) => UploadError::Upstream {
@@ -1307,6 +1308,7 @@ mod tests {
                 PipelineError::Upload {
                     error: UploadError::Throttled {
                         retry_after: Duration::from_secs(7),
+                        microsoft: None,
                     },
                     diagnosis: None,
                 },
@@ -1330,6 +1332,7 @@ mod tests {
         let t = PipelineError::Upload {
             error: UploadError::Throttled {
                 retry_after: Duration::from_secs(7),
+                microsoft: None,
             },
             diagnosis: None,
         };

@@ -1,7 +1,10 @@
 //! File and folder names: validation, URL escaping, and OneDrive-style renaming.
 
 use super::UploadError;
-use crate::ingest::names::ILLEGAL_CHARS as FORBIDDEN;
+
+/// Characters SharePoint Online refuses in file and folder names.
+pub const ILLEGAL_CHARS: &[char] = &['"', '*', ':', '<', '>', '?', '/', '\\', '|'];
+use ILLEGAL_CHARS as FORBIDDEN;
 
 /// Checks one file or folder name; `#` and `%` are allowed (SharePoint's `…Path` APIs take them).
 pub fn validate_name(name: &str) -> Result<(), UploadError> {
