@@ -38,6 +38,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::{
+    api::{ApiError, Kind},
     config::{Endpoints, SecretsConfig},
     identity::{
         ClientSecret, IdentityError, MsError, RefreshProvider, RefreshToken, Token, TokenCache,
@@ -237,32 +238,16 @@ impl AccessError {
         self.failure().is_retryable()
     }
 
-    /// The HTTP status an API answers with: 404 unknown connection, 409 consent needed,
-    /// 503 throttled or transient, 500 misconfigured or store failure.
+    /// The HTTP status of this error's [`ApiError`].
+    // Kept for oauth-callback until it answers with `ApiError::from` itself.
     pub fn http_status(&self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self {
-            AccessError::NotFound { .. } => S::NOT_FOUND,
-            AccessError::NeedsConsent { .. } => S::CONFLICT,
-            AccessError::Throttled { .. } | AccessError::Transient { .. } => S::SERVICE_UNAVAILABLE,
-            AccessError::Store { .. } if self.is_retryable() => S::SERVICE_UNAVAILABLE,
-            AccessError::Misconfigured { .. } | AccessError::Store { .. } => {
-                S::INTERNAL_SERVER_ERROR
-            }
-        }
+        ApiError::from(self).status()
     }
 
-    /// A short machine-readable name: `connection_not_found`, `needs_consent`, `throttled`,
-    /// `transient`, `misconfigured`, `secret_store`.
+    /// The `error` code of this error's [`ApiError`].
+    // Kept for oauth-callback until it answers with `ApiError::from` itself.
     pub fn code(&self) -> &'static str {
-        match self {
-            AccessError::NotFound { .. } => "connection_not_found",
-            AccessError::NeedsConsent { .. } => "needs_consent",
-            AccessError::Throttled { .. } => "throttled",
-            AccessError::Transient { .. } => "transient",
-            AccessError::Misconfigured { .. } => "misconfigured",
-            AccessError::Store { .. } => "secret_store",
-        }
+        ApiError::from(self).code()
     }
 
     /// Server-requested wait, if any.
@@ -341,6 +326,48 @@ impl AccessError {
                 reason: detail,
             },
         }
+    }
+}
+
+impl From<&AccessError> for ApiError {
+    /// The answer for a connection that cannot give a token. The message names no connection,
+    /// secret or Microsoft text: an unauthenticated caller may read it (add `connection` as a
+    /// detail for an authenticated one). Microsoft's code goes into `microsoft_code`.
+    fn from(e: &AccessError) -> Self {
+        match e {
+            AccessError::NotFound { .. } => {
+                ApiError::new(Kind::ConnectionNotFound, "there is no such connection")
+            }
+            AccessError::NeedsConsent { code, .. } => ApiError::new(
+                Kind::NeedsConsent,
+                "the connection needs a user or an administrator to sign in and consent again",
+            )
+            .with_detail("microsoft_code", code.clone()),
+            AccessError::Throttled { retry_after, .. } => ApiError::new(
+                Kind::Throttled,
+                "Microsoft is throttling token requests; retry later",
+            )
+            .with_retry_after(*retry_after),
+            AccessError::Transient { retry_after, .. } => ApiError::new(
+                Kind::Unavailable,
+                "Microsoft's sign-in service is unavailable; retry later",
+            )
+            .with_retry_after(*retry_after),
+            AccessError::Store { .. } if e.is_retryable() => ApiError::new(
+                Kind::Unavailable,
+                "the secret store could not be reached; retry later",
+            ),
+            AccessError::Misconfigured { .. } | AccessError::Store { .. } => ApiError::new(
+                Kind::Misconfigured,
+                "the connection or its app registration is misconfigured; see the function's logs",
+            ),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        ApiError::from(&e)
     }
 }
 
@@ -1105,7 +1132,10 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(e.failure(), RefreshFailure::NeedsConsent);
-        assert_eq!(e.http_status(), http::StatusCode::CONFLICT);
+        assert_eq!(e.http_status(), http::StatusCode::FAILED_DEPENDENCY);
+        let api = ApiError::from(&e);
+        assert_eq!(api.code(), "needs_consent");
+        assert_eq!(api.to_json()["microsoft_code"], "AADSTS700082");
         let stored = f.stored("c1").await;
         assert_eq!(stored.status, ConnectionStatus::NeedsConsent);
         assert_eq!(stored.status_code.as_deref(), Some("AADSTS700082"));
@@ -1142,7 +1172,11 @@ mod tests {
         );
         let e = f.access().bearer("nope", false).await.unwrap_err();
         assert!(matches!(e, AccessError::NotFound { .. }));
-        assert_eq!(e.http_status(), http::StatusCode::NOT_FOUND);
+        let api = ApiError::from(&e);
+        assert_eq!(
+            (api.status(), api.code()),
+            (http::StatusCode::NOT_FOUND, "connection_not_found")
+        );
     }
 
     /// A store that, right after the first read of `c1`, lets "another container" store a newer

@@ -5,9 +5,10 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::api::{ApiError, Kind};
 use crate::microsoft::{self, Action, System};
 
-/// Why an upload failed. Each variant maps to one HTTP status via [`UploadError::http_status`].
+/// Why an upload failed. Each variant answers as one [`ApiError`] kind.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// A file of that name exists and the conflict behavior is `fail` (409).
@@ -102,18 +103,61 @@ pub struct FieldError {
     pub code: Option<i64>,
 }
 
+impl From<&UploadError> for ApiError {
+    fn from(e: &UploadError) -> Self {
+        let kind = match e {
+            UploadError::Conflict { .. } => Kind::Conflict,
+            UploadError::NotFound { .. } => Kind::NotFound,
+            UploadError::Throttled { .. } => Kind::Throttled,
+            UploadError::NeedsConsent(_) => Kind::NeedsConsent,
+            UploadError::BadInput(_) => Kind::BadRequest,
+            UploadError::MetadataRejected { .. } => Kind::Unprocessable,
+            // The sender did nothing wrong: Microsoft refused our token (the doctor says why) or
+            // failed, or the source broke off.
+            UploadError::Unauthorized { .. }
+            | UploadError::Forbidden { .. }
+            | UploadError::Upstream { .. }
+            | UploadError::Source(_) => Kind::BadGateway,
+        };
+        let mut api = ApiError::new(kind, e.to_string());
+        if let Some(ms) = e.microsoft() {
+            if let Some(code) = &ms.code {
+                api = api.with_detail("microsoft_code", code.clone());
+            }
+            if let Some(id) = &ms.request_id {
+                api = api.with_detail("microsoft_request_id", id.clone());
+            }
+        } else if let UploadError::Upstream {
+            microsoft_code: Some(code),
+            ..
+        } = e
+        {
+            api = api.with_detail("microsoft_code", code.clone());
+        }
+        match e {
+            UploadError::Throttled { retry_after, .. } => api.with_retry_after(Some(*retry_after)),
+            UploadError::MetadataRejected { fields, .. } => api.with_detail(
+                "fields",
+                fields
+                    .iter()
+                    .map(|f| serde_json::json!({"field": f.field, "message": f.message}))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => api,
+        }
+    }
+}
+
 impl UploadError {
-    /// The HTTP status a function should answer with.
-    pub fn http_status(&self) -> u16 {
+    /// Microsoft's error behind this one, when the service sent one.
+    pub fn microsoft(&self) -> Option<&MicrosoftError> {
         match self {
-            UploadError::Conflict { .. } => 409,
-            UploadError::NotFound { .. } => 404,
-            UploadError::Unauthorized { .. } => 401,
-            UploadError::Forbidden { .. } => 403,
-            UploadError::Throttled { .. } => 503,
-            UploadError::NeedsConsent(_) => 424,
-            UploadError::Upstream { .. } | UploadError::Source(_) => 502,
-            UploadError::BadInput(_) | UploadError::MetadataRejected { .. } => 400,
+            UploadError::Conflict { microsoft, .. }
+            | UploadError::NotFound { microsoft, .. }
+            | UploadError::Throttled { microsoft, .. } => microsoft.as_deref(),
+            UploadError::Unauthorized { diagnostics, .. }
+            | UploadError::Forbidden { diagnostics, .. } => diagnostics.microsoft.as_deref(),
+            _ => None,
         }
     }
 
@@ -494,7 +538,7 @@ mod tests {
         );
         let err = from_response(Api::SharePoint, s, &h, &b, "/x");
         assert!(matches!(err, UploadError::NotFound { .. }), "{err:?}");
-        assert_eq!(err.http_status(), 404);
+        assert_eq!(crate::api::ApiError::from(&err).status(), 404);
     }
 
     #[test]
@@ -742,25 +786,61 @@ mod tests {
     }
 
     #[test]
-    fn every_variant_maps_to_a_status() {
-        assert_eq!(
-            UploadError::Throttled {
-                retry_after: Duration::from_secs(3),
-                microsoft: None,
-            }
-            .http_status(),
-            503
-        );
-        assert_eq!(UploadError::NeedsConsent("x".into()).http_status(), 424);
-        assert_eq!(UploadError::BadInput("x".into()).http_status(), 400);
-        assert_eq!(
-            UploadError::Upstream {
-                status: 500,
-                microsoft_code: None,
-                message: String::new()
-            }
-            .http_status(),
-            502
-        );
+    fn every_variant_maps_to_one_api_kind() {
+        let throttled = UploadError::Throttled {
+            retry_after: Duration::from_secs(3),
+            microsoft: Some(Box::new(MicrosoftError {
+                status: 429,
+                code: Some("activityLimitReached".into()),
+                inner_code: None,
+                message: "throttled".into(),
+                request_id: Some("rid-1".into()),
+            })),
+        };
+        let api = ApiError::from(&throttled);
+        assert_eq!((api.status().as_u16(), api.code()), (503, "throttled"));
+        assert_eq!(api.retry_after_secs(), Some(3));
+        let body = api.to_json();
+        assert_eq!(body["microsoft_code"], "activityLimitReached");
+        assert_eq!(body["microsoft_request_id"], "rid-1");
+        let cases: Vec<(UploadError, u16, &str)> = vec![
+            (UploadError::NeedsConsent("x".into()), 424, "needs_consent"),
+            (UploadError::BadInput("x".into()), 400, "bad_request"),
+            (
+                UploadError::Upstream {
+                    status: 500,
+                    microsoft_code: Some("-1, X".into()),
+                    message: String::new(),
+                },
+                502,
+                "bad_gateway",
+            ),
+            (
+                UploadError::MetadataRejected {
+                    path: "/a".into(),
+                    fields: vec![FieldError {
+                        field: "Title".into(),
+                        message: "too long".into(),
+                        code: None,
+                    }],
+                },
+                422,
+                "unprocessable",
+            ),
+            (UploadError::Source("x".into()), 502, "bad_gateway"),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(&e);
+            assert_eq!((api.status().as_u16(), api.code()), (status, code), "{e:?}");
+        }
+        let rejected = ApiError::from(&UploadError::MetadataRejected {
+            path: "/a".into(),
+            fields: vec![FieldError {
+                field: "Title".into(),
+                message: "too long".into(),
+                code: None,
+            }],
+        });
+        assert_eq!(rejected.to_json()["fields"][0]["field"], "Title");
     }
 }

@@ -613,12 +613,8 @@ mod tests {
                 "{id:?}"
             );
         }
-        assert_eq!(
-            item_url(&graph(), &bad, &["a".into()], "", None)
-                .unwrap_err()
-                .http_status(),
-            400
-        );
+        let err = item_url(&graph(), &bad, &["a".into()], "", None).unwrap_err();
+        assert_eq!(crate::api::ApiError::from(&err).status(), 400);
     }
 
     #[test]

@@ -117,7 +117,7 @@ mod tests {
             "a\u{0}b",
         ] {
             let err = validate_name(bad).unwrap_err();
-            assert_eq!(err.http_status(), 400, "{bad:?}");
+            assert_eq!(crate::api::ApiError::from(&err).status(), 400, "{bad:?}");
         }
         assert!(validate_name(&"x".repeat(256)).is_err());
     }

@@ -319,7 +319,7 @@ mod tests {
             None,
         );
         let err = Chunker::new(broken).next(10).await.unwrap_err();
-        assert_eq!(err.http_status(), 502);
+        assert_eq!(crate::api::ApiError::from(&err).status(), 502);
     }
 
     #[tokio::test]
@@ -349,6 +349,6 @@ mod tests {
         let err = UploadSource::from_url(&http, &url, &RetryPolicy::default(), None)
             .await
             .unwrap_err();
-        assert_eq!(err.http_status(), 400);
+        assert_eq!(crate::api::ApiError::from(&err).status(), 400);
     }
 }
