@@ -854,7 +854,7 @@ fn secondary_plan(
 /// Microsoft refused the client's credentials (a rolled-over or expired secret).
 fn is_invalid_client(e: &IdentityError) -> bool {
     e.ms_error()
-        .is_some_and(|m| m.error == "invalid_client" || m.code.as_deref() == Some("AADSTS7000215"))
+        .is_some_and(|m| crate::microsoft::credential_refused(&m.error, m.code.as_deref()))
 }
 
 /// `scheme://host[:port]` of a SharePoint URL.

@@ -98,7 +98,6 @@ use System as S;
 /// The table. A specific code wins over the OAuth `error` word that comes with it.
 #[rustfmt::skip]
 pub const TABLE: &[Row] = &[
-    /// The table. A specific code wins over the OAuth `error` word that comes with it.
     // Entra / AAD: the grant is gone or needs a person.
     row(S::Aadsts, "50055", A::NeedsConsent, "password expired"),
     row(S::Aadsts, "50057", A::NeedsConsent, "user account disabled"),
@@ -365,6 +364,24 @@ pub fn token_action(
     lookup(System::OAuth, error).and_then(|r| RefreshFailure::from_action(r.action))
 }
 
+/// Codes that mean "this client credential (secret) was refused", so a second configured
+/// secret is worth a try: the OAuth word `invalid_client`, an invalid or expired Entra secret,
+/// and ACS's authentication failure.
+const CREDENTIAL_REFUSED: &[MsCode] = &[
+    MsCode::Aadsts(7000215),
+    MsCode::Aadsts(7000222),
+    MsCode::Acs(50012),
+];
+
+/// Whether a token error says the client credential itself was refused (see the table rows
+/// `invalid_client`, AADSTS 7000215 and 7000222, ACS 50012).
+pub fn credential_refused(error: &str, ms_code: Option<&str>) -> bool {
+    error.eq_ignore_ascii_case("invalid_client")
+        || ms_code
+            .and_then(|c| MsCode::parse(c).or_else(|| MsCode::find_in(c)))
+            .is_some_and(|c| CREDENTIAL_REFUSED.contains(&c))
+}
+
 /// What an upload error body's code means: SharePoint's `"-2130575257, Microsoft.…"` (number or
 /// exception name) or Graph's code and inner code. `None` when the table has no row.
 pub fn upload_action(system: System, code: Option<&str>, inner: Option<&str>) -> Option<Action> {
@@ -595,6 +612,25 @@ mod tests {
             token_action("authorization_pending", Some("AADSTS70016"), Some(400)),
             None
         );
+    }
+
+    #[test]
+    fn refused_credentials() {
+        assert!(credential_refused("invalid_client", None));
+        assert!(credential_refused("invalid_request", Some("AADSTS7000222")));
+        assert!(credential_refused(
+            "unauthorized_client",
+            Some("ACS50012: Authentication failed.")
+        ));
+        assert!(!credential_refused("invalid_grant", Some("AADSTS70008")));
+        // Each is a misconfiguration row of the table too.
+        for c in CREDENTIAL_REFUSED {
+            assert_eq!(
+                c.row().map(|r| r.action),
+                Some(Action::Misconfigured),
+                "{c}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream;
 use secrecy::SecretString;
+use shared::api::ApiError;
 use shared::upload::graph::{DriveRef, GraphClient, GraphOptions};
 use shared::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use shared::upload::{
@@ -339,7 +340,7 @@ async fn conflict_modes_mean_what_graph_means() {
                 matches!(err, UploadError::Conflict { .. }),
                 "{api:?} {label}: {err:?}"
             );
-            assert_eq!(err.http_status(), 409);
+            assert_eq!(ApiError::from(&err).status(), 409);
             assert!(
                 w.emu.file_bytes(&original).unwrap() == first,
                 "fail must not touch it"
@@ -429,7 +430,7 @@ async fn metadata_is_set_without_an_extra_version() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 400);
+    assert_eq!(ApiError::from(&err).status(), 400);
 }
 
 #[tokio::test]
@@ -645,7 +646,7 @@ async fn an_expired_graph_session_is_an_upstream_failure() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 502, "{err:?}");
+    assert_eq!(ApiError::from(&err).status(), 502, "{err:?}");
     assert!(err.to_string().contains("expired"), "{err}");
     w.assert_clean(&format!("{}/expired/late.bin", w.library()));
 }
@@ -837,7 +838,7 @@ async fn source_urls_stream_into_chunked_uploads() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 400, "{err}");
+    assert_eq!(ApiError::from(&err).status(), 400, "{err}");
     assert!(err.to_string().contains("length"), "{err}");
     assert!(w.emu.open_uploads().is_empty());
 
@@ -859,7 +860,7 @@ async fn source_urls_stream_into_chunked_uploads() {
     let err = UploadSource::from_url(&http, &url, &fast_retries(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 400);
+    assert_eq!(ApiError::from(&err).status(), 400);
     assert!(!err.to_string().contains("topsecret"), "{err}");
 }
 
@@ -986,7 +987,7 @@ async fn a_missing_library_or_drive_is_not_found() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 404, "{err:?}");
+    assert_eq!(ApiError::from(&err).status(), 404, "{err:?}");
     let err = w
         .graph(MIB)
         .upload(
@@ -996,7 +997,7 @@ async fn a_missing_library_or_drive_is_not_found() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 404, "{err:?}");
+    assert_eq!(ApiError::from(&err).status(), 404, "{err:?}");
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use url::Url;
 
 use super::error::{Api, from_response};
 use super::names::{folder_segments, graph_segment, validate_name};
-use super::retry::{RetryPolicy, Safety, Sender};
+use super::retry::{Safety, Sender};
 use super::source::{Chunk, Chunker, UploadSource};
 use super::{
     BearerSource, ConflictBehavior, ConflictOutcome, UploadError, UploadOutcome, UploadRequest,
@@ -111,24 +111,8 @@ pub fn next_expected(ranges: &[String]) -> Option<u64> {
         .min()
 }
 
-/// Tuning of the Graph client.
-#[derive(Debug, Clone)]
-pub struct GraphOptions {
-    /// Chunk size (rounded down to a multiple of 320 KiB), and the size above which uploads use
-    /// a session. Default 10 MiB (32 × 320 KiB).
-    pub chunk_size: usize,
-    /// Retries of each request.
-    pub retry: RetryPolicy,
-}
-
-impl Default for GraphOptions {
-    fn default() -> Self {
-        GraphOptions {
-            chunk_size: 10 * 1024 * 1024,
-            retry: RetryPolicy::default(),
-        }
-    }
-}
+/// Tuning of the Graph client; its chunk size is rounded down to a multiple of 320 KiB.
+pub type GraphOptions = super::UploadOptions;
 
 /// Uploads into OneDrive and SharePoint drives through Microsoft Graph.
 #[derive(Clone)]

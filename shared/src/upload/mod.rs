@@ -26,6 +26,25 @@ pub use error::{AuthDiagnostics, FieldError, MicrosoftError, UploadError};
 pub use retry::RetryPolicy;
 pub use source::UploadSource;
 
+/// Tuning of an upload client ([`graph::GraphOptions`], [`sharepoint::SharePointOptions`]).
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Chunk size, and the size above which uploads are chunked (Graph rounds it down to a
+    /// multiple of 320 KiB). Default 10 MiB (32 × 320 KiB).
+    pub chunk_size: usize,
+    /// Retries of each request.
+    pub retry: RetryPolicy,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            chunk_size: 10 * 1024 * 1024,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
 /// Where uploads get their access token.
 ///
 /// Uploads call `bearer(false)` before their first request; when a request answers 401 they call

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::error::{Api, FieldError, from_response};
 use super::names::{folder_segments, odata_literal, renamed, url_path, validate_name};
-use super::retry::{RetryPolicy, Safety, Sender};
+use super::retry::{Safety, Sender};
 use super::source::{Chunk, Chunker, UploadSource};
 use super::{
     BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, UploadError, UploadOutcome,
@@ -137,22 +137,7 @@ pub enum ChunkOp {
 }
 
 /// Tuning of the SharePoint client.
-#[derive(Debug, Clone)]
-pub struct SharePointOptions {
-    /// Chunk size, and the size above which uploads are chunked. Default 10 MiB.
-    pub chunk_size: usize,
-    /// Retries of each request.
-    pub retry: RetryPolicy,
-}
-
-impl Default for SharePointOptions {
-    fn default() -> Self {
-        SharePointOptions {
-            chunk_size: 10 * 1024 * 1024,
-            retry: RetryPolicy::default(),
-        }
-    }
-}
+pub type SharePointOptions = super::UploadOptions;
 
 /// Uploads into SharePoint document libraries through SharePoint REST.
 #[derive(Clone)]
