@@ -131,7 +131,10 @@ pub async fn from_config(config: &Config) -> Result<Arc<dyn SecretStore>, Secret
         SecretBackend::Aws => Arc::new(AwsSecretStore::from_env().await),
         SecretBackend::File { dir } => Arc::new(FileSecretStore::open(dir)?),
     };
-    Ok(Arc::new(CachingStore::new(inner, config.secrets.cache_ttl)))
+    Ok(Arc::new(
+        CachingStore::new(inner, config.secrets.cache_ttl)
+            .with_not_found_ttl(config.secrets.not_found_ttl),
+    ))
 }
 
 /// How an [`update`] ended.
