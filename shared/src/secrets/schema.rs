@@ -74,7 +74,7 @@ impl AppCredential {
 #[serde(try_from = "WebhookSecretsWire")]
 pub struct WebhookSecrets {
     /// Every currently valid signing secret, newest first.
-    #[serde(with = "secret_vec")]
+    #[serde(serialize_with = "secret_vec::serialize")]
     pub secrets: Vec<SecretString>,
 }
 
@@ -516,10 +516,10 @@ mod secret_vec_opt {
     }
 }
 
-/// Serde for `Vec<SecretString>`.
+/// Serialising `Vec<SecretString>` (reading goes through `WebhookSecretsWire`).
 mod secret_vec {
     use secrecy::{ExposeSecret, SecretString};
-    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+    use serde::{Serializer, ser::SerializeSeq};
 
     pub fn serialize<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(v.len()))?;
@@ -527,13 +527,6 @@ mod secret_vec {
             seq.serialize_element(secret.expose_secret())?;
         }
         seq.end()
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-        Ok(Vec::<String>::deserialize(d)?
-            .into_iter()
-            .map(SecretString::from)
-            .collect())
     }
 }
 
