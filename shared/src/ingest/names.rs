@@ -10,6 +10,11 @@
 //!   Windows reserves those too; `_vti_` anywhere; a `~$` prefix;
 //! * at most 255 characters per name, at most 400 characters for the whole decoded path.
 //!
+//! spbridge adds: names are normalised to NFC first (so `é` typed two ways is one name), and
+//! invisible characters ([`is_invisible`]: bidi controls such as U+202E, which make
+//! `invoice{U+202E}fdp.exe` display as `invoiceexe.pdf`, and zero-width characters, which make two
+//! names look the same) are refused, or removed when the connection sanitises names.
+//!
 //! Lengths are counted in UTF-16 code units, as SharePoint (.NET) counts them; for text without
 //! emoji or other astral characters that is the number of characters.
 //!
@@ -34,11 +39,95 @@ pub const MAX_PATH_LEN: usize = 400;
 /// Characters SharePoint Online refuses in file and folder names.
 pub const ILLEGAL_CHARS: &[char] = &['"', '*', ':', '<', '>', '?', '/', '\\', '|'];
 
-/// File types refused by default: Windows executables and scripts that run on a double click.
+/// File types refused by default: what runs, installs, mounts or opens a link on a double
+/// click in Windows or Office (executables, scripts, shortcuts, disk images, macro-enabled
+/// Office files, OneNote, Java archives), and web pages and SVG, which run script when a
+/// library shows them in the browser. See `docs/security.md`.
 pub const DEFAULT_BLOCKED_EXTENSIONS: &[&str] = &[
-    "bat", "cmd", "com", "cpl", "dll", "exe", "hta", "js", "jse", "lnk", "msi", "msp", "pif",
-    "ps1", "reg", "scr", "vbe", "vbs", "wsf", "wsh",
+    // Programs and installers
+    "appx",
+    "appxbundle",
+    "bat",
+    "cmd",
+    "com",
+    "cpl",
+    "dll",
+    "exe",
+    "gadget",
+    "msc",
+    "msi",
+    "msix",
+    "msp",
+    "pif",
+    "scr",
+    // Scripts
+    "hta",
+    "js",
+    "jse",
+    "ps1",
+    "psm1",
+    "reg",
+    "vb",
+    "vbe",
+    "vbs",
+    "wsc",
+    "wsf",
+    "wsh",
+    "jar",
+    // Shortcuts and links
+    "lnk",
+    "scf",
+    "url",
+    "website",
+    "settingcontent-ms",
+    "library-ms",
+    // Disk images and archives Windows mounts
+    "iso",
+    "img",
+    "vhd",
+    "vhdx",
+    // Office with macros, OneNote
+    "docm",
+    "dotm",
+    "xlsm",
+    "xltm",
+    "xlam",
+    "pptm",
+    "potm",
+    "ppam",
+    "sldm",
+    "one",
+    "onepkg",
+    // Pages that run script in the browser
+    "htm",
+    "html",
+    "mht",
+    "mhtml",
+    "shtml",
+    "svg",
+    "xht",
+    "xhtml",
 ];
+
+/// Bidirectional-text controls: they reorder how a name is displayed.
+const BIDI_CONTROLS: &[char] = &[
+    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+/// Zero-width characters: invisible, so two different names look the same.
+const ZERO_WIDTH: &[char] = &['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}'];
+
+/// Whether `c` is a bidi control or a zero-width character, refused in names (or removed when
+/// sanitising).
+pub fn is_invisible(c: char) -> bool {
+    BIDI_CONTROLS.contains(&c) || ZERO_WIDTH.contains(&c)
+}
+
+/// `raw` in Unicode Normalization Form C, the form names are checked and stored in.
+pub fn nfc(raw: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    raw.nfc().collect()
+}
 
 const RESERVED_DEVICE_NAMES: &[&str] = &["con", "prn", "aux", "nul"];
 
@@ -106,6 +195,14 @@ pub enum NameError {
         /// Its code point.
         code: u32,
     },
+    /// A bidi control or zero-width character ([`is_invisible`]).
+    #[error(
+        "name contains the invisible character U+{code:04X} (bidi controls and zero-width characters are not allowed)"
+    )]
+    InvisibleChar {
+        /// Its code point.
+        code: u32,
+    },
     /// Leading or trailing space.
     #[error("name begins or ends with a space")]
     LeadingOrTrailingSpace,
@@ -157,6 +254,7 @@ impl NameError {
             NameError::TooLong { .. } => "name_too_long",
             NameError::IllegalChar { .. } => "illegal_character",
             NameError::ControlChar { .. } => "control_character",
+            NameError::InvisibleChar { .. } => "invisible_character",
             NameError::LeadingOrTrailingSpace => "leading_or_trailing_space",
             NameError::TrailingDot => "trailing_period",
             NameError::Reserved { .. } => "reserved_name",
@@ -226,6 +324,7 @@ impl NamePolicy {
 
     /// Checks (or, when sanitizing, cleans) a file name.
     pub fn file_name(&self, raw: &str) -> Result<FileName, NameError> {
+        let raw = &nfc(raw);
         check_traversal_in_name(raw)?;
         let name = if self.sanitize {
             sanitize_name(raw)?
@@ -244,6 +343,7 @@ impl NamePolicy {
     /// Checks (or cleans, segment by segment) a request-supplied sub-folder path such as
     /// `Invoices/2026`. One trailing `/` is tolerated.
     pub fn sub_path(&self, raw: &str) -> Result<SubPath, NameError> {
+        let raw = &nfc(raw);
         if raw.is_empty() {
             return Err(NameError::Empty);
         }
@@ -471,6 +571,9 @@ fn check_name(name: &str) -> Result<(), NameError> {
         if is_control(ch) {
             return Err(NameError::ControlChar { code: ch as u32 });
         }
+        if is_invisible(ch) {
+            return Err(NameError::InvisibleChar { code: ch as u32 });
+        }
         if ILLEGAL_CHARS.contains(&ch) {
             return Err(NameError::IllegalChar { ch });
         }
@@ -499,6 +602,7 @@ fn check_name(name: &str) -> Result<(), NameError> {
 fn sanitize_name(raw: &str) -> Result<String, NameError> {
     let mut name: String = raw
         .chars()
+        .filter(|c| !is_invisible(*c))
         .map(|c| {
             if is_control(c) || ILLEGAL_CHARS.contains(&c) {
                 '_'
@@ -894,5 +998,78 @@ mod tests {
             server_relative_path("/sites/x/Docs", None, &name).unwrap(),
             "/sites/x/Docs/f.txt"
         );
+    }
+
+    #[test]
+    fn invisible_characters_refused_or_removed() {
+        for c in [
+            '\u{202E}', '\u{202A}', '\u{2066}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}',
+            '\u{200B}', '\u{200D}', '\u{FEFF}', '\u{2060}',
+        ] {
+            let name = format!("invoice{c}fdp.exe.txt");
+            let err = strict().file_name(&name).unwrap_err();
+            assert_eq!(err, NameError::InvisibleChar { code: c as u32 }, "{c:?}");
+            assert_eq!(err.rule(), "invisible_character");
+            assert!(!err.is_traversal());
+            let cleaned = NamePolicy::new().sanitize(true).file_name(&name).unwrap();
+            assert_eq!(cleaned.as_str(), "invoicefdp.exe.txt");
+            let folder = format!("a/b{c}c");
+            assert!(strict().sub_path(&folder).is_err());
+            assert_eq!(
+                NamePolicy::new()
+                    .sanitize(true)
+                    .sub_path(&folder)
+                    .unwrap()
+                    .as_str(),
+                "a/bc"
+            );
+        }
+        // The RLO trick hides a blocked extension; removing the control exposes it.
+        let rlo = "photo\u{202E}gpj.exe";
+        assert_eq!(
+            NamePolicy::new().sanitize(true).file_name(rlo).unwrap_err(),
+            NameError::BlockedExtension { ext: "exe".into() }
+        );
+        // Only invisible characters: nothing is left.
+        assert_eq!(
+            NamePolicy::new()
+                .sanitize(true)
+                .file_name("\u{200B}\u{200B}")
+                .unwrap_err(),
+            NameError::Empty
+        );
+    }
+
+    #[test]
+    fn names_are_nfc_normalised() {
+        let decomposed = "Cafe\u{301}.txt";
+        let name = strict().file_name(decomposed).unwrap();
+        assert_eq!(name.as_str(), "Caf\u{e9}.txt");
+        assert_eq!(name, strict().file_name("Caf\u{e9}.txt").unwrap());
+        assert_eq!(
+            strict()
+                .sub_path("Re\u{301}sume\u{301}/x")
+                .unwrap()
+                .as_str(),
+            "R\u{e9}sum\u{e9}/x"
+        );
+    }
+
+    #[test]
+    fn newly_blocked_extensions() {
+        for ext in [
+            "html", "htm", "svg", "url", "iso", "one", "jar", "docm", "xlsm", "pptm", "hta", "lnk",
+            "scf", "website", "img", "vhdx",
+        ] {
+            assert_eq!(
+                strict().file_name(&format!("a.{ext}")).unwrap_err(),
+                NameError::BlockedExtension { ext: ext.into() }
+            );
+        }
+        for ok in [
+            "a.docx", "a.xlsx", "a.pdf", "a.png", "a.csv", "a.txt", "a.zip",
+        ] {
+            assert!(strict().file_name(ok).is_ok(), "{ok}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! File and folder names: validation, URL escaping, and OneDrive-style renaming.
 
 use super::UploadError;
-use crate::ingest::names::ILLEGAL_CHARS as FORBIDDEN;
+use crate::ingest::names::{ILLEGAL_CHARS as FORBIDDEN, is_invisible};
 
 /// Checks one file or folder name; `#` and `%` are allowed (SharePoint's `…Path` APIs take them).
 pub fn validate_name(name: &str) -> Result<(), UploadError> {
@@ -17,7 +17,7 @@ pub fn validate_name(name: &str) -> Result<(), UploadError> {
     }
     if let Some(c) = name
         .chars()
-        .find(|c| FORBIDDEN.contains(c) || c.is_control())
+        .find(|c| FORBIDDEN.contains(c) || c.is_control() || is_invisible(*c))
     {
         return bad(&format!("contains the forbidden character {c:?}"));
     }
@@ -110,8 +110,22 @@ mod tests {
         assert!(validate_name("a #1 100%.txt").is_ok());
         assert!(validate_name("Ünïcode ✓.pdf").is_ok());
         for bad in [
-            "", ".", "..", "a/b", "a\\b", "a:b", "a?b", "a*b", "a|b", "a\"b", " a", "a ", "a.",
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a:b",
+            "a?b",
+            "a*b",
+            "a|b",
+            "a\"b",
+            " a",
+            "a ",
+            "a.",
             "a\u{0}b",
+            "a\u{202E}b",
+            "a\u{200B}b",
         ] {
             let err = validate_name(bad).unwrap_err();
             assert_eq!(err.http_status(), 400, "{bad:?}");
