@@ -109,25 +109,72 @@ pub const DEFAULT_BLOCKED_EXTENSIONS: &[&str] = &[
     "xhtml",
 ];
 
-/// Bidirectional-text controls: they reorder how a name is displayed.
-const BIDI_CONTROLS: &[char] = &[
-    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
-    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
-];
-/// Zero-width characters: invisible, so two different names look the same.
-const ZERO_WIDTH: &[char] = &['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}'];
-
-/// Whether `c` is a bidi control or a zero-width character, refused in names (or removed when
-/// sanitising).
-pub fn is_invisible(c: char) -> bool {
-    BIDI_CONTROLS.contains(&c) || ZERO_WIDTH.contains(&c)
-}
-
 /// `raw` in Unicode Normalization Form C, the form names are checked and stored in.
 pub fn nfc(raw: &str) -> String {
     use unicode_normalization::UnicodeNormalization as _;
     raw.nfc().collect()
 }
+
+pub use crate::upload::names::is_invisible;
+
+/// SharePoint's system and audit columns (internal names): who and when (`Author`, `Editor`,
+/// `Created`, `Modified`), identity and location (`ID`, `FileLeafRef`, `FileRef`…), content
+/// type, approval, retention labels, versioning and sharing. A sender that could set them could
+/// forge who uploaded a file and when, approve its own upload, or move it. Refused unless the
+/// connection's `metadata_fields` names them; names beginning with `_` or `ows` (SharePoint's
+/// hidden columns) are treated the same way.
+pub const SYSTEM_FIELDS: &[&str] = &[
+    "Author",
+    "Editor",
+    "Created",
+    "Modified",
+    "Created_x0020_By",
+    "Modified_x0020_By",
+    "AppAuthor",
+    "AppEditor",
+    "ID",
+    "GUID",
+    "UniqueId",
+    "FileLeafRef",
+    "FileRef",
+    "FileDirRef",
+    "FSObjType",
+    "BaseName",
+    "EncodedAbsUrl",
+    "ServerUrl",
+    "File_x0020_Size",
+    "File_x0020_Type",
+    "SMTotalSize",
+    "ContentType",
+    "ContentTypeId",
+    "CheckoutUser",
+    "CheckedOutTitle",
+    "CheckedOutUserId",
+    "IsCheckedoutToLocal",
+    "SharedWithUsers",
+    "SharedWithDetails",
+    "ComplianceAssetId",
+    "ProgId",
+    "ScopeId",
+    "MetaInfo",
+    "Order",
+    "InstanceID",
+    "WorkflowVersion",
+    "WorkflowInstanceID",
+    "DocIcon",
+    "TemplateUrl",
+    "xd_ProgID",
+    "xd_Signature",
+    "HTML_x0020_File_x0020_Type",
+    "Restricted",
+    "OriginatorId",
+    "NoExecute",
+    "SyncClientId",
+    "ParentVersionString",
+    "ParentLeafName",
+    "PermMask",
+    "Attachments",
+];
 
 const RESERVED_DEVICE_NAMES: &[&str] = &["con", "prn", "aux", "nul"];
 
@@ -221,6 +268,20 @@ pub enum NameError {
     /// `_vti_` anywhere in the name.
     #[error("names may not contain _vti_")]
     ContainsVti,
+    /// A metadata field SharePoint maintains itself ([`SYSTEM_FIELDS`]).
+    #[error(
+        "{field} is a system or audit field; the connection's metadata_fields must list it before senders may set it"
+    )]
+    SystemField {
+        /// The field as given.
+        field: String,
+    },
+    /// A metadata field missing from the connection's `metadata_fields`.
+    #[error("{field} is not one of this connection's metadata_fields")]
+    FieldNotAllowed {
+        /// The field as given.
+        field: String,
+    },
     /// The file type is on the connection's blocked list.
     #[error("files of type .{ext} are blocked for this connection")]
     BlockedExtension {
@@ -261,6 +322,8 @@ impl NameError {
             NameError::ReservedPrefix => "reserved_prefix",
             NameError::ContainsVti => "contains_vti",
             NameError::BlockedExtension { .. } => "blocked_extension",
+            NameError::SystemField { .. } => "system_field",
+            NameError::FieldNotAllowed { .. } => "field_not_allowed",
             NameError::Traversal(_) => "path_traversal",
             NameError::PathTooLong { .. } => "path_too_long",
         }
@@ -272,6 +335,8 @@ impl NameError {
 pub struct NamePolicy {
     blocked_extensions: BTreeSet<String>,
     sanitize: bool,
+    /// Lower-cased metadata fields the connection allows; `None`: any but [`SYSTEM_FIELDS`].
+    metadata_fields: Option<BTreeSet<String>>,
 }
 
 impl Default for NamePolicy {
@@ -282,6 +347,7 @@ impl Default for NamePolicy {
                 .map(|e| (*e).to_owned())
                 .collect(),
             sanitize: false,
+            metadata_fields: None,
         }
     }
 }
@@ -315,6 +381,56 @@ impl NamePolicy {
     pub fn sanitize(mut self, sanitize: bool) -> Self {
         self.sanitize = sanitize;
         self
+    }
+
+    /// Only these metadata fields may be set (case-insensitive), system fields included when
+    /// listed. Without a list every field but the [`SYSTEM_FIELDS`] may be set.
+    pub fn with_metadata_fields<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.metadata_fields = Some(
+            fields
+                .into_iter()
+                .map(|f| f.as_ref().trim().to_lowercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// The policy a connection's upload options ask for: `sanitize_names`,
+    /// `blocked_extensions` and `metadata_fields`.
+    pub fn for_connection(options: &crate::secrets::schema::UploadOptions) -> Self {
+        let mut policy = NamePolicy::new().sanitize(options.sanitize_names);
+        if let Some(blocked) = &options.blocked_extensions {
+            policy = policy.with_blocked_extensions(blocked);
+        }
+        if let Some(fields) = &options.metadata_fields {
+            policy = policy.with_metadata_fields(fields);
+        }
+        policy
+    }
+
+    /// Whether a sender may set the list column `field` (header names arrive lower-case, so
+    /// the comparison ignores case).
+    pub fn metadata_field(&self, field: &str) -> Result<(), NameError> {
+        let lower = field.to_lowercase();
+        let allowed = match &self.metadata_fields {
+            Some(list) => list.contains(&lower),
+            None => !is_system_field(&lower),
+        };
+        if allowed {
+            Ok(())
+        } else if is_system_field(&lower) {
+            Err(NameError::SystemField {
+                field: field.to_owned(),
+            })
+        } else {
+            Err(NameError::FieldNotAllowed {
+                field: field.to_owned(),
+            })
+        }
     }
 
     /// Whether names are cleaned rather than refused.
@@ -540,6 +656,13 @@ fn check_traversal_in_name(raw: &str) -> Result<(), NameError> {
         return Err(NameError::Traversal(Traversal::DriveLetter));
     }
     Ok(())
+}
+
+/// `lower`: a lower-cased field name.
+fn is_system_field(lower: &str) -> bool {
+    lower.starts_with('_')
+        || lower.starts_with("ows")
+        || SYSTEM_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(lower))
 }
 
 fn is_reserved(name: &str) -> bool {
@@ -1071,5 +1194,39 @@ mod tests {
         ] {
             assert!(strict().file_name(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn system_fields_refused_unless_listed() {
+        let p = NamePolicy::new();
+        for f in [
+            "Author",
+            "editor",
+            "Created",
+            "Modified",
+            "_ModerationStatus",
+            "ContentTypeId",
+            "FileLeafRef",
+            "owshiddenversion",
+            "_ComplianceTag",
+        ] {
+            let e = p.metadata_field(f).unwrap_err();
+            assert_eq!(e.rule(), "system_field", "{f}");
+            assert!(!e.is_traversal());
+        }
+        for f in ["Title", "Year", "Department", "Invoice_x0020_No"] {
+            assert!(p.metadata_field(f).is_ok(), "{f}");
+        }
+        let listed = NamePolicy::new().with_metadata_fields(["Title", "Created"]);
+        assert!(listed.metadata_field("title").is_ok());
+        assert!(listed.metadata_field("Created").is_ok());
+        assert_eq!(
+            listed.metadata_field("Author").unwrap_err().rule(),
+            "system_field"
+        );
+        assert_eq!(
+            listed.metadata_field("Year").unwrap_err().rule(),
+            "field_not_allowed"
+        );
     }
 }

@@ -330,6 +330,14 @@ pub struct UploadOptions {
     /// File extensions to refuse (without the dot); absent: the built-in list; empty: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_extensions: Option<Vec<String>>,
+    /// List columns senders may set (`metadata.<field>`), SharePoint internal names; absent:
+    /// every field except the system and audit ones (`Author`, `Created`, …), which only a
+    /// list naming them allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_fields: Option<Vec<String>>,
+    /// Accept `source_url` with plain `http` (port 80) as well as `https`. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http_source: bool,
     /// Largest file accepted, in bytes; absent: the function's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_file_bytes: Option<u64>,

@@ -1,7 +1,21 @@
 //! File and folder names: validation, URL escaping, and OneDrive-style renaming.
 
 use super::UploadError;
-use crate::ingest::names::{ILLEGAL_CHARS as FORBIDDEN, is_invisible};
+use crate::ingest::names::ILLEGAL_CHARS as FORBIDDEN;
+
+/// Bidirectional-text controls: they reorder how a name is displayed.
+const BIDI_CONTROLS: &[char] = &[
+    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+/// Zero-width characters: invisible, so two different names look the same.
+const ZERO_WIDTH: &[char] = &['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}'];
+
+/// Whether `c` is a bidi control or a zero-width character, refused in names (or removed when
+/// sanitising).
+pub fn is_invisible(c: char) -> bool {
+    BIDI_CONTROLS.contains(&c) || ZERO_WIDTH.contains(&c)
+}
 
 /// Checks one file or folder name; `#` and `%` are allowed (SharePoint's `…Path` APIs take them).
 pub fn validate_name(name: &str) -> Result<(), UploadError> {
