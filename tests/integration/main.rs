@@ -2,6 +2,7 @@
 
 mod events;
 mod ingest;
+mod isolation;
 mod lifecycle;
 mod secrets;
 mod template;
