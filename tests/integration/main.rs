@@ -2,6 +2,8 @@
 
 mod events;
 mod ingest;
+mod isolation;
 mod lifecycle;
 mod secrets;
+mod template;
 mod upload_clients;
