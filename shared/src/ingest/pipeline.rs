@@ -30,6 +30,7 @@ use super::{
 use crate::access::{Access, AccessError};
 use crate::api::{ApiError, Kind};
 use crate::config::Config;
+use crate::http::Next;
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, ConnectionStatus, Target};
 use crate::secrets::{SecretError, SecretStore};
 use crate::upload::doctor::{self, Diagnosis, Service};
@@ -781,27 +782,35 @@ impl Pipeline {
     ) -> Result<(UploadSource, Arc<AtomicBool>), PipelineError> {
         check_source_url(url, self.config.ingest.source_allow_loopback)?;
         let host = url.host_str().unwrap_or_default().to_owned();
-        let mut attempt = 0u32;
-        let resp = loop {
-            attempt += 1;
-            let sent = self.source_http.get(url.clone()).send().await;
-            let wait = match &sent {
-                Ok(r) if r.status() == 429 || r.status() == 503 => r
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::http::parse_retry_after(v, OffsetDateTime::now_utc()))
-                    .unwrap_or(Duration::from_secs(1)),
-                Ok(_) => break sent,
-                Err(e) if e.is_connect() || e.is_timeout() => Duration::from_millis(500),
-                Err(_) => break sent,
-            };
-            let wait = wait.min(Duration::from_secs(5));
-            if attempt >= 3 || deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                break sent;
-            }
-            tokio::time::sleep(wait).await;
+        // Throttling and connection faults are retried by the one engine: a Retry-After longer
+        // than 5 s is honoured by giving up, never shortened.
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+            max_total_wait: Duration::from_secs(10),
         };
+        let budget = crate::http::Budget::new(deadline);
+        let resp = crate::http::retry(&policy, &budget, |_| async {
+            let sent = self.source_http.get(url.clone()).send().await;
+            match &sent {
+                Ok(r) if r.status() == 429 || r.status() == 503 => Next::Again {
+                    retry_after: r
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| crate::http::parse_retry_after(v, OffsetDateTime::now_utc())),
+                    last: sent,
+                },
+                Err(e) if e.is_connect() || e.is_timeout() => Next::Again {
+                    retry_after: None,
+                    last: sent,
+                },
+                _ => Next::Done(sent),
+            }
+        })
+        .await
+        .value;
         let resp = resp.map_err(|e| {
             if is_forbidden_resolution(&e) {
                 PipelineError::SourceForbidden(format!("{host} resolves to a forbidden address"))
