@@ -330,4 +330,61 @@ mod tests {
 
         assert!(MsError::from_json(400, "<html>").is_none());
     }
+
+    /// The two former tables disagreed on these; now both answers come from the one table.
+    #[test]
+    fn identity_and_refresh_classes_agree() {
+        let cases = [
+            (
+                400,
+                "invalid_client",
+                "AADSTS700024: Client assertion is not within its valid time range.",
+            ),
+            (
+                400,
+                "invalid_request",
+                "AADSTS50196: The server terminated an operation because it encountered a client request loop.",
+            ),
+            (
+                400,
+                "invalid_grant",
+                "AADSTS50058: A silent sign-in request was sent but no user is signed in.",
+            ),
+            (
+                400,
+                "invalid_request",
+                "AADSTS500113: No reply address is registered for the application.",
+            ),
+            (
+                400,
+                "invalid_grant",
+                "AADSTS90033: A transient error has occurred.",
+            ),
+            (400, "expired_token", ""),
+            (400, "slow_down", ""),
+        ];
+        for (status, error, desc) in cases {
+            let body = serde_json::json!({"error": error, "error_description": desc}).to_string();
+            let ms = MsError::from_json(status, &body).unwrap();
+            let refresh = RefreshFailure::classify(&ms.error, ms.code.as_deref(), Some(status));
+            let identity = IdentityError::from_ms(ms);
+            let same = match refresh {
+                RefreshFailure::NeedsConsent => matches!(identity, IdentityError::NeedsConsent(_)),
+                RefreshFailure::Misconfigured => {
+                    matches!(identity, IdentityError::Misconfigured(_))
+                }
+                RefreshFailure::Throttled | RefreshFailure::Transient => identity.is_transient(),
+            };
+            assert!(
+                same,
+                "{error} {desc}: refresh {refresh:?}, identity {identity:?}"
+            );
+        }
+        let throttled = MsError::from_json(
+            400,
+            r#"{"error":"invalid_request","error_description":"AADSTS50196: loop"}"#,
+        )
+        .unwrap();
+        assert_eq!(throttled.class(), Some(RefreshFailure::Throttled));
+    }
 }
