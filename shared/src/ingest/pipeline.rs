@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::idempotency::{Claim, ClaimToken, Idempotency, StoredResponse, body_digest};
-use super::sender::Sender;
+use super::sender::{ReplayKey, Sender};
 use super::{
     ConflictMode, Content, IncomingFile, IngestError, Limits, RawRequest, parse_request,
     server_relative_path,
@@ -184,6 +184,12 @@ pub enum PipelineError {
     /// This `webhook-id` was used before for a different body.
     #[error("this webhook-id was already used for a different body")]
     IdReused,
+    /// A GitHub-style body seen before under another or no `X-GitHub-Delivery`.
+    #[error(
+        "this body was already delivered within the idempotency window under another or no \
+         X-GitHub-Delivery; GitHub-style signatures carry no timestamp, so a repeat is refused"
+    )]
+    Duplicate,
     /// `source_url` points somewhere it must not (a private, link-local or metadata address).
     #[error("source_url is not allowed: {0}")]
     SourceForbidden(String),
@@ -279,7 +285,9 @@ impl From<&PipelineError> for ApiError {
             PipelineError::InFlight { retry_after } => {
                 ApiError::new(Kind::InProgress, message).with_retry_after(Some(*retry_after))
             }
-            PipelineError::IdReused => ApiError::new(Kind::Replayed, message),
+            PipelineError::IdReused | PipelineError::Duplicate => {
+                ApiError::new(Kind::Replayed, message)
+            }
             PipelineError::SourceForbidden(_) | PipelineError::SourceRefused(_) => {
                 ApiError::new(Kind::BadRequest, message)
             }
@@ -408,23 +416,29 @@ impl Pipeline {
             &self.config.secrets,
             self.config.ingest.idempotency_window,
         );
-        let claim = match verified.webhook_id() {
-            Some(id) => {
-                let digest = body_digest(&req.body);
-                match idem
-                    .claim(&connection, id, &digest, now)
-                    .await
-                    .map_err(|e| match e {
-                        super::idempotency::IdempotencyError::Store(s) => PipelineError::Store(s),
-                        other => PipelineError::Config(other.to_string()),
-                    })? {
+        let claim = match sender.replay_key(&verified, &req.body) {
+            Some(key) => {
+                let claimed = match &key {
+                    ReplayKey::WebhookId(id) => {
+                        idem.claim(&connection, id, &body_digest(&req.body), now)
+                            .await
+                    }
+                    ReplayKey::Body { sha256, delivery } => {
+                        idem.claim_body(&connection, sha256, delivery.as_deref(), now)
+                            .await
+                    }
+                };
+                match claimed.map_err(|e| match e {
+                    super::idempotency::IdempotencyError::Store(s) => PipelineError::Store(s),
+                    other => PipelineError::Config(other.to_string()),
+                })? {
                     Claim::Claimed(t) => Some(t),
                     Claim::Replay(r) => {
                         tracing::info!(
                             connection,
-                            webhook_id = id,
+                            key = ?key,
                             status = r.status,
-                            "repeated webhook-id answered from the ledger"
+                            "repeated delivery answered from the ledger"
                         );
                         return Ok(IngestResponse {
                             status: r.status,
@@ -437,6 +451,7 @@ impl Pipeline {
                         return Err(PipelineError::InFlight { retry_after });
                     }
                     Claim::Mismatch => return Err(PipelineError::IdReused),
+                    Claim::Duplicate => return Err(PipelineError::Duplicate),
                 }
             }
             None => None,
