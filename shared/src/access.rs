@@ -31,7 +31,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
@@ -46,10 +46,8 @@ use crate::{
     oauth::refresh_policy::RefreshFailure,
     secrets::{
         SecretError, SecretStore, UpdateError, get_typed,
-        schema::{
-            AppCredential, AuthKind, ConnectionSecret, ConnectionStatus, Provider, SaveOutcome,
-            Target, save_connection,
-        },
+        replay::ReplayKey,
+        schema::{AppCredential, AuthKind, ConnectionSecret, ConnectionStatus, Provider, Target},
         update_typed,
     },
 };
@@ -579,7 +577,7 @@ impl Access {
     }
 
     /// A token from `primary`; if Microsoft refuses the client secret and the app has a
-    /// secondary one (secret rollover), from `secondary`.
+    /// secondary one (secret rollover), from `secondary` ([`with_secret_fallback`]'s rule).
     async fn token_with_fallback(
         &self,
         id: &str,
@@ -588,35 +586,22 @@ impl Access {
         secondary: Option<&Plan>,
         force: bool,
     ) -> Result<Token, IdentityError> {
-        let first = primary
-            .source
-            .token(
-                &self.http,
-                &self.endpoints,
-                cache,
-                &primary.resource_or_scope,
-                force,
-            )
-            .await;
-        match (first, secondary) {
-            (Err(e), Some(second)) if is_invalid_client(&e) => {
-                tracing::warn!(
-                    connection = id,
-                    "client secret refused; trying the secondary"
-                );
-                second
-                    .source
-                    .token(
-                        &self.http,
-                        &self.endpoints,
-                        cache,
-                        &second.resource_or_scope,
-                        true,
-                    )
-                    .await
-            }
-            (r, _) => r,
-        }
+        fallback(id, secondary.is_some(), |second| async move {
+            let (plan, force) = match (second, secondary) {
+                (true, Some(p)) => (p, true),
+                _ => (primary, force),
+            };
+            plan.source
+                .token(
+                    &self.http,
+                    &self.endpoints,
+                    cache,
+                    &plan.resource_or_scope,
+                    force,
+                )
+                .await
+        })
+        .await
     }
 
     /// Stores what a fresh token response says about the connection read as `read`.
@@ -626,48 +611,40 @@ impl Access {
         read: &ConnectionSecret,
         token: &Token,
     ) -> Result<Stored, AccessError> {
-        let now = OffsetDateTime::now_utc();
-        let mut next = read.clone();
-        next.generation = read.generation.saturating_add(1);
-        let stored_rt = read.refresh_token.as_ref().map(|s| s.expose_secret());
-        let rotated = match &token.refresh_token {
-            Some(rt) if Some(rt.expose_secret()) != stored_rt => {
-                next.refresh_token = Some(SecretString::from(rt.expose_secret().to_owned()));
-                next.refresh_token_issued_at = Some(now);
-                true
-            }
-            _ => false,
-        };
-        next.access_token_expires_at = token.expires_at;
-        next.last_refreshed_at = Some(now);
-        if next.account.is_none() {
-            next.account = token.user.clone();
-        }
-        if next.tenant_id.is_none() {
-            next.tenant_id = token.tenant_id.clone();
-        }
-        let outcome = save_connection(
+        let mut write = TokenWrite::from_token(token, SecretString::from(String::new()));
+        write.refresh_token = token
+            .refresh_token
+            .as_ref()
+            .map(|rt| SecretString::from(rt.expose_secret().to_owned()));
+        let written = write_tokens(
             self.store.as_ref(),
             &self.secrets_cfg,
             id,
-            &next,
-            SAVE_ATTEMPTS,
+            write.refresh(read.generation, OffsetDateTime::now_utc()),
         )
         .await
-        .map_err(|e| AccessError::store(id, e))?;
-        let persisted = match outcome {
-            SaveOutcome::Saved(_) => Persisted::Saved {
-                generation: next.generation,
+        .map_err(|e| match e {
+            WriteError::Store(e) => AccessError::store(id, e),
+            // A refresh write refuses neither; a deleted connection is simply not found.
+            WriteError::Gone | WriteError::Replayed => AccessError::NotFound {
+                connection: id.to_owned(),
             },
-            SaveOutcome::Stale { stored_generation } => {
-                tracing::debug!(
-                    connection = id,
-                    stored_generation,
-                    "a newer token was stored concurrently; keeping it"
-                );
-                Persisted::AlreadyNewer { stored_generation }
+        })?;
+        let persisted = if written.saved {
+            Persisted::Saved {
+                generation: written.stored.generation,
+            }
+        } else {
+            tracing::debug!(
+                connection = id,
+                stored_generation = written.stored.generation,
+                "a newer token was stored concurrently; keeping it"
+            );
+            Persisted::AlreadyNewer {
+                stored_generation: written.stored.generation,
             }
         };
+        let rotated = written.rotated;
         Ok(Stored {
             persisted,
             rotated,
@@ -740,6 +717,251 @@ struct Stored {
 struct Plan {
     source: TokenSource,
     resource_or_scope: String,
+}
+
+/// What a token response says about a connection, to be stored by [`write_tokens`].
+///
+/// Fields left `None` or empty keep what is stored.
+#[derive(Debug)]
+pub struct TokenWrite {
+    /// The refresh token Microsoft returned (`None`: keep the stored one).
+    pub refresh_token: Option<SecretString>,
+    /// When the access token expires.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Who signed in.
+    pub account: Option<String>,
+    /// The tenant.
+    pub tenant_id: Option<String>,
+    /// The ACS realm.
+    pub realm: Option<String>,
+    /// AAD v1 resources.
+    pub resources: Vec<String>,
+    /// Scopes to ask for on refresh.
+    pub scopes: Vec<String>,
+    /// The redirect URI a Microsoft-account refresh must repeat.
+    pub redirect_uri: Option<Url>,
+}
+
+/// Which rule a [`write_tokens`] call follows; see there.
+#[derive(Debug)]
+pub enum WriteBasis {
+    /// A refresh based on the connection as read at `generation`.
+    Refresh {
+        /// The generation read before calling Microsoft.
+        generation: u64,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// A sign-in (code redemption or add-in launch), recorded as consumed by `key`.
+    Consent {
+        /// The attempt.
+        key: ReplayKey,
+        /// Now.
+        now: OffsetDateTime,
+    },
+}
+
+impl TokenWrite {
+    /// What `token` says; `refresh_token` is the one to store.
+    pub fn from_token(token: &Token, refresh_token: SecretString) -> Self {
+        TokenWrite {
+            refresh_token: Some(refresh_token),
+            expires_at: token.expires_at,
+            account: token.user.clone(),
+            tenant_id: token.tenant_id.clone(),
+            realm: None,
+            resources: vec![],
+            scopes: vec![],
+            redirect_uri: None,
+        }
+    }
+
+    /// This write as a refresh of the connection read at `generation`.
+    pub fn refresh(self, generation: u64, now: OffsetDateTime) -> (Self, WriteBasis) {
+        (self, WriteBasis::Refresh { generation, now })
+    }
+
+    /// This write as the result of the sign-in attempt `key`.
+    pub fn consent(self, key: ReplayKey, now: OffsetDateTime) -> (Self, WriteBasis) {
+        (self, WriteBasis::Consent { key, now })
+    }
+}
+
+/// What [`write_tokens`] did.
+#[derive(Debug)]
+pub struct Written {
+    /// The connection as stored now (this write's, or the newer one that was kept).
+    pub stored: ConnectionSecret,
+    /// Whether this write landed.
+    pub saved: bool,
+    /// Whether the stored refresh token changed.
+    pub rotated: bool,
+}
+
+/// Why [`write_tokens`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The sign-in attempt was already recorded (a replayed callback).
+    #[error("this sign-in attempt was already used")]
+    Replayed,
+    /// The connection secret no longer exists.
+    #[error("the connection no longer exists")]
+    Gone,
+    /// The store failed or kept conflicting.
+    #[error(transparent)]
+    Store(#[from] SecretError),
+}
+
+/// The one write path for tokens: code redemption, add-in launch, token-refresh and
+/// [`Access::refresh`]/[`Access::bearer`] all store through it.
+///
+/// The overwrite rule: **a refresh token is never overwritten by an older one.**
+/// - Every write is a compare-and-swap on the secret's version (lost races are re-read and
+///   re-applied, up to [`SAVE_ATTEMPTS`] times) and bumps the connection's `generation`.
+/// - A refresh ([`WriteBasis::Refresh`]) lands only if the stored `generation` is still the one
+///   read before Microsoft was called; otherwise another writer stored a newer token meanwhile and
+///   that one is kept (`saved: false`).
+/// - A sign-in ([`WriteBasis::Consent`]) is newer than anything stored (the person consented just
+///   now), so it lands on the current version whatever its generation, marks the connection
+///   `active`, and records its attempt in the same write; an attempt already recorded is
+///   [`WriteError::Replayed`] and writes nothing.
+pub async fn write_tokens(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+    id: &str,
+    (write, basis): (TokenWrite, WriteBasis),
+) -> Result<Written, WriteError> {
+    enum Refused {
+        Gone,
+        Replayed,
+    }
+    let name = cfg.connection_secret_name(id);
+    let mut saved = false;
+    let mut rotated = false;
+    let mut last: Option<ConnectionSecret> = None;
+    let result =
+        update_typed::<ConnectionSecret, Refused, _>(store, &name, SAVE_ATTEMPTS, |current| {
+            saved = false;
+            rotated = false;
+            let cur = current.ok_or(Refused::Gone)?;
+            let mut next = cur.clone();
+            let now = match &basis {
+                WriteBasis::Refresh { generation, now } => {
+                    if cur.generation != *generation {
+                        last = Some(cur.clone());
+                        return Ok(None);
+                    }
+                    *now
+                }
+                WriteBasis::Consent { key, now } => {
+                    next.consumed_states
+                        .record(key, *now)
+                        .map_err(|_| Refused::Replayed)?;
+                    next.status = ConnectionStatus::Active;
+                    next.status_code = None;
+                    next.status_detail = None;
+                    next.status_at = Some(*now);
+                    *now
+                }
+            };
+            let consent = matches!(basis, WriteBasis::Consent { .. });
+            let stored_rt = cur.refresh_token.as_ref().map(|s| s.expose_secret());
+            if let Some(rt) = &write.refresh_token {
+                if Some(rt.expose_secret()) != stored_rt {
+                    next.refresh_token = Some(rt.clone());
+                    rotated = true;
+                }
+                if rotated || consent {
+                    next.refresh_token_issued_at = Some(now);
+                }
+            }
+            next.access_token_expires_at = write.expires_at;
+            next.last_refreshed_at = Some(now);
+            // A sign-in names its account and tenant; a refresh only fills them in.
+            if consent || next.account.is_none() {
+                next.account = write.account.clone().or(next.account);
+            }
+            if consent || next.tenant_id.is_none() {
+                next.tenant_id = write.tenant_id.clone().or(next.tenant_id);
+            }
+            next.realm = write.realm.clone().or(next.realm);
+            next.redirect_uri = write.redirect_uri.clone().or(next.redirect_uri);
+            if !write.resources.is_empty() {
+                next.resources = write.resources.clone();
+            }
+            if !write.scopes.is_empty() {
+                next.scopes = write.scopes.clone();
+            }
+            next.generation = cur.generation.saturating_add(1);
+            saved = true;
+            last = Some(next.clone());
+            Ok(Some(next))
+        })
+        .await;
+    match result {
+        Ok(outcome) => {
+            let stored = last.ok_or(WriteError::Gone)?;
+            Ok(Written {
+                stored,
+                saved: saved && outcome.written,
+                rotated: rotated && outcome.written,
+            })
+        }
+        Err(UpdateError::Rejected {
+            source: Refused::Replayed,
+            ..
+        }) => Err(WriteError::Replayed),
+        Err(UpdateError::Rejected {
+            source: Refused::Gone,
+            ..
+        }) => Err(WriteError::Gone),
+        Err(UpdateError::Secret(e)) => Err(WriteError::Store(e)),
+    }
+}
+
+/// Runs `attempt` with the app's client secret; if Microsoft refuses it (`invalid_client`, a
+/// rolled-over or expired secret) and the app has a `secondary_client_secret`, runs it once more
+/// with that one. `attempt` gets the credential to use and whether this is the second try. The one
+/// fallback rule for code redemption, add-in launch and [`Access`].
+pub async fn with_secret_fallback<T, F, Fut>(
+    id: &str,
+    app: &AppCredential,
+    mut attempt: F,
+) -> Result<T, IdentityError>
+where
+    F: FnMut(AppCredential, bool) -> Fut,
+    Fut: Future<Output = Result<T, IdentityError>>,
+{
+    let has_secondary = app.secondary_client_secret.is_some();
+    fallback(id, has_secondary, |second| {
+        let mut app = app.clone();
+        if second {
+            app.client_secret = app.secondary_client_secret.clone();
+        }
+        attempt(app, second)
+    })
+    .await
+}
+
+async fn fallback<T, F, Fut>(
+    id: &str,
+    has_secondary: bool,
+    mut attempt: F,
+) -> Result<T, IdentityError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: Future<Output = Result<T, IdentityError>>,
+{
+    match attempt(false).await {
+        Err(e) if has_secondary && is_invalid_client(&e) => {
+            tracing::warn!(
+                connection = id,
+                "client secret refused; trying the secondary"
+            );
+            attempt(true).await
+        }
+        r => r,
+    }
 }
 
 /// The resource (AAD v1, ACS) or scope (Entra, MSA) a connection's tokens are requested for.

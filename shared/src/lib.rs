@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod oauth;
 pub mod runtime;
 pub mod secrets;
+pub mod signin;
 pub mod telemetry;
 pub mod upload;
 pub mod webhook;

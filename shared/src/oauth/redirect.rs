@@ -1,10 +1,8 @@
 //! The redirect URI sign-in flows send to Microsoft, and the query parameters Microsoft sends back
 //! to `GET /callback`.
 
-use std::fmt;
-
 use http::StatusCode;
-use secrecy::{ExposeSecret, SecretString};
+
 use url::Url;
 
 use crate::config::join_path;
@@ -139,26 +137,7 @@ pub fn redirect_uri(
     Ok(url)
 }
 
-/// An authorization code. `Debug` prints `[redacted]`; exposed only for the token request.
-pub struct AuthCode(SecretString);
-
-impl AuthCode {
-    /// Wraps a code.
-    pub fn new(code: String) -> Self {
-        AuthCode(SecretString::from(code))
-    }
-
-    /// The code, for the token request's `code` form field only.
-    pub fn secret(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for AuthCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthCode([redacted])")
-    }
-}
+pub use crate::identity::AuthCode;
 
 /// An OAuth error the provider redirected back with (RFC 6749 §4.1.2.1), e.g. `access_denied`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,7 +239,7 @@ pub enum Callback {
         state: String,
     },
     /// No parameters at all: the answer may be in the URL fragment (Microsoft-account token
-    /// flow), so serve the relay page ([`super::pages::fragment_relay_page`]).
+    /// flow), which spbridge refuses: that token cannot be refreshed.
     Empty,
 }
 
@@ -488,7 +467,7 @@ mod tests {
                 state,
                 session_state,
             } => {
-                assert_eq!(code.secret(), "M.C507_BAY.2.U.sample-code");
+                assert_eq!(code.expose_secret(), "M.C507_BAY.2.U.sample-code");
                 assert_eq!(state, "abc.def");
                 assert_eq!(session_state.as_deref(), Some("s1"));
                 assert_eq!(format!("{code:?}"), "AuthCode([redacted])");
@@ -648,7 +627,7 @@ mod tests {
         );
         match CallbackParams::parse(raw).unwrap().classify().unwrap() {
             Callback::Code { code, state, .. } => {
-                assert_eq!(code.secret(), "M.C507_BAY.2.U.sample-code");
+                assert_eq!(code.expose_secret(), "M.C507_BAY.2.U.sample-code");
                 assert_eq!(state, "sample.state.value");
             }
             other => panic!("{other:?}"),
