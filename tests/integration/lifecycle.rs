@@ -1216,3 +1216,135 @@ async fn unguarded_refresh(
         .await
         .unwrap();
 }
+
+/// Code redemption falls back to the app's secondary client secret when Microsoft refuses the
+/// primary as `invalid_client` (a rolled-over secret), as `Access` does on refresh. Without a
+/// secondary, the same refusal is an operator's problem: 500 `misconfigured`, nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_redemption_falls_back_to_the_secondary_secret() {
+    let env = env().await;
+    let entra = env.info().entra_app("entra-app").unwrap().clone();
+    let tenant = env.info().tenant_id.clone();
+    let cb = env.callback();
+    for (id, secondary) in [
+        ("stale-only", None),
+        ("rolled-over", Some(&entra.client_secret)),
+    ] {
+        let app = format!("apps/{id}");
+        let mut value = json!({"client_id": entra.client_id, "client_secret": "stale-secret",
+                               "tenant_id": tenant});
+        if let Some(s) = secondary {
+            value["secondary_client_secret"] = json!(s);
+        }
+        env.put(&env.name(&app), value).await;
+        let (site, _) = env.team();
+        env.put(
+            &env.name(&format!("connections/{id}")),
+            json!({"provider": "entra", "auth": "delegated", "status": "needs_consent",
+                   "target": {"kind": "sharepoint", "site_url": site, "library": "Documents"},
+                   "app_secret": env.name(&app), "tenant_id": tenant}),
+        )
+        .await;
+        let consent = start_consent(&env, &cb, id).await;
+        let resp = finish_consent(&cb, &consent).await;
+        let stored = env.stored(id).await.value;
+        if secondary.is_some() {
+            assert_eq!(resp.status(), 200, "{}", body_json(&resp));
+            assert!(stored.refresh_token.is_some());
+            assert_eq!(stored.status, ConnectionStatus::Active);
+            // The stored token works: it refreshes with the same fallback.
+            let out = env.access().refresh(id).await.unwrap();
+            assert!(matches!(out.persisted, Persisted::Saved { .. }));
+        } else {
+            assert_eq!(
+                (resp.status().as_u16(), error_code(&resp)),
+                (500, "misconfigured".into()),
+                "{}",
+                body_json(&resp)
+            );
+            assert!(!body_json(&resp).to_string().contains("stale-secret"));
+            assert!(stored.refresh_token.is_none());
+            assert_eq!(stored.generation, 0);
+        }
+    }
+}
+
+/// The codes unification changed (issue 9): Kind decides status and `error` everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_errors_use_the_shared_kinds() {
+    let env = env().await;
+    let cb = env.callback();
+    let json_get = |uri: &str| get(uri, &[("accept", "application/json")]);
+    let answer = |resp: Response<Body>| (resp.status().as_u16(), error_code(&resp));
+
+    // Microsoft asking for consent again is `needs_consent` (424), Microsoft's word kept.
+    let resp = oauth_callback::handle(
+        &cb,
+        json_get("/callback?error=consent_required&error_description=AADSTS65001&state=x"),
+    )
+    .await;
+    let body = body_json(&resp);
+    assert_eq!(answer(resp), (424, "needs_consent".into()));
+    assert_eq!(body["microsoft_code"], "consent_required");
+    assert_eq!(body["error_description"], "AADSTS65001");
+    // A declined consent is `forbidden` (403).
+    let resp = oauth_callback::handle(&cb, json_get("/callback?error=access_denied&state=x")).await;
+    assert_eq!(answer(resp), (403, "forbidden".into()));
+
+    // An unknown connection is `connection_not_found` (404), on /connect and on POST /callback.
+    let resp = oauth_callback::handle(&cb, json_get("/connect/nope")).await;
+    assert_eq!(answer(resp), (404, "connection_not_found".into()));
+    let host = env.info().sharepoint_host.clone();
+    let resp = oauth_callback::handle(
+        &cb,
+        post_form(
+            "/callback?connection=nope",
+            &host,
+            &[("SPAppToken", "x.y.z")],
+        ),
+    )
+    .await;
+    assert_eq!(answer(resp), (404, "connection_not_found".into()));
+
+    // Bad ids, app-only connections and a missing token are `bad_request` (400).
+    let resp = oauth_callback::handle(&cb, json_get("/connect/.hidden")).await;
+    assert_eq!(answer(resp), (400, "bad_request".into()));
+    env.connection("ao", "entra_app_only").await;
+    let resp = oauth_callback::handle(&cb, json_get("/connect/ao")).await;
+    let body = body_json(&resp);
+    assert_eq!(answer(resp), (400, "bad_request".into()));
+    assert_eq!(body["connection"], "ao");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to consent to")
+    );
+    let resp = oauth_callback::handle(&cb, json_get("/callback")).await;
+    assert_eq!(answer(resp), (400, "bad_request".into()));
+
+    // A replayed callback is `replayed` (409): covered with the real flow above; here a state
+    // whose attempt is already recorded, through the same engine, answers the same.
+    env.connection("e2", "entra").await;
+    let c = start_consent(&env, &cb, "e2").await;
+    assert_eq!(finish_consent(&cb, &c).await.status(), 200);
+    assert_eq!(
+        answer(finish_consent(&cb, &c).await),
+        (409, "replayed".into())
+    );
+
+    // An unknown route is `not_found`, a wrong method `method_not_allowed`.
+    let resp = oauth_callback::handle(&cb, json_get("/elsewhere")).await;
+    assert_eq!(answer(resp), (404, "not_found".into()));
+    let resp = oauth_callback::handle(
+        &cb,
+        lambda_http::http::Request::builder()
+            .method("DELETE")
+            .uri("/callback")
+            .header("accept", "application/json")
+            .body(Body::Empty)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer(resp), (405, "method_not_allowed".into()));
+}

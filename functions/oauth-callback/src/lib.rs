@@ -25,14 +25,17 @@ use shared::{
         },
         state::{CookieSettings, Nonce, StateError},
     },
-    signin::{self, Launch, Reason, SignInError},
+    signin::{
+        self, Launch, Reason, SignInError,
+        form::{LaunchForm, add_in_hosts},
+    },
 };
 
 /// The time source; tests inject a fixed or shifted clock.
 pub use shared::runtime::Clock;
 
 /// Longest `POST /callback` body read.
-pub const MAX_FORM_BODY: usize = 64 * 1024;
+pub use shared::signin::form::MAX_FORM_BODY;
 
 /// What a warm container keeps between invocations.
 pub type State = shared::runtime::Warm;
@@ -130,13 +133,7 @@ async fn route(state: &State, req: &Request, format: Format) -> Result<Response<
         }
         (&Method::POST, "/callback") => {
             let access = access().await?;
-            let form = Form::parse(req.body().as_ref()).map_err(api_error)?;
-            let token = form.context_token().map_err(api_error)?;
-            let host_url = form.field("SPHostUrl").map_err(api_error)?;
-            let host_url = match host_url {
-                Some(h) => Some(h),
-                None => form.field("SPSiteUrl").map_err(api_error)?,
-            };
+            let form = LaunchForm::parse(req.body().as_ref()).map_err(api_error)?;
             let connection = match query_value(req, "connection") {
                 Some(c) => Some(c),
                 None => form
@@ -147,10 +144,10 @@ async fn route(state: &State, req: &Request, format: Format) -> Result<Response<
             .or_else(|| state.config.default_connection.clone())
             .ok_or_else(|| bad("name the connection: POST /callback?connection={id}"))?;
             let launch = Launch {
-                context_token: token,
-                host_url,
+                context_token: form.context_token().map_err(api_error)?,
+                host_url: form.host_url().map_err(api_error)?,
                 connection: &connection,
-                hosts: add_in_hosts(state, req),
+                hosts: add_in_hosts(state, header_str(req, header::HOST.as_str())),
             };
             let info = signin::launch(state, &access, launch)
                 .await
@@ -164,6 +161,9 @@ async fn route(state: &State, req: &Request, format: Format) -> Result<Response<
         _ => Err(ApiError::new(Kind::NotFound, "no such route")),
     }
 }
+
+const MISCONFIGURED: &str =
+    "the connection or its app registration is misconfigured; see the function's logs";
 
 /// The one mapping from a sign-in failure to an answer. Internals are logged, never echoed.
 pub fn api_error(e: SignInError) -> ApiError {
@@ -204,17 +204,14 @@ pub fn api_error(e: SignInError) -> ApiError {
                 }
                 _ => {
                     tracing::error!(error = %a, "connection lookup failed");
-                    "the connection or its app registration is misconfigured; see the function's logs".into()
+                    MISCONFIGURED.into()
                 }
             };
             ApiError::new(kind, message).with_retry_after(a.retry_after())
         }
         Reason::Misconfigured(m) => {
             tracing::error!(connection = ?e.connection, reason = %m, "misconfigured");
-            ApiError::new(
-                Kind::Misconfigured,
-                "the connection or its app registration is misconfigured; see the function's logs",
-            )
+            ApiError::new(Kind::Misconfigured, MISCONFIGURED)
         }
         r @ Reason::CodeRejected(_) => {
             let mut api = ApiError::new(Kind::BadRequest, r.to_string());
@@ -226,19 +223,12 @@ pub fn api_error(e: SignInError) -> ApiError {
             }
             api
         }
-        Reason::Unavailable(detail) => {
-            tracing::warn!(connection = ?e.connection, error = %detail, "redemption failed");
-            ApiError::new(
-                Kind::Unavailable,
-                Reason::Unavailable(String::new()).to_string(),
-            )
+        r @ (Reason::Unavailable(_) | Reason::StoreFailed(_)) => {
+            tracing::warn!(connection = ?e.connection, error = ?r, "sign-in could not finish");
+            ApiError::new(Kind::Unavailable, r.to_string())
         }
         r @ Reason::NoRefreshToken => ApiError::new(Kind::BadGateway, r.to_string()),
         r @ Reason::ConnectionGone => ApiError::new(Kind::ConnectionNotFound, r.to_string()),
-        Reason::StoreFailed(_) => ApiError::new(
-            Kind::Unavailable,
-            Reason::StoreFailed(String::new()).to_string(),
-        ),
     };
     match e.connection {
         Some(c) => api.with_detail("connection", c),
@@ -304,70 +294,6 @@ fn callback_code(req: &Request) -> Result<(shared::identity::AuthCode, String), 
         .into()),
         Callback::Code { code, state, .. } => Ok((code, state)),
     }
-}
-
-/// A `POST /callback` form.
-struct Form(Vec<(String, String)>);
-
-impl Form {
-    fn parse(body: &[u8]) -> Result<Form, SignInError> {
-        if body.len() > MAX_FORM_BODY {
-            return Err(Reason::BadInput("the form is larger than 64 KiB".into()).into());
-        }
-        serde_urlencoded::from_bytes(body).map(Form).map_err(|_| {
-            Reason::BadInput("the body is not an application/x-www-form-urlencoded form".into())
-                .into()
-        })
-    }
-
-    /// A non-blank field given at most once.
-    fn field(&self, name: &str) -> Result<Option<&str>, SignInError> {
-        let mut values = self
-            .0
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str());
-        let first = values.next();
-        if values.next().is_some() {
-            return Err(
-                Reason::BadInput(format!("the form field {name} appears more than once")).into(),
-            );
-        }
-        Ok(first.filter(|v| !v.trim().is_empty()))
-    }
-
-    fn context_token(&self) -> Result<&str, SignInError> {
-        for name in ["SPAppToken", "AppContextToken", "AccessToken"] {
-            if let Some(t) = self.field(name)? {
-                return Ok(t);
-            }
-        }
-        if self.field("access_token")?.is_some() || self.field("state")?.is_some() {
-            return Err(Reason::TokenFlowRefused.into());
-        }
-        Err(
-            Reason::BadInput("POST /callback expects SharePoint's SPAppToken form field".into())
-                .into(),
-        )
-    }
-}
-
-/// Hosts an add-in's context token may be addressed to: the allow-list, this request's Host and
-/// the public base URL's.
-fn add_in_hosts(state: &State, req: &Request) -> Vec<String> {
-    let mut hosts: Vec<String> = state.lifecycle.allowed_hosts.clone();
-    if let Some(h) = header_str(req, header::HOST.as_str()) {
-        hosts.push(h.trim().to_ascii_lowercase());
-    }
-    if let Some(base) = &state.config.public_base_url {
-        if let Some(h) = base.host_str() {
-            hosts.push(match base.port() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_owned(),
-            });
-        }
-    }
-    hosts
 }
 
 fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {

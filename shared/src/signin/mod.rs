@@ -18,6 +18,7 @@
 //! union of those inputs in every signature.
 
 pub mod error;
+pub mod form;
 pub mod provider;
 pub mod refresh;
 
