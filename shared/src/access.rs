@@ -11,11 +11,12 @@
 //!    - app-only ACS: the add-in's client id and secret;
 //!    - delegated: the stored refresh token of ACS, Azure AD v1, Entra v2 or a Microsoft account;
 //! 3. ask for the resource or scope the connection's [`Target`] needs (see [`resource_for`]);
-//! 4. when Microsoft answers with a refresh token, store it with a compare-and-swap write guarded
-//!    by the connection's `generation` ([`save_connection`]): a write based on an older read is
-//!    refused ([`SaveOutcome::Stale`]), so an older token never overwrites a newer one. The loser
-//!    keeps its access token (it is valid) and the next call reads the winner's refresh token;
-//! 5. on `invalid_client`, retry once with the app's `secondary_client_secret` (secret rollover);
+//! 4. when Microsoft answers with a refresh token, store it through [`write_tokens`] (the one write
+//!    path for tokens): a write based on an older read of the connection's `generation` is
+//!    dropped, so an older token never overwrites a newer one. The loser keeps its access token
+//!    (it is valid) and the next call reads the winner's refresh token;
+//! 5. on `invalid_client`, retry once with the app's `secondary_client_secret` (secret rollover,
+//!    [`with_secret_fallback`], which code redemption uses too);
 //! 6. classify failures ([`AccessError`]): a refused refresh token marks the connection
 //!    `needs_consent` with Microsoft's code and the time — unless another writer stored a newer
 //!    token meanwhile, in which case that one is tried instead. Nothing is ever deleted.

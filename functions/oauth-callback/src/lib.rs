@@ -182,7 +182,7 @@ pub fn api_error(e: SignInError) -> ApiError {
         r @ Reason::ContextTokenInvalid(_) => ApiError::new(Kind::Unauthorized, r.to_string()),
         r @ Reason::ConnectionChanged => ApiError::new(Kind::Conflict, r.to_string()),
         Reason::Access(a) => {
-            let kind = match &a {
+            let kind = match a.as_ref() {
                 A::NotFound { .. } => Kind::ConnectionNotFound,
                 A::NeedsConsent { .. } => Kind::NeedsConsent,
                 A::Throttled { .. } => Kind::Throttled,
@@ -190,7 +190,7 @@ pub fn api_error(e: SignInError) -> ApiError {
                 A::Store { .. } if a.is_retryable() => Kind::Unavailable,
                 A::Misconfigured { .. } | A::Store { .. } => Kind::Misconfigured,
             };
-            let message = match &a {
+            let message = match a.as_ref() {
                 A::NotFound { connection } => format!(
                     "there is no connection named {connection:?}; an operator must create it first"
                 ),
@@ -285,7 +285,7 @@ fn callback_code(req: &Request) -> Result<(shared::identity::AuthCode, String), 
     match params.classify()? {
         Callback::Error { error, .. } => {
             tracing::info!(error = %error.error, "provider redirected with an error");
-            Err(Reason::Provider(error).into())
+            Err(Reason::Provider(Box::new(error)).into())
         }
         Callback::Empty => Err(Reason::TokenFlowRefused.into()),
         Callback::AdminConsent { .. } => Err(Reason::BadInput(

@@ -36,7 +36,7 @@ pub enum Reason {
     State(#[from] StateError),
     /// Microsoft redirected back with an OAuth error (`access_denied`, `consent_required`, …).
     #[error("Microsoft redirected back with {}", .0.error)]
-    Provider(ProviderError),
+    Provider(Box<ProviderError>),
     /// The Microsoft-account token (implicit) flow, which spbridge refuses.
     #[error(
         "the Microsoft-account token flow returns a short-lived token in the URL fragment that \
@@ -60,7 +60,7 @@ pub enum Reason {
     ConnectionChanged,
     /// Reading the connection or its app credential failed.
     #[error(transparent)]
-    Access(#[from] AccessError),
+    Access(Box<AccessError>),
     /// The connection, app credential or sign-in key is wrong; an operator must act. Logged only.
     #[error("misconfigured: {0}")]
     Misconfigured(String),
@@ -116,7 +116,13 @@ macro_rules! from_reason {
         }
     )*};
 }
-from_reason!(RedirectError, CallbackError, StateError, AccessError);
+from_reason!(RedirectError, CallbackError, StateError);
+
+impl From<AccessError> for SignInError {
+    fn from(e: AccessError) -> Self {
+        Reason::Access(Box::new(e)).into()
+    }
+}
 
 /// Maps a failed code or context-token redemption.
 pub(crate) fn redeem_failure(id: &str, e: IdentityError) -> SignInError {
