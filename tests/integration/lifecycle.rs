@@ -1306,6 +1306,15 @@ async fn sign_in_errors_use_the_shared_kinds() {
     .await;
     assert_eq!(answer(resp), (404, "connection_not_found".into()));
 
+    // A form over 64 KiB is `payload_too_large` (413).
+    let big = "x".repeat(70 * 1024);
+    let resp = oauth_callback::handle(
+        &cb,
+        post_form("/callback?connection=nope", &host, &[("SPAppToken", &big)]),
+    )
+    .await;
+    assert_eq!(answer(resp), (413, "payload_too_large".into()));
+
     // Bad ids, app-only connections and a missing token are `bad_request` (400).
     let resp = oauth_callback::handle(&cb, json_get("/connect/.hidden")).await;
     assert_eq!(answer(resp), (400, "bad_request".into()));

@@ -4,4 +4,5 @@ mod events;
 mod ingest;
 mod lifecycle;
 mod secrets;
+mod signin;
 mod upload_clients;

@@ -170,6 +170,7 @@ pub fn api_error(e: SignInError) -> ApiError {
     use shared::access::AccessError as A;
     let api = match e.reason {
         Reason::BadInput(m) => ApiError::new(Kind::BadRequest, m),
+        Reason::TooLarge(m) => ApiError::new(Kind::PayloadTooLarge, m),
         Reason::Redirect(r) => ApiError::new(Kind::BadRequest, r.to_string()),
         Reason::Callback(c) => ApiError::new(Kind::BadRequest, c.to_string()),
         Reason::State(s) => ApiError::new(state_kind(&s), s.to_string()),

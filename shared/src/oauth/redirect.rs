@@ -1,8 +1,6 @@
 //! The redirect URI sign-in flows send to Microsoft, and the query parameters Microsoft sends back
 //! to `GET /callback`.
 
-use http::StatusCode;
-
 use url::Url;
 
 use crate::config::join_path;
@@ -61,13 +59,6 @@ pub enum RedirectError {
     /// `X-Forwarded-Proto` is neither `https` nor (for loopback hosts) `http`.
     #[error("the sign-in callback must use https, not {0:?}")]
     InsecureScheme(String),
-}
-
-impl RedirectError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
-    }
 }
 
 /// The redirect URI: `{public_base_url}/callback` if configured, else built from the request's
@@ -150,21 +141,6 @@ pub struct ProviderError {
     pub uri: Option<String>,
 }
 
-impl ProviderError {
-    /// The status our answer carries: the user declining is 403, a misconfigured request 400,
-    /// Microsoft being down 502/503.
-    pub fn status(&self) -> StatusCode {
-        match self.error.as_str() {
-            "access_denied" | "consent_required" | "interaction_required" | "login_required" => {
-                StatusCode::FORBIDDEN
-            }
-            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            "server_error" => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
 /// The query parameters of `GET /callback`. `Debug` never shows the code.
 #[derive(Debug, Default)]
 pub struct CallbackParams {
@@ -201,13 +177,6 @@ pub enum CallbackError {
     /// `state` but neither `code`, `error` nor `admin_consent`.
     #[error("the callback has a state but no code or error")]
     MissingCode,
-}
-
-impl CallbackError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
-    }
 }
 
 /// What the callback received, once classified.
@@ -447,10 +416,6 @@ mod tests {
             redirect_uri(&listed, &origin("evil.example")).unwrap_err(),
             RedirectError::HostNotAllowed("evil.example".into())
         );
-        assert_eq!(
-            RedirectError::HostNotAllowed(String::new()).status(),
-            StatusCode::BAD_REQUEST
-        );
     }
 
     #[test]
@@ -494,21 +459,9 @@ mod tests {
                     Some("https://login.microsoftonline.com/error")
                 );
                 assert_eq!(state.as_deref(), Some("x.y"));
-                assert_eq!(error.status(), StatusCode::FORBIDDEN);
             }
             other => panic!("{other:?}"),
         }
-        let err = |e: &str| ProviderError {
-            error: e.into(),
-            description: None,
-            uri: None,
-        };
-        assert_eq!(err("invalid_scope").status(), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            err("temporarily_unavailable").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(err("server_error").status(), StatusCode::BAD_GATEWAY);
     }
 
     #[test]

@@ -19,7 +19,6 @@ use std::fmt;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
-use http::StatusCode;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -301,32 +300,6 @@ pub enum StateError {
     /// The `state` was already consumed.
     #[error("this sign-in response was already used; start the sign-in again")]
     Replayed,
-}
-
-impl StateError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            StateError::Replayed => StatusCode::CONFLICT,
-            StateError::CookieMismatch | StateError::WrongConnection { .. } => {
-                StatusCode::FORBIDDEN
-            }
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// A short machine-readable code for JSON bodies and logs.
-    pub fn code(&self) -> &'static str {
-        match self {
-            StateError::Missing => "state_missing",
-            StateError::Tampered => "state_invalid",
-            StateError::Expired { .. } => "state_expired",
-            StateError::MissingCookie => "cookie_missing",
-            StateError::CookieMismatch => "cookie_mismatch",
-            StateError::WrongConnection { .. } => "wrong_connection",
-            StateError::Replayed => "state_replayed",
-        }
-    }
 }
 
 /// Signs and verifies `state` with a current key and, during rotation, a previous one.
@@ -703,7 +676,6 @@ mod tests {
                 .unwrap_err(),
             StateError::Tampered
         );
-        assert_eq!(StateError::Tampered.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -725,7 +697,6 @@ mod tests {
                 expired_at: NOW + Duration::minutes(10)
             }
         );
-        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         // Exactly at expiry is already too late.
         assert!(
             signer
@@ -749,7 +720,6 @@ mod tests {
                 .unwrap_err(),
             StateError::CookieMismatch
         );
-        assert_eq!(StateError::CookieMismatch.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]
@@ -899,7 +869,6 @@ mod tests {
             consumed.record(&key1, NOW + Duration::minutes(1)),
             Err(crate::secrets::replay::AlreadyConsumed)
         );
-        assert_eq!(StateError::Replayed.status(), StatusCode::CONFLICT);
 
         // Many live attempts: never more than the bound, newest kept.
         let mut last = None;

@@ -25,6 +25,9 @@ pub enum Reason {
     /// A connection id, query or form field is unusable; the text says which.
     #[error("{0}")]
     BadInput(String),
+    /// The body is larger than allowed; the text says the limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// The redirect URI cannot be built from the request.
     #[error(transparent)]
     Redirect(#[from] RedirectError),

@@ -14,7 +14,7 @@ impl LaunchForm {
     /// Parses the body; larger than [`MAX_FORM_BODY`] or not a form is bad input.
     pub fn parse(body: &[u8]) -> Result<LaunchForm, SignInError> {
         if body.len() > MAX_FORM_BODY {
-            return Err(Reason::BadInput("the form is larger than 64 KiB".into()).into());
+            return Err(Reason::TooLarge("the form is larger than 64 KiB".into()).into());
         }
         serde_urlencoded::from_bytes(body)
             .map(LaunchForm)
