@@ -65,14 +65,15 @@ mod flow_tests {
                 NOW,
             )
             .unwrap();
-        let mut authorize =
-            url::Url::parse("https://login.microsoftonline.com/common/oauth2/v2.0/authorize")
-                .unwrap();
-        authorize
-            .query_pairs_mut()
-            .append_pair("state", &issued.state)
-            .append_pair("code_challenge", issued.code_challenge.as_deref().unwrap())
-            .append_pair("code_challenge_method", "S256");
+        let authorize = crate::identity::entra::authorize_url(
+            &crate::config::Endpoints::for_cloud(crate::config::Cloud::Global),
+            &crate::identity::entra::Authority::Common,
+            "client",
+            &redirect_uri,
+            &["offline_access"],
+            &issued.state,
+            issued.code_challenge.as_deref().unwrap(),
+        );
         let set_cookie = cookies.set_cookie(&issued.nonce);
         let connect = pages::connect_response(&authorize, &set_cookie, Format::Html);
         assert_eq!(connect.status(), StatusCode::FOUND);
