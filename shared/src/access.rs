@@ -1521,4 +1521,66 @@ mod tests {
         assert!(case("msa", "delegated", &sp).is_err());
         assert!(case("aad_v1", "app_only", &sp).is_err());
     }
+
+    /// The overwrite rule of [`write_tokens`]: a refresh based on an older generation is dropped;
+    /// a sign-in lands on whatever is current and is recorded once.
+    #[tokio::test]
+    async fn write_tokens_never_replaces_a_newer_refresh_token() {
+        let f = fixture(entra_connection("rt-gen1"), |_, _| {
+            (500, vec![], "{}".to_owned())
+        })
+        .await;
+        let now = OffsetDateTime::now_utc();
+        let write = |rt: &str| TokenWrite {
+            refresh_token: Some(SecretString::from(rt.to_owned())),
+            expires_at: Some(now),
+            account: None,
+            tenant_id: None,
+            realm: None,
+            resources: vec![],
+            scopes: vec![],
+            redirect_uri: None,
+        };
+        let store = f.store.as_ref();
+        // A refresh read at generation 1 lands and rotates.
+        let w = write_tokens(store, &f.cfg, "c1", write("rt-a").refresh(1, now))
+            .await
+            .unwrap();
+        assert!(w.saved && w.rotated);
+        assert_eq!(w.stored.generation, 2);
+        // A second refresh also read at generation 1 is older: dropped, the newer token stays.
+        let w = write_tokens(store, &f.cfg, "c1", write("rt-b").refresh(1, now))
+            .await
+            .unwrap();
+        assert!(!w.saved && !w.rotated);
+        let stored = f.stored("c1").await;
+        assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-a");
+        assert_eq!(stored.generation, 2);
+
+        // A sign-in lands whatever the generation, and only once per attempt.
+        let key = ReplayKey {
+            id: "attempt-1".into(),
+            expires_at: now.unix_timestamp() + 600,
+        };
+        let w = write_tokens(
+            store,
+            &f.cfg,
+            "c1",
+            write("rt-consent").consent(key.clone(), now),
+        )
+        .await
+        .unwrap();
+        assert!(w.saved);
+        assert_eq!(w.stored.generation, 3);
+        assert_eq!(w.stored.status, ConnectionStatus::Active);
+        let again = write_tokens(store, &f.cfg, "c1", write("rt-replay").consent(key, now)).await;
+        assert!(matches!(again, Err(WriteError::Replayed)), "{again:?}");
+        let stored = f.stored("c1").await;
+        assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-consent");
+        assert_eq!(stored.generation, 3);
+
+        // A deleted connection is not recreated.
+        let gone = write_tokens(store, &f.cfg, "nope", write("x").refresh(0, now)).await;
+        assert!(matches!(gone, Err(WriteError::Gone)), "{gone:?}");
+    }
 }
