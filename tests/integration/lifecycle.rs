@@ -1357,3 +1357,55 @@ async fn sign_in_errors_use_the_shared_kinds() {
     .await;
     assert_eq!(answer(resp), (405, "method_not_allowed".into()));
 }
+
+/// The state is signed with the key in `{prefix}state-key` once that secret exists; a sign-in
+/// started under the legacy key (the app credential's) finishes when it is the `previous_key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_use_the_state_key_secret_and_survive_its_rotation() {
+    let env = env().await;
+    env.connection("e3", "entra").await;
+    let cb = env.callback();
+    let started_before = start_consent(&env, &cb, "e3").await;
+    let app: Value = env.store.get(&env.name("app")).await.unwrap().value;
+    let legacy = app["state_signing_key"].as_str().unwrap().to_owned();
+    let new_key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    env.put(
+        &env.name("state-key"),
+        json!({"key": new_key, "previous_key": legacy}),
+    )
+    .await;
+    let resp = finish_consent(&cb, &started_before).await;
+    assert_eq!(resp.status(), 200, "{}", body_json(&resp));
+
+    // A new sign-in is signed with the new key, so it still verifies once the legacy key is
+    // dropped; one whose key is rotated away without a `previous_key` is refused.
+    let started_after = start_consent(&env, &cb, "e3").await;
+    set_state_key(&env, json!({"key": new_key})).await;
+    let resp = finish_consent(&cb, &started_after).await;
+    assert_eq!(resp.status(), 200, "{}", body_json(&resp));
+    let resp = finish_consent(&cb, &start_consent_with_key_removed(&env, &cb).await).await;
+    assert_eq!(
+        (resp.status().as_u16(), error_code(&resp)),
+        (400, "bad_request".into()),
+        "{}",
+        body_json(&resp)
+    );
+}
+
+/// Starts a sign-in, then rotates the state key without keeping the old one.
+async fn start_consent_with_key_removed(
+    env: &Env,
+    cb: &Result<oauth_callback::State, String>,
+) -> Consent {
+    let c = start_consent(env, cb, "e3").await;
+    let other = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    set_state_key(env, json!({"key": other})).await;
+    c
+}
+
+/// Replaces the state-key secret (a compare-and-swap on its current version).
+async fn set_state_key(env: &Env, value: Value) {
+    let name = env.name("state-key");
+    let current = env.store.get(&name).await.unwrap().version;
+    env.store.put(&name, &value, Some(&current)).await.unwrap();
+}

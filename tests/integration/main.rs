@@ -2,7 +2,9 @@
 
 mod events;
 mod ingest;
+mod isolation;
 mod lifecycle;
 mod secrets;
 mod signin;
+mod template;
 mod upload_clients;

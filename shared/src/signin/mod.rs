@@ -42,7 +42,7 @@ use crate::{
     runtime::Warm,
     secrets::{
         self,
-        schema::{AppCredential, AuthKind, ConnectionSecret, Provider, Target},
+        schema::{AuthKind, ConnectionSecret, Provider, Target},
     },
 };
 
@@ -291,27 +291,23 @@ pub async fn launch(
     store_consent(warm, access, id, key, write, now).await
 }
 
-/// The state signer from the deployment's app credential (`state_signing_key`).
+/// The state signer from the state-key secret ([`secrets::schema::state_keys`], which falls back
+/// to the app credential's legacy fields).
 async fn signer(warm: &Warm, access: &Access) -> Result<StateSigner, SignInError> {
-    let name = &warm.config.secrets.app_secret;
+    let name = &warm.config.secrets.state_key_secret;
     let fault = |what: &str| -> SignInError {
         tracing::error!(secret = %name, problem = what, "sign-in key unusable");
         Reason::Misconfigured(format!("the sign-in key {what}")).into()
     };
-    let app = secrets::get_typed::<AppCredential>(access.store().as_ref(), name)
+    let keys = secrets::schema::state_keys(access.store().as_ref(), access.secrets_config())
         .await
         .map_err(|e| {
             tracing::error!(secret = %name, error = %e, "cannot read the state signing key");
             fault("cannot be read")
-        })?
-        .value;
+        })?;
     let key = |k: &SecretString| StateKey::from_base64(k).map_err(|_| fault("is not base64"));
-    let current = app
-        .state_signing_key
-        .as_ref()
-        .ok_or_else(|| fault("is not configured"))?;
-    let mut signer = StateSigner::new(key(current)?);
-    if let Some(previous) = &app.previous_state_signing_key {
+    let mut signer = StateSigner::new(key(&keys.key)?);
+    if let Some(previous) = &keys.previous_key {
         signer = signer.with_previous(key(previous)?);
     }
     Ok(signer)
