@@ -5,5 +5,6 @@ mod ingest;
 mod isolation;
 mod lifecycle;
 mod secrets;
+mod signin;
 mod template;
 mod upload_clients;
