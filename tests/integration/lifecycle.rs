@@ -184,6 +184,21 @@ impl Env {
         }
     }
 
+    /// `/connect/{id}?invite=…` with a link minted as an operator would.
+    pub(crate) async fn connect_path(&self, id: &str, rebind: bool) -> String {
+        let token = shared::signin::link::mint_for_connection(
+            self.store.as_ref(),
+            &self.config.secrets,
+            id,
+            shared::signin::link::DEFAULT_LINK_TTL,
+            rebind,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+        format!("/connect/{id}?invite={token}")
+    }
+
     fn callback(&self) -> Result<oauth_callback::State, String> {
         Ok(self.callback_state())
     }
@@ -252,7 +267,7 @@ async fn start_consent(
     let resp = oauth_callback::handle(
         state,
         get(
-            &format!("/connect/{id}"),
+            &env.connect_path(id, false).await,
             &[("accept", "text/html"), ("host", "127.0.0.1:9")],
         ),
     )
@@ -602,7 +617,10 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
     let resp = oauth_callback::handle(
         &cb,
         get(
-            "/connect/m1?response_type=token",
+            &format!(
+                "{}&response_type=token",
+                env.connect_path("m1", false).await
+            ),
             &[("accept", "application/json")],
         ),
     )
@@ -623,7 +641,7 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
     let resp = oauth_callback::handle(
         &guarded,
         get(
-            "/connect/e1",
+            &env.connect_path("e1", false).await,
             &[("accept", "application/json"), ("host", "evil.example")],
         ),
     )
@@ -632,7 +650,7 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
     let resp = oauth_callback::handle(
         &guarded,
         get(
-            "/connect/e1",
+            &env.connect_path("e1", false).await,
             &[
                 ("accept", "application/json"),
                 ("host", "api.contoso.example"),
@@ -655,16 +673,16 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
             .any(|(k, v)| k == "code_challenge_method" && v == "S256")
     );
 
-    // Unknown connection, bad id: 4xx, not 5xx.
+    // Unknown connection, bad id, no link: the same 403, not 5xx.
     let resp =
         oauth_callback::handle(&cb, get("/connect/nope", &[("accept", "application/json")])).await;
-    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.status(), 403);
     let resp = oauth_callback::handle(
         &cb,
         get("/connect/..%2Fapp", &[("accept", "application/json")]),
     )
     .await;
-    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.status(), 403);
 }
 
 fn post_form(uri: &str, host: &str, form: &[(&str, &str)]) -> Request {
@@ -1291,9 +1309,10 @@ async fn sign_in_errors_use_the_shared_kinds() {
     let resp = oauth_callback::handle(&cb, json_get("/callback?error=access_denied&state=x")).await;
     assert_eq!(answer(resp), (403, "forbidden".into()));
 
-    // An unknown connection is `connection_not_found` (404), on /connect and on POST /callback.
+    // /connect without a valid link is `forbidden` (403) whatever the connection; an unknown
+    // connection on POST /callback is `connection_not_found` (404).
     let resp = oauth_callback::handle(&cb, json_get("/connect/nope")).await;
-    assert_eq!(answer(resp), (404, "connection_not_found".into()));
+    assert_eq!(answer(resp), (403, "forbidden".into()));
     let host = env.info().sharepoint_host.clone();
     let resp = oauth_callback::handle(
         &cb,
@@ -1317,18 +1336,20 @@ async fn sign_in_errors_use_the_shared_kinds() {
 
     // Bad ids, app-only connections and a missing token are `bad_request` (400).
     let resp = oauth_callback::handle(&cb, json_get("/connect/.hidden")).await;
-    assert_eq!(answer(resp), (400, "bad_request".into()));
+    assert_eq!(answer(resp), (403, "forbidden".into()));
+    // No link can be minted for an app-only connection: nothing to consent to.
     env.connection("ao", "entra_app_only").await;
-    let resp = oauth_callback::handle(&cb, json_get("/connect/ao")).await;
-    let body = body_json(&resp);
-    assert_eq!(answer(resp), (400, "bad_request".into()));
-    assert_eq!(body["connection"], "ao");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("nothing to consent to")
-    );
+    let refused = shared::signin::link::mint_for_connection(
+        env.store.as_ref(),
+        &env.config.secrets,
+        "ao",
+        shared::signin::link::DEFAULT_LINK_TTL,
+        false,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("nothing to sign in to"), "{refused}");
     let resp = oauth_callback::handle(&cb, json_get("/callback")).await;
     assert_eq!(answer(resp), (400, "bad_request".into()));
 

@@ -20,6 +20,8 @@ use crate::config::{Endpoints, join_path};
 pub enum Prompt {
     /// Force credentials.
     Login,
+    /// Let the user pick the account (sign-ins of delegated connections).
+    SelectAccount,
     /// Force the consent page.
     Consent,
     /// Ask a tenant admin to consent for everyone.
@@ -33,6 +35,7 @@ impl Prompt {
     pub fn as_str(self) -> &'static str {
         match self {
             Prompt::Login => "login",
+            Prompt::SelectAccount => "select_account",
             Prompt::Consent => "consent",
             Prompt::AdminConsent => "admin_consent",
             Prompt::None => "none",
