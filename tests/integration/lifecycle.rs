@@ -26,11 +26,11 @@ use time::OffsetDateTime;
 use url::Url;
 
 /// One emulator, a moto-backed store under a fresh prefix, and the configuration pointing at both.
-struct Env {
-    emu: RunningEmulator,
-    store: Arc<dyn SecretStore>,
-    config: Config,
-    http: reqwest::Client,
+pub(crate) struct Env {
+    pub(crate) emu: RunningEmulator,
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) config: Config,
+    pub(crate) http: reqwest::Client,
 }
 
 /// Where the browser would be sent back to (nothing listens: the test carries the redirect).
@@ -76,7 +76,7 @@ async fn env_with(store: Option<Arc<dyn SecretStore>>) -> Env {
     env
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     env_with(None).await
 }
 
@@ -95,15 +95,15 @@ fn all_due() -> LifecycleConfig {
 }
 
 impl Env {
-    fn info(&self) -> &EmulatorInfo {
+    pub(crate) fn info(&self) -> &EmulatorInfo {
         self.emu.info()
     }
 
-    fn name(&self, rest: &str) -> String {
+    pub(crate) fn name(&self, rest: &str) -> String {
         format!("{}{rest}", self.config.secrets.prefix)
     }
 
-    async fn put(&self, name: &str, value: Value) {
+    pub(crate) async fn put(&self, name: &str, value: Value) {
         self.store.put(name, &value, None).await.unwrap();
     }
 
@@ -133,7 +133,7 @@ impl Env {
         .await;
     }
 
-    fn team(&self) -> (String, String) {
+    pub(crate) fn team(&self) -> (String, String) {
         let site = self.info().site("team").unwrap();
         (
             site.url.clone(),
@@ -142,7 +142,7 @@ impl Env {
     }
 
     /// Creates a connection skeleton as an operator would, before anyone consents.
-    async fn connection(&self, id: &str, provider: &str) {
+    pub(crate) async fn connection(&self, id: &str, provider: &str) {
         let (site, _) = self.team();
         let sp = json!({"kind": "sharepoint", "site_url": site, "library": "Documents"});
         let drive = json!({"kind": "drive", "drive_id": "me"});
@@ -172,7 +172,7 @@ impl Env {
         self.put(&self.name(&format!("connections/{id}")), v).await;
     }
 
-    async fn stored(&self, id: &str) -> Versioned<ConnectionSecret> {
+    pub(crate) async fn stored(&self, id: &str) -> Versioned<ConnectionSecret> {
         let raw = self
             .store
             .get(&self.name(&format!("connections/{id}")))
@@ -199,11 +199,11 @@ impl Env {
         format!("/connect/{id}?invite={token}")
     }
 
-    fn callback(&self) -> Result<oauth_callback::State, String> {
+    pub(crate) fn callback(&self) -> Result<oauth_callback::State, String> {
         Ok(self.callback_state())
     }
 
-    fn callback_state(&self) -> oauth_callback::State {
+    pub(crate) fn callback_state(&self) -> oauth_callback::State {
         oauth_callback::State::new(self.config.clone(), lifecycle(&[]), self.http.clone())
             .with_store(self.store.clone())
     }
@@ -227,7 +227,7 @@ impl Env {
     }
 }
 
-fn get(uri: &str, headers: &[(&str, &str)]) -> Request {
+pub(crate) fn get(uri: &str, headers: &[(&str, &str)]) -> Request {
     let mut b = lambda_http::http::Request::builder().method("GET").uri(uri);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -235,7 +235,7 @@ fn get(uri: &str, headers: &[(&str, &str)]) -> Request {
     b.body(Body::Empty).unwrap()
 }
 
-fn body_json(resp: &Response<Body>) -> Value {
+pub(crate) fn body_json(resp: &Response<Body>) -> Value {
     serde_json::from_slice(resp.body().as_ref()).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): {}",
@@ -244,7 +244,7 @@ fn body_json(resp: &Response<Body>) -> Value {
     })
 }
 
-fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
+pub(crate) fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -252,14 +252,14 @@ fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
 }
 
 /// A finished `/connect` → Microsoft → `/callback` round trip, up to the callback request.
-struct Consent {
-    callback_query: String,
-    cookie: String,
+pub(crate) struct Consent {
+    pub(crate) callback_query: String,
+    pub(crate) cookie: String,
 }
 
 /// `GET /connect/{id}` (302 parsed), then the browser following it to the emulator, which
 /// consents and redirects back with a code.
-async fn start_consent(
+pub(crate) async fn start_consent(
     env: &Env,
     state: &Result<oauth_callback::State, String>,
     id: &str,
@@ -307,7 +307,7 @@ async fn start_consent(
     }
 }
 
-async fn finish_consent(
+pub(crate) async fn finish_consent(
     state: &Result<oauth_callback::State, String>,
     c: &Consent,
 ) -> Response<Body> {
@@ -496,7 +496,7 @@ async fn msa_connect_refresh_upload() {
     full_chain("msa").await;
 }
 
-fn error_code(resp: &Response<Body>) -> String {
+pub(crate) fn error_code(resp: &Response<Body>) -> String {
     body_json(resp)["error"]
         .as_str()
         .unwrap_or_default()
@@ -685,7 +685,7 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
     assert_eq!(resp.status(), 403);
 }
 
-fn post_form(uri: &str, host: &str, form: &[(&str, &str)]) -> Request {
+pub(crate) fn post_form(uri: &str, host: &str, form: &[(&str, &str)]) -> Request {
     let body = serde_urlencoded::to_string(form).unwrap();
     lambda_http::http::Request::builder()
         .method("POST")

@@ -1,5 +1,6 @@
 //! Integration tests, one binary made of modules.
 
+mod attacks;
 mod events;
 mod ingest;
 mod isolation;
