@@ -2,6 +2,7 @@
 
 mod events;
 mod ingest;
+mod layering;
 mod lifecycle;
 mod secrets;
 mod upload_clients;
