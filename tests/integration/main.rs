@@ -2,7 +2,10 @@
 
 mod events;
 mod ingest;
+mod isolation;
 mod layering;
 mod lifecycle;
 mod secrets;
+mod signin;
+mod template;
 mod upload_clients;
