@@ -218,7 +218,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.code(), self.status().as_u16(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code(),
+            self.status().as_u16(),
+            self.message
+        )
     }
 }
 
@@ -245,7 +251,11 @@ mod tests {
             assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
         }
         let rows = doc.lines().filter(|l| l.starts_with("| `")).count();
-        assert_eq!(rows, Kind::ALL.len(), "docs/errors.md has rows for unknown codes");
+        assert_eq!(
+            rows,
+            Kind::ALL.len(),
+            "docs/errors.md has rows for unknown codes"
+        );
     }
 
     #[test]
