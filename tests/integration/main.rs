@@ -2,6 +2,7 @@
 
 mod events;
 mod ingest;
+mod jobs;
 mod lifecycle;
 mod secrets;
 mod upload_clients;
