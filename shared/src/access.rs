@@ -951,7 +951,9 @@ mod tests {
             prefix: "t/".into(),
             app_secret: "t/app".into(),
             webhook_secret: "t/webhook".into(),
+            state_key_secret: "t/state-key".into(),
             cache_ttl: Duration::ZERO,
+            not_found_ttl: Duration::ZERO,
         }
     }
 

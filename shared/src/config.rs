@@ -122,8 +122,13 @@ pub struct SecretsConfig {
     pub app_secret: String,
     /// Name of the webhook signing secret.
     pub webhook_secret: String,
+    /// Name of the secret holding the OAuth state-signing key (`{prefix}state-key`).
+    pub state_key_secret: String,
     /// How long warm containers keep a secret read in memory.
     pub cache_ttl: Duration,
+    /// How long warm containers remember that a secret does not exist, so unknown connection
+    /// names do not each cost a store call.
+    pub not_found_ttl: Duration,
 }
 
 impl SecretsConfig {
@@ -199,7 +204,9 @@ pub mod vars {
     pub const SECRET_PREFIX: &str = "SPBRIDGE_SECRET_PREFIX";
     pub const APP_SECRET: &str = "SPBRIDGE_APP_SECRET_NAME";
     pub const WEBHOOK_SECRET: &str = "SPBRIDGE_WEBHOOK_SECRET_NAME";
+    pub const STATE_KEY_SECRET: &str = "SPBRIDGE_STATE_KEY_SECRET_NAME";
     pub const SECRET_CACHE_TTL: &str = "SPBRIDGE_SECRET_CACHE_TTL_SECS";
+    pub const SECRET_NOT_FOUND_TTL: &str = "SPBRIDGE_SECRET_NOT_FOUND_TTL_SECS";
     pub const HTTP_TIMEOUT: &str = "SPBRIDGE_HTTP_TIMEOUT_SECS";
     pub const HTTP_CONNECT_TIMEOUT: &str = "SPBRIDGE_HTTP_CONNECT_TIMEOUT_SECS";
     pub const EXTRA_CA_PEM: &str = "SPBRIDGE_EXTRA_CA_PEM";
@@ -277,7 +284,10 @@ impl Config {
         let secrets = SecretsConfig {
             app_secret: get(vars::APP_SECRET).unwrap_or_else(|| format!("{prefix}app")),
             webhook_secret: get(vars::WEBHOOK_SECRET).unwrap_or_else(|| format!("{prefix}webhook")),
+            state_key_secret: get(vars::STATE_KEY_SECRET)
+                .unwrap_or_else(|| format!("{prefix}state-key")),
             cache_ttl: Duration::from_secs(parse_num(&get, vars::SECRET_CACHE_TTL, 60)?),
+            not_found_ttl: Duration::from_secs(parse_num(&get, vars::SECRET_NOT_FOUND_TTL, 30)?),
             backend,
             prefix,
         };
@@ -503,6 +513,8 @@ mod tests {
         );
         assert!(matches!(c.secrets.backend, SecretBackend::File { .. }));
         assert_eq!(c.secrets.app_secret, "spbridge/app");
+        assert_eq!(c.secrets.state_key_secret, "spbridge/state-key");
+        assert_eq!(c.secrets.not_found_ttl, Duration::from_secs(30));
         assert_eq!(
             c.secrets.connection_secret_name("x"),
             "spbridge/connections/x"

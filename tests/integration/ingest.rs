@@ -27,7 +27,7 @@ const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// `webhook-timestamp` of the upload samples in `events/`.
 const EVENT_TS: i64 = 1_795_327_200;
 const MIB: usize = 1024 * 1024;
-const SP_LIB: &str = "/sites/team/Shared Documents";
+pub(crate) const SP_LIB: &str = "/sites/team/Shared Documents";
 
 fn byte_at(i: u64) -> u8 {
     let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -115,7 +115,7 @@ fn event(path: &str, query: &str, headers: &[(&str, String)], body: &[u8]) -> Re
 }
 
 /// A signed raw upload: `content-type` octet-stream, name and other settings in the query.
-fn signed_raw(path: &str, query: &str, id: &str, body: &[u8]) -> Request {
+pub(crate) fn signed_raw(path: &str, query: &str, id: &str, body: &[u8]) -> Request {
     let ts = now_secs();
     event(
         path,
@@ -130,7 +130,7 @@ fn signed_raw(path: &str, query: &str, id: &str, body: &[u8]) -> Request {
     )
 }
 
-fn signed_json(path: &str, id: &str, body: &Value) -> Request {
+pub(crate) fn signed_json(path: &str, id: &str, body: &Value) -> Request {
     let ts = now_secs();
     let bytes = body.to_string().into_bytes();
     event(
@@ -146,7 +146,7 @@ fn signed_json(path: &str, id: &str, body: &Value) -> Request {
     )
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     format!("msg_{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -250,16 +250,16 @@ impl TokenProvider for EmulatorTokens {
     }
 }
 
-struct World {
+pub(crate) struct World {
     emu: RunningEmulator,
     state: Result<upload_ingest::State, String>,
     tokens: Arc<EmulatorTokens>,
-    store: Arc<dyn SecretStore>,
-    prefix: String,
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) prefix: String,
 }
 
 #[derive(Default)]
-struct Setup {
+pub(crate) struct Setup {
     opts: Options,
     env: Vec<(&'static str, String)>,
     limits: Limits,
@@ -276,7 +276,7 @@ fn fast_retries() -> RetryPolicy {
 }
 
 impl World {
-    async fn start(setup: Setup) -> World {
+    pub(crate) async fn start(setup: Setup) -> World {
         let emu = Emulator::start(setup.opts).await.expect("emulator starts");
         let info = emu.info().clone();
         let prefix = spbridge_tests::unique_prefix();
@@ -403,15 +403,15 @@ impl World {
         }
     }
 
-    async fn send(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
+    pub(crate) async fn send(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
         answer(upload_ingest::handle(&self.state, req).await).await
     }
 
-    fn bytes(&self, path: &str) -> Option<Vec<u8>> {
+    pub(crate) fn bytes(&self, path: &str) -> Option<Vec<u8>> {
         self.emu.file_bytes(path)
     }
 
-    fn assert_no_half_files(&self) {
+    pub(crate) fn assert_no_half_files(&self) {
         assert!(
             self.emu.open_uploads().is_empty(),
             "open uploads left behind: {:?}",

@@ -2,7 +2,9 @@
 
 mod events;
 mod ingest;
+mod isolation;
 mod jobs;
 mod lifecycle;
 mod secrets;
+mod template;
 mod upload_clients;

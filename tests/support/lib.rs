@@ -308,3 +308,61 @@ pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
+
+/// Phrases that only internal errors contain: store and SDK texts, Rust panics and paths,
+/// configuration variable names. None belongs in an answer to a stranger.
+pub const INTERNAL_PHRASES: &[&str] = &[
+    "secretsmanager",
+    "secrets manager",
+    "secret store",
+    "resourcenotfoundexception",
+    "accessdeniedexception",
+    "invalid data:",
+    "panicked",
+    "backtrace",
+    ".rs:",
+    "dispatch failure",
+    "reqwest::",
+    "hyper::",
+    "spbridge_",
+];
+
+/// Everything in `body` an unauthenticated caller must not learn: an ARN (`arn:aws…`, every
+/// partition), a 12-digit AWS account id, any of `names` (secret prefix, secret names, internal
+/// hosts), or one of [`INTERNAL_PHRASES`]. Case-insensitive. Empty means the body is clean.
+pub fn leaks(body: &str, names: &[&str]) -> Vec<String> {
+    let lower = body.to_lowercase();
+    let mut found = Vec::new();
+    if lower.contains("arn:aws") {
+        found.push("an ARN".to_owned());
+    }
+    let digits_run = lower
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|run| run.len() == 12);
+    if let Some(run) = digits_run {
+        found.push(format!("a 12-digit account id ({run})"));
+    }
+    for name in names.iter().filter(|n| !n.trim().is_empty()) {
+        if lower.contains(&name.to_lowercase()) {
+            found.push(format!("the name {name:?}"));
+        }
+    }
+    for phrase in INTERNAL_PHRASES {
+        if lower.contains(phrase) {
+            found.push(format!("the internal phrase {phrase:?}"));
+        }
+    }
+    found
+}
+
+/// Panics, naming what leaked, if `body` (an answer to an unauthenticated request, described by
+/// `what`) reveals anything [`leaks`] looks for. Call it on every such answer a suite produces.
+#[track_caller]
+pub fn assert_reveals_nothing(what: &str, body: &str, names: &[&str]) {
+    let found = leaks(body, names);
+    assert!(
+        found.is_empty(),
+        "the answer to {what} reveals {}: {body}",
+        found.join(", ")
+    );
+}

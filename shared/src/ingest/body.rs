@@ -208,14 +208,22 @@ pub async fn parse_request(
     }
     let params = Params::from_request(req.query, req.headers)?;
     let content_type = header_text(req.headers, header::CONTENT_TYPE.as_str())?;
-    match classify(content_type.as_deref(), params.name.is_some())? {
+    let files = match classify(content_type.as_deref(), params.name.is_some())? {
         Kind::Raw => parse_raw(req.body, params, content_type, limits, names),
         Kind::Multipart => {
             let ct = content_type.unwrap_or_default();
             parse_multipart(req.body, &ct, params, limits, names).await
         }
         Kind::Json => parse_json(&req.body, limits, names),
+    }?;
+    for file in &files {
+        for field in file.metadata.keys() {
+            names
+                .metadata_field(field)
+                .map_err(|e| IngestError::name(format!("metadata.{field}"), e))?;
+        }
     }
+    Ok(files)
 }
 
 enum Kind {

@@ -351,7 +351,9 @@ mod tests {
             prefix: "spbridge/".into(),
             app_secret: "spbridge/app".into(),
             webhook_secret: "spbridge/webhook".into(),
+            state_key_secret: "spbridge/state-key".into(),
             cache_ttl: Duration::ZERO,
+            not_found_ttl: Duration::ZERO,
         }
     }
 

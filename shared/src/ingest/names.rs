@@ -10,6 +10,11 @@
 //!   Windows reserves those too; `_vti_` anywhere; a `~$` prefix;
 //! * at most 255 characters per name, at most 400 characters for the whole decoded path.
 //!
+//! spbridge adds: names are normalised to NFC first (so `é` typed two ways is one name), and
+//! invisible characters ([`is_invisible`]: bidi controls such as U+202E, which make
+//! `invoice{U+202E}fdp.exe` display as `invoiceexe.pdf`, and zero-width characters, which make two
+//! names look the same) are refused, or removed when the connection sanitises names.
+//!
 //! Lengths are counted in UTF-16 code units, as SharePoint (.NET) counts them; for text without
 //! emoji or other astral characters that is the number of characters.
 //!
@@ -34,10 +39,141 @@ pub const MAX_PATH_LEN: usize = 400;
 /// Characters SharePoint Online refuses in file and folder names.
 pub const ILLEGAL_CHARS: &[char] = &['"', '*', ':', '<', '>', '?', '/', '\\', '|'];
 
-/// File types refused by default: Windows executables and scripts that run on a double click.
+/// File types refused by default: what runs, installs, mounts or opens a link on a double
+/// click in Windows or Office (executables, scripts, shortcuts, disk images, macro-enabled
+/// Office files, OneNote, Java archives), and web pages and SVG, which run script when a
+/// library shows them in the browser. See `docs/security.md`.
 pub const DEFAULT_BLOCKED_EXTENSIONS: &[&str] = &[
-    "bat", "cmd", "com", "cpl", "dll", "exe", "hta", "js", "jse", "lnk", "msi", "msp", "pif",
-    "ps1", "reg", "scr", "vbe", "vbs", "wsf", "wsh",
+    // Programs and installers
+    "appx",
+    "appxbundle",
+    "bat",
+    "cmd",
+    "com",
+    "cpl",
+    "dll",
+    "exe",
+    "gadget",
+    "msc",
+    "msi",
+    "msix",
+    "msp",
+    "pif",
+    "scr",
+    // Scripts
+    "hta",
+    "js",
+    "jse",
+    "ps1",
+    "psm1",
+    "reg",
+    "vb",
+    "vbe",
+    "vbs",
+    "wsc",
+    "wsf",
+    "wsh",
+    "jar",
+    // Shortcuts and links
+    "lnk",
+    "scf",
+    "url",
+    "website",
+    "settingcontent-ms",
+    "library-ms",
+    // Disk images and archives Windows mounts
+    "iso",
+    "img",
+    "vhd",
+    "vhdx",
+    // Office with macros, OneNote
+    "docm",
+    "dotm",
+    "xlsm",
+    "xltm",
+    "xlam",
+    "pptm",
+    "potm",
+    "ppam",
+    "sldm",
+    "one",
+    "onepkg",
+    // Pages that run script in the browser
+    "htm",
+    "html",
+    "mht",
+    "mhtml",
+    "shtml",
+    "svg",
+    "xht",
+    "xhtml",
+];
+
+/// `raw` in Unicode Normalization Form C, the form names are checked and stored in.
+pub fn nfc(raw: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    raw.nfc().collect()
+}
+
+pub use crate::upload::names::is_invisible;
+
+/// SharePoint's system and audit columns (internal names): who and when (`Author`, `Editor`,
+/// `Created`, `Modified`), identity and location (`ID`, `FileLeafRef`, `FileRef`…), content
+/// type, approval, retention labels, versioning and sharing. A sender that could set them could
+/// forge who uploaded a file and when, approve its own upload, or move it. Refused unless the
+/// connection's `metadata_fields` names them; names beginning with `_` or `ows` (SharePoint's
+/// hidden columns) are treated the same way.
+pub const SYSTEM_FIELDS: &[&str] = &[
+    "Author",
+    "Editor",
+    "Created",
+    "Modified",
+    "Created_x0020_By",
+    "Modified_x0020_By",
+    "AppAuthor",
+    "AppEditor",
+    "ID",
+    "GUID",
+    "UniqueId",
+    "FileLeafRef",
+    "FileRef",
+    "FileDirRef",
+    "FSObjType",
+    "BaseName",
+    "EncodedAbsUrl",
+    "ServerUrl",
+    "File_x0020_Size",
+    "File_x0020_Type",
+    "SMTotalSize",
+    "ContentType",
+    "ContentTypeId",
+    "CheckoutUser",
+    "CheckedOutTitle",
+    "CheckedOutUserId",
+    "IsCheckedoutToLocal",
+    "SharedWithUsers",
+    "SharedWithDetails",
+    "ComplianceAssetId",
+    "ProgId",
+    "ScopeId",
+    "MetaInfo",
+    "Order",
+    "InstanceID",
+    "WorkflowVersion",
+    "WorkflowInstanceID",
+    "DocIcon",
+    "TemplateUrl",
+    "xd_ProgID",
+    "xd_Signature",
+    "HTML_x0020_File_x0020_Type",
+    "Restricted",
+    "OriginatorId",
+    "NoExecute",
+    "SyncClientId",
+    "ParentVersionString",
+    "ParentLeafName",
+    "PermMask",
+    "Attachments",
 ];
 
 const RESERVED_DEVICE_NAMES: &[&str] = &["con", "prn", "aux", "nul"];
@@ -106,6 +242,14 @@ pub enum NameError {
         /// Its code point.
         code: u32,
     },
+    /// A bidi control or zero-width character ([`is_invisible`]).
+    #[error(
+        "name contains the invisible character U+{code:04X} (bidi controls and zero-width characters are not allowed)"
+    )]
+    InvisibleChar {
+        /// Its code point.
+        code: u32,
+    },
     /// Leading or trailing space.
     #[error("name begins or ends with a space")]
     LeadingOrTrailingSpace,
@@ -124,6 +268,20 @@ pub enum NameError {
     /// `_vti_` anywhere in the name.
     #[error("names may not contain _vti_")]
     ContainsVti,
+    /// A metadata field SharePoint maintains itself ([`SYSTEM_FIELDS`]).
+    #[error(
+        "{field} is a system or audit field; the connection's metadata_fields must list it before senders may set it"
+    )]
+    SystemField {
+        /// The field as given.
+        field: String,
+    },
+    /// A metadata field missing from the connection's `metadata_fields`.
+    #[error("{field} is not one of this connection's metadata_fields")]
+    FieldNotAllowed {
+        /// The field as given.
+        field: String,
+    },
     /// The file type is on the connection's blocked list.
     #[error("files of type .{ext} are blocked for this connection")]
     BlockedExtension {
@@ -157,12 +315,15 @@ impl NameError {
             NameError::TooLong { .. } => "name_too_long",
             NameError::IllegalChar { .. } => "illegal_character",
             NameError::ControlChar { .. } => "control_character",
+            NameError::InvisibleChar { .. } => "invisible_character",
             NameError::LeadingOrTrailingSpace => "leading_or_trailing_space",
             NameError::TrailingDot => "trailing_period",
             NameError::Reserved { .. } => "reserved_name",
             NameError::ReservedPrefix => "reserved_prefix",
             NameError::ContainsVti => "contains_vti",
             NameError::BlockedExtension { .. } => "blocked_extension",
+            NameError::SystemField { .. } => "system_field",
+            NameError::FieldNotAllowed { .. } => "field_not_allowed",
             NameError::Traversal(_) => "path_traversal",
             NameError::PathTooLong { .. } => "path_too_long",
         }
@@ -174,6 +335,8 @@ impl NameError {
 pub struct NamePolicy {
     blocked_extensions: BTreeSet<String>,
     sanitize: bool,
+    /// Lower-cased metadata fields the connection allows; `None`: any but [`SYSTEM_FIELDS`].
+    metadata_fields: Option<BTreeSet<String>>,
 }
 
 impl Default for NamePolicy {
@@ -184,6 +347,7 @@ impl Default for NamePolicy {
                 .map(|e| (*e).to_owned())
                 .collect(),
             sanitize: false,
+            metadata_fields: None,
         }
     }
 }
@@ -219,6 +383,56 @@ impl NamePolicy {
         self
     }
 
+    /// Only these metadata fields may be set (case-insensitive), system fields included when
+    /// listed. Without a list every field but the [`SYSTEM_FIELDS`] may be set.
+    pub fn with_metadata_fields<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.metadata_fields = Some(
+            fields
+                .into_iter()
+                .map(|f| f.as_ref().trim().to_lowercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// The policy a connection's upload options ask for: `sanitize_names`,
+    /// `blocked_extensions` and `metadata_fields`.
+    pub fn for_connection(options: &crate::secrets::schema::UploadOptions) -> Self {
+        let mut policy = NamePolicy::new().sanitize(options.sanitize_names);
+        if let Some(blocked) = &options.blocked_extensions {
+            policy = policy.with_blocked_extensions(blocked);
+        }
+        if let Some(fields) = &options.metadata_fields {
+            policy = policy.with_metadata_fields(fields);
+        }
+        policy
+    }
+
+    /// Whether a sender may set the list column `field` (header names arrive lower-case, so
+    /// the comparison ignores case).
+    pub fn metadata_field(&self, field: &str) -> Result<(), NameError> {
+        let lower = field.to_lowercase();
+        let allowed = match &self.metadata_fields {
+            Some(list) => list.contains(&lower),
+            None => !is_system_field(&lower),
+        };
+        if allowed {
+            Ok(())
+        } else if is_system_field(&lower) {
+            Err(NameError::SystemField {
+                field: field.to_owned(),
+            })
+        } else {
+            Err(NameError::FieldNotAllowed {
+                field: field.to_owned(),
+            })
+        }
+    }
+
     /// Whether names are cleaned rather than refused.
     pub fn sanitizes(&self) -> bool {
         self.sanitize
@@ -226,6 +440,7 @@ impl NamePolicy {
 
     /// Checks (or, when sanitizing, cleans) a file name.
     pub fn file_name(&self, raw: &str) -> Result<FileName, NameError> {
+        let raw = &nfc(raw);
         check_traversal_in_name(raw)?;
         let name = if self.sanitize {
             sanitize_name(raw)?
@@ -244,6 +459,7 @@ impl NamePolicy {
     /// Checks (or cleans, segment by segment) a request-supplied sub-folder path such as
     /// `Invoices/2026`. One trailing `/` is tolerated.
     pub fn sub_path(&self, raw: &str) -> Result<SubPath, NameError> {
+        let raw = &nfc(raw);
         if raw.is_empty() {
             return Err(NameError::Empty);
         }
@@ -442,6 +658,13 @@ fn check_traversal_in_name(raw: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// `lower`: a lower-cased field name.
+fn is_system_field(lower: &str) -> bool {
+    lower.starts_with('_')
+        || lower.starts_with("ows")
+        || SYSTEM_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(lower))
+}
+
 fn is_reserved(name: &str) -> bool {
     let lower = name.to_lowercase();
     if lower == ".lock" || lower == "desktop.ini" {
@@ -471,6 +694,9 @@ fn check_name(name: &str) -> Result<(), NameError> {
         if is_control(ch) {
             return Err(NameError::ControlChar { code: ch as u32 });
         }
+        if is_invisible(ch) {
+            return Err(NameError::InvisibleChar { code: ch as u32 });
+        }
         if ILLEGAL_CHARS.contains(&ch) {
             return Err(NameError::IllegalChar { ch });
         }
@@ -499,6 +725,7 @@ fn check_name(name: &str) -> Result<(), NameError> {
 fn sanitize_name(raw: &str) -> Result<String, NameError> {
     let mut name: String = raw
         .chars()
+        .filter(|c| !is_invisible(*c))
         .map(|c| {
             if is_control(c) || ILLEGAL_CHARS.contains(&c) {
                 '_'
@@ -893,6 +1120,113 @@ mod tests {
         assert_eq!(
             server_relative_path("/sites/x/Docs", None, &name).unwrap(),
             "/sites/x/Docs/f.txt"
+        );
+    }
+
+    #[test]
+    fn invisible_characters_refused_or_removed() {
+        for c in [
+            '\u{202E}', '\u{202A}', '\u{2066}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}',
+            '\u{200B}', '\u{200D}', '\u{FEFF}', '\u{2060}',
+        ] {
+            let name = format!("invoice{c}fdp.exe.txt");
+            let err = strict().file_name(&name).unwrap_err();
+            assert_eq!(err, NameError::InvisibleChar { code: c as u32 }, "{c:?}");
+            assert_eq!(err.rule(), "invisible_character");
+            assert!(!err.is_traversal());
+            let cleaned = NamePolicy::new().sanitize(true).file_name(&name).unwrap();
+            assert_eq!(cleaned.as_str(), "invoicefdp.exe.txt");
+            let folder = format!("a/b{c}c");
+            assert!(strict().sub_path(&folder).is_err());
+            assert_eq!(
+                NamePolicy::new()
+                    .sanitize(true)
+                    .sub_path(&folder)
+                    .unwrap()
+                    .as_str(),
+                "a/bc"
+            );
+        }
+        // The RLO trick hides a blocked extension; removing the control exposes it.
+        let rlo = "photo\u{202E}gpj.exe";
+        assert_eq!(
+            NamePolicy::new().sanitize(true).file_name(rlo).unwrap_err(),
+            NameError::BlockedExtension { ext: "exe".into() }
+        );
+        // Only invisible characters: nothing is left.
+        assert_eq!(
+            NamePolicy::new()
+                .sanitize(true)
+                .file_name("\u{200B}\u{200B}")
+                .unwrap_err(),
+            NameError::Empty
+        );
+    }
+
+    #[test]
+    fn names_are_nfc_normalised() {
+        let decomposed = "Cafe\u{301}.txt";
+        let name = strict().file_name(decomposed).unwrap();
+        assert_eq!(name.as_str(), "Caf\u{e9}.txt");
+        assert_eq!(name, strict().file_name("Caf\u{e9}.txt").unwrap());
+        assert_eq!(
+            strict()
+                .sub_path("Re\u{301}sume\u{301}/x")
+                .unwrap()
+                .as_str(),
+            "R\u{e9}sum\u{e9}/x"
+        );
+    }
+
+    #[test]
+    fn newly_blocked_extensions() {
+        for ext in [
+            "html", "htm", "svg", "url", "iso", "one", "jar", "docm", "xlsm", "pptm", "hta", "lnk",
+            "scf", "website", "img", "vhdx",
+        ] {
+            assert_eq!(
+                strict().file_name(&format!("a.{ext}")).unwrap_err(),
+                NameError::BlockedExtension { ext: ext.into() }
+            );
+        }
+        for ok in [
+            "a.docx", "a.xlsx", "a.pdf", "a.png", "a.csv", "a.txt", "a.zip",
+        ] {
+            assert!(strict().file_name(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn system_fields_refused_unless_listed() {
+        let p = NamePolicy::new();
+        for f in [
+            "Author",
+            "editor",
+            "Created",
+            "Modified",
+            "_ModerationStatus",
+            "ContentTypeId",
+            "FileLeafRef",
+            "owshiddenversion",
+            "_ComplianceTag",
+        ] {
+            let e = p.metadata_field(f).unwrap_err();
+            assert_eq!(e.rule(), "system_field", "{f}");
+            assert!(!e.is_traversal());
+        }
+        for f in ["Title", "Year", "Department", "Invoice_x0020_No"] {
+            assert!(p.metadata_field(f).is_ok(), "{f}");
+        }
+        let listed = NamePolicy::new().with_metadata_fields(["Title", "Created"]);
+        assert!(listed.metadata_field("title").is_ok());
+        assert!(listed.metadata_field("Created").is_ok());
+        assert_eq!(
+            listed.metadata_field("Author").unwrap_err().rule(),
+            "system_field"
+        );
+        assert_eq!(
+            listed.metadata_field("Year").unwrap_err().rule(),
+            "field_not_allowed"
         );
     }
 }

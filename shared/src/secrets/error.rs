@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::VersionId;
+use crate::api::{ApiError, Kind};
 
 /// Why a secret-store operation failed. Messages name the secret, never its value.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,34 @@ impl SecretError {
         matches!(self, SecretError::Conflict { .. })
     }
 
+    /// The answer an HTTP caller gets when a secret it depends on fails, and a log line with
+    /// the details (secret name, store code and message) for the operator.
+    ///
+    /// The answer never carries the secret's name or ARN (which holds the account id) nor the
+    /// store's text: a missing, unreadable or misshaped secret is `misconfigured` (500), a
+    /// throttled store `throttled` (503 with `Retry-After`), anything else `unavailable` (503).
+    pub fn to_api_error(&self) -> ApiError {
+        tracing::error!(secret = %self.name(), error = %self, "secret store failure");
+        match self {
+            SecretError::NotFound { .. }
+            | SecretError::AccessDenied { .. }
+            | SecretError::InvalidJson { .. }
+            | SecretError::InvalidName { .. } => ApiError::new(
+                Kind::Misconfigured,
+                "the service is not configured correctly; its operator has been told in the logs",
+            ),
+            SecretError::Throttled { retry_after, .. } => {
+                ApiError::new(Kind::Throttled, "too many requests; try again shortly")
+                    .with_retry_after(Some(retry_after.unwrap_or(Duration::from_secs(1))))
+            }
+            SecretError::Conflict { .. } | SecretError::Backend { .. } => ApiError::new(
+                Kind::Unavailable,
+                "temporarily unavailable; try again shortly",
+            )
+            .with_retry_after(Some(Duration::from_secs(5))),
+        }
+    }
+
     /// Builds [`SecretError::InvalidJson`] from a serde error without echoing the data.
     pub(crate) fn invalid_json(name: &str, err: &serde_json::Error) -> Self {
         SecretError::InvalidJson {
@@ -140,6 +169,58 @@ mod tests {
         let err = serde_json::from_str::<S>(r#"{}"#).unwrap_err();
         let msg = SecretError::invalid_json("x", &err).to_string();
         assert!(msg.contains("`n`"), "{msg}");
+    }
+
+    #[test]
+    fn api_answers_name_no_secret_arn_or_store_text() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:spbridge/webhook-AbCdEf";
+        let cases = [
+            SecretError::NotFound { name: arn.into() },
+            SecretError::AccessDenied {
+                name: arn.into(),
+                message: format!(
+                    "User arn:aws:iam::123456789012:role/x is not authorized on {arn}"
+                ),
+            },
+            SecretError::InvalidJson {
+                name: arn.into(),
+                reason: "missing field `secrets`".into(),
+            },
+            SecretError::Throttled {
+                name: arn.into(),
+                retry_after: None,
+            },
+            SecretError::Backend {
+                name: arn.into(),
+                op: "read",
+                code: Some("InternalServiceError".into()),
+                message: "boom".into(),
+            },
+        ];
+        let kinds: Vec<Kind> = cases.iter().map(|e| e.to_api_error().kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Misconfigured,
+                Kind::Misconfigured,
+                Kind::Misconfigured,
+                Kind::Throttled,
+                Kind::Unavailable
+            ]
+        );
+        for e in &cases {
+            let body = e.to_api_error().to_response().into_body();
+            for leak in [
+                "arn:",
+                "123456789012",
+                "spbridge",
+                "secrets",
+                "boom",
+                "Internal",
+            ] {
+                assert!(!body.contains(leak), "{leak} in {body}");
+            }
+        }
     }
 
     #[test]

@@ -131,7 +131,10 @@ pub async fn from_config(config: &Config) -> Result<Arc<dyn SecretStore>, Secret
         SecretBackend::Aws => Arc::new(AwsSecretStore::from_env().await),
         SecretBackend::File { dir } => Arc::new(FileSecretStore::open(dir)?),
     };
-    Ok(Arc::new(CachingStore::new(inner, config.secrets.cache_ttl)))
+    Ok(Arc::new(
+        CachingStore::new(inner, config.secrets.cache_ttl)
+            .with_not_found_ttl(config.secrets.not_found_ttl),
+    ))
 }
 
 /// How an [`update`] ended.
@@ -331,7 +334,9 @@ where
     }
 }
 
-/// Secrets Manager's rule for names: 1–512 of `A-Z a-z 0-9 / _ + = . @ -`.
+/// Secrets Manager's rule for names: 1–512 of `A-Z a-z 0-9 / _ + = . @ -`, or a secret's ARN
+/// (`arn:{partition}:secretsmanager:{region}:{account}:secret:{name}`), which is what
+/// `template.yaml` passes for the secrets it creates (`!Ref` of a secret is its ARN).
 pub(crate) fn validate_name(name: &str) -> Result<(), SecretError> {
     let bad = |reason: &str| {
         Err(SecretError::InvalidName {
@@ -339,16 +344,36 @@ pub(crate) fn validate_name(name: &str) -> Result<(), SecretError> {
             reason: reason.to_owned(),
         })
     };
-    if name.is_empty() || name.len() > 512 {
+    let plain = match secret_arn_name(name) {
+        Some(plain) => plain,
+        None if name.starts_with("arn:") => return bad("is not a Secrets Manager secret ARN"),
+        None => name,
+    };
+    if plain.is_empty() || plain.len() > 512 {
         return bad("must be 1 to 512 characters long");
     }
-    if !name
+    if !plain
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
     {
         return bad("only letters, digits and /_+=.@- are allowed");
     }
     Ok(())
+}
+
+/// The name part of a secret ARN; `None` if `name` is not one.
+fn secret_arn_name(name: &str) -> Option<&str> {
+    let mut parts = name.splitn(7, ':');
+    let fields: [&str; 7] = std::array::from_fn(|_| parts.next().unwrap_or(""));
+    let [arn, partition, service, region, account, kind, rest] = fields;
+    let well_formed = arn == "arn"
+        && partition.starts_with("aws")
+        && service == "secretsmanager"
+        && !region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && kind == "secret";
+    well_formed.then_some(rest)
 }
 
 /// The version id a write gets: derived from what is written and where, so that a retried
@@ -381,7 +406,27 @@ mod tests {
     #[test]
     fn names_follow_secrets_manager_rules() {
         assert!(validate_name("spbridge/connections/abc-1_2+x=y.z@w").is_ok());
-        for bad in ["", "has space", "a%2Fb", "ünï", &"x".repeat(513)] {
+        // What template.yaml passes: `!Ref` of a secret is its ARN.
+        assert!(
+            validate_name(
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:spbridge/app-AbCdEf"
+            )
+            .is_ok()
+        );
+        assert!(
+            validate_name("arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:x-AbCdEf")
+                .is_ok()
+        );
+        for bad in [
+            "",
+            "has space",
+            "a%2Fb",
+            "ünï",
+            &"x".repeat(513),
+            "arn:aws:s3:::bucket",
+            "arn:aws:secretsmanager:eu-west-1:1234:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:has space",
+        ] {
             assert!(
                 matches!(validate_name(bad), Err(SecretError::InvalidName { .. })),
                 "{bad:?}"

@@ -65,11 +65,61 @@ impl AppCredential {
 
 /// Webhook signing secrets: `{prefix}webhook`, e.g. `{"secrets": ["whsec_…"]}`. Several are
 /// accepted at once so a secret can be rolled without downtime.
+///
+/// A single `{"secret": "…"}` is read as a one-element list: that is the shape CloudFormation's
+/// `GenerateSecretString` can make (flat string fields only). A value without the `whsec_`
+/// prefix gets it, so a generated run of letters and digits (valid base64) is a Standard Webhooks
+/// secret, and senders use `whsec_` followed by the stored text.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "WebhookSecretsWire")]
 pub struct WebhookSecrets {
     /// Every currently valid signing secret, newest first.
-    #[serde(with = "secret_vec")]
+    #[serde(serialize_with = "secret_vec::serialize")]
     pub secrets: Vec<SecretString>,
+}
+
+/// Either stored shape of [`WebhookSecrets`].
+#[derive(Deserialize)]
+struct WebhookSecretsWire {
+    #[serde(default, with = "secret_vec_opt")]
+    secrets: Option<Vec<SecretString>>,
+    #[serde(default, with = "secret_opt")]
+    secret: Option<SecretString>,
+}
+
+impl TryFrom<WebhookSecretsWire> for WebhookSecrets {
+    type Error = &'static str;
+    fn try_from(w: WebhookSecretsWire) -> Result<Self, Self::Error> {
+        use secrecy::ExposeSecret;
+        match (w.secrets, w.secret) {
+            (Some(_), Some(_)) => Err("give either `secrets` or `secret`, not both"),
+            (Some(secrets), None) => Ok(WebhookSecrets { secrets }),
+            (None, Some(one)) => {
+                let text = one.expose_secret().trim();
+                let whsec = if text.starts_with(crate::webhook::SECRET_PREFIX) {
+                    text.to_owned()
+                } else {
+                    format!("{}{text}", crate::webhook::SECRET_PREFIX)
+                };
+                Ok(WebhookSecrets {
+                    secrets: vec![SecretString::from(whsec)],
+                })
+            }
+            (None, None) => Err("missing field `secrets` (or `secret`)"),
+        }
+    }
+}
+
+/// The OAuth state-signing keys: `{prefix}state-key`, `{"key": "…", "previous_key": "…"}`.
+/// Only oauth-callback reads it. Each key is base64 of at least 32 bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateKeys {
+    /// The key new sign-ins are signed with.
+    #[serde(with = "secret_str")]
+    pub key: SecretString,
+    /// The key before the last rotation, still accepted for sign-ins started before it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "secret_opt")]
+    pub previous_key: Option<SecretString>,
 }
 
 /// Which Microsoft identity system issued a connection's tokens.
@@ -280,6 +330,14 @@ pub struct UploadOptions {
     /// File extensions to refuse (without the dot); absent: the built-in list; empty: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_extensions: Option<Vec<String>>,
+    /// List columns senders may set (`metadata.<field>`), SharePoint internal names; absent:
+    /// every field except the system and audit ones (`Author`, `Created`, …), which only a
+    /// list naming them allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_fields: Option<Vec<String>>,
+    /// Accept `source_url` with plain `http` (port 80) as well as `https`. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http_source: bool,
     /// Largest file accepted, in bytes; absent: the function's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_file_bytes: Option<u64>,
@@ -325,6 +383,50 @@ pub async fn webhook_secrets(
         });
     }
     Ok(s)
+}
+
+/// Reads the state-signing keys from `cfg.state_key_secret`.
+///
+/// Deployments made before that secret existed kept the keys in the app credential
+/// (`state_signing_key`, `previous_state_signing_key`); when the state-key secret does not exist
+/// those are used, so an upgrade does not invalidate sign-ins in flight or need a manual step.
+pub async fn state_keys(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+) -> Result<StateKeys, SecretError> {
+    let keys = match get_typed::<StateKeys>(store, &cfg.state_key_secret).await {
+        Ok(k) => k.value,
+        Err(SecretError::NotFound { .. }) => {
+            let missing = || SecretError::NotFound {
+                name: cfg.state_key_secret.clone(),
+            };
+            let app = match get_typed::<AppCredential>(store, &cfg.app_secret).await {
+                Ok(app) => app.value,
+                Err(SecretError::NotFound { .. }) => return Err(missing()),
+                Err(e) => return Err(e),
+            };
+            let key = app.state_signing_key.ok_or_else(missing)?;
+            tracing::info!(
+                secret = %cfg.app_secret,
+                "state-signing key read from the app credential (legacy location)"
+            );
+            StateKeys {
+                key,
+                previous_key: app.previous_state_signing_key,
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    {
+        use secrecy::ExposeSecret;
+        if keys.key.expose_secret().trim().is_empty() {
+            return Err(SecretError::InvalidJson {
+                name: cfg.state_key_secret.clone(),
+                reason: "key is empty".into(),
+            });
+        }
+    }
+    Ok(keys)
 }
 
 /// Reads connection `id`.
@@ -395,10 +497,37 @@ mod secret_opt {
     }
 }
 
-/// Serde for `Vec<SecretString>`.
+/// Serde for a required `SecretString`.
+mod secret_str {
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.expose_secret())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        Ok(SecretString::from(String::deserialize(d)?))
+    }
+}
+
+/// Serde for an optional `Vec<SecretString>` (read only).
+mod secret_vec_opt {
+    use secrecy::SecretString;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<SecretString>>, D::Error> {
+        Ok(Option::<Vec<String>>::deserialize(d)?
+            .map(|v| v.into_iter().map(SecretString::from).collect()))
+    }
+}
+
+/// Serialising `Vec<SecretString>` (reading goes through `WebhookSecretsWire`).
 mod secret_vec {
     use secrecy::{ExposeSecret, SecretString};
-    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+    use serde::{Serializer, ser::SerializeSeq};
 
     pub fn serialize<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(v.len()))?;
@@ -406,13 +535,6 @@ mod secret_vec {
             seq.serialize_element(secret.expose_secret())?;
         }
         seq.end()
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-        Ok(Vec::<String>::deserialize(d)?
-            .into_iter()
-            .map(SecretString::from)
-            .collect())
     }
 }
 
@@ -581,5 +703,60 @@ mod tests {
             .await
             .unwrap();
         assert!(webhook_secrets(&*store, &cfg).await.is_err());
+    }
+
+    #[test]
+    fn webhook_secret_single_field_becomes_a_whsec_list() {
+        let one: WebhookSecrets =
+            serde_json::from_value(json!({"secret": "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})).unwrap();
+        let got: Vec<&str> = one.secrets.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(got, ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
+        let already: WebhookSecrets =
+            serde_json::from_value(json!({"secret": "whsec_abcd"})).unwrap();
+        assert_eq!(already.secrets[0].expose_secret(), "whsec_abcd");
+
+        let both = serde_json::from_value::<WebhookSecrets>(
+            json!({"secret": "whsec_a", "secrets": ["whsec_b"]}),
+        )
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        let neither = serde_json::from_value::<WebhookSecrets>(json!({})).unwrap_err();
+        assert!(neither.to_string().contains("`secrets`"), "{neither}");
+    }
+
+    #[tokio::test]
+    async fn state_keys_come_from_their_own_secret_or_the_legacy_app_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileSecretStore::open(dir.path()).unwrap();
+        let cfg = Config::from_lookup(|_| None).unwrap().secrets;
+
+        // Neither location: NotFound names the new secret.
+        let e = state_keys(&store, &cfg).await.unwrap_err();
+        assert!(
+            matches!(&e, SecretError::NotFound { name } if name == "spbridge/state-key"),
+            "{e}"
+        );
+
+        // Legacy: the app credential's fields.
+        store
+            .put(
+                "spbridge/app",
+                &json!({"client_id": "c", "state_signing_key": "old-key", "previous_state_signing_key": "older"}),
+                None,
+            )
+            .await
+            .unwrap();
+        let k = state_keys(&store, &cfg).await.unwrap();
+        assert_eq!(k.key.expose_secret(), "old-key");
+        assert_eq!(k.previous_key.unwrap().expose_secret(), "older");
+
+        // The own secret wins once it exists.
+        store
+            .put("spbridge/state-key", &json!({"key": "new-key"}), None)
+            .await
+            .unwrap();
+        let k = state_keys(&store, &cfg).await.unwrap();
+        assert_eq!(k.key.expose_secret(), "new-key");
+        assert!(k.previous_key.is_none());
     }
 }

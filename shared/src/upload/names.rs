@@ -3,6 +3,20 @@
 use super::UploadError;
 use crate::ingest::names::ILLEGAL_CHARS as FORBIDDEN;
 
+/// Bidirectional-text controls: they reorder how a name is displayed.
+const BIDI_CONTROLS: &[char] = &[
+    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+/// Zero-width characters: invisible, so two different names look the same.
+const ZERO_WIDTH: &[char] = &['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}'];
+
+/// Whether `c` is a bidi control or a zero-width character, refused in names (or removed when
+/// sanitising).
+pub fn is_invisible(c: char) -> bool {
+    BIDI_CONTROLS.contains(&c) || ZERO_WIDTH.contains(&c)
+}
+
 /// Checks one file or folder name; `#` and `%` are allowed (SharePoint's `…Path` APIs take them).
 pub fn validate_name(name: &str) -> Result<(), UploadError> {
     let bad = |why: &str| Err(UploadError::BadInput(format!("name {name:?} {why}")));
@@ -17,7 +31,7 @@ pub fn validate_name(name: &str) -> Result<(), UploadError> {
     }
     if let Some(c) = name
         .chars()
-        .find(|c| FORBIDDEN.contains(c) || c.is_control())
+        .find(|c| FORBIDDEN.contains(c) || c.is_control() || is_invisible(*c))
     {
         return bad(&format!("contains the forbidden character {c:?}"));
     }
@@ -110,8 +124,22 @@ mod tests {
         assert!(validate_name("a #1 100%.txt").is_ok());
         assert!(validate_name("Ünïcode ✓.pdf").is_ok());
         for bad in [
-            "", ".", "..", "a/b", "a\\b", "a:b", "a?b", "a*b", "a|b", "a\"b", " a", "a ", "a.",
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a:b",
+            "a?b",
+            "a*b",
+            "a|b",
+            "a\"b",
+            " a",
+            "a ",
+            "a.",
             "a\u{0}b",
+            "a\u{202E}b",
+            "a\u{200B}b",
         ] {
             let err = validate_name(bad).unwrap_err();
             assert_eq!(err.http_status(), 400, "{bad:?}");

@@ -232,6 +232,117 @@ impl Chunker {
     }
 }
 
+// ---- where a source_url may point (SSRF guard) ----
+
+/// What a connection allows a `source_url` to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceUrlPolicy {
+    /// Plain `http` (port 80) as well as `https`: the connection's `allow_http_source`.
+    pub allow_http: bool,
+    /// Test switch (`SPBRIDGE_SOURCE_URL_ALLOW_LOOPBACK`): loopback hosts are reachable, on any
+    /// port and over `http`, so tests can serve files from a random local port. Never set in a
+    /// deployment.
+    pub allow_loopback: bool,
+}
+
+/// Checks a `source_url` before anything is fetched: `https` (or `http` when allowed), port
+/// 443 or 80, no credentials, a host, and, when the host is an IP literal, an address
+/// [`source_ip_allowed`] accepts. Names are checked again once resolved (the resolver must
+/// drop forbidden addresses with [`source_ip_allowed`]). The reason names no address.
+pub fn check_source_url(url: &Url, policy: SourceUrlPolicy) -> Result<(), String> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("only https URLs are allowed".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not allowed".into());
+    }
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => None,
+        None => return Err("the URL has no host".into()),
+    };
+    let localhost = url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost")
+    });
+    let loopback = localhost || ip.is_some_and(|ip| ip.is_loopback());
+    if loopback {
+        return if policy.allow_loopback {
+            Ok(())
+        } else {
+            Err("loopback addresses are not allowed".into())
+        };
+    }
+    if url.scheme() == "http" && !policy.allow_http {
+        return Err("only https URLs are allowed for this connection".into());
+    }
+    if !matches!(url.port_or_known_default(), Some(443 | 80)) {
+        return Err("only ports 443 and 80 are allowed".into());
+    }
+    if let Some(ip) = ip
+        && !source_ip_allowed(ip, policy.allow_loopback)
+    {
+        return Err("the address is private, reserved or otherwise not reachable from here".into());
+    }
+    Ok(())
+}
+
+/// Whether a `source_url` may connect to `ip`: public unicast only. Refused: private,
+/// loopback (unless `allow_loopback`), link-local (169.254.0.0/16 holds the cloud metadata
+/// service), shared (100.64.0.0/10), benchmarking (198.18.0.0/15), reserved (240.0.0.0/4),
+/// multicast, broadcast and unspecified IPv4; and in IPv6 the same plus unique-local and
+/// link-local ranges, and every form that carries an IPv4 address a gateway may forward to:
+/// IPv4-mapped and IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`),
+/// Teredo (`2001::/32`); 6to4 (`2002::/16`) is judged by the IPv4 address it embeds.
+pub fn source_ip_allowed(ip: std::net::IpAddr, allow_loopback: bool) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4_allowed(v4, allow_loopback),
+        std::net::IpAddr::V6(v6) => v6_allowed(v6, allow_loopback),
+    }
+}
+
+fn v4_allowed(v4: std::net::Ipv4Addr, allow_loopback: bool) -> bool {
+    if v4.is_loopback() {
+        return allow_loopback;
+    }
+    let o = v4.octets();
+    !(v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_multicast()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 shared address space
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 protocol assignments
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
+        || o[0] >= 240) // 240.0.0.0/4 reserved, and 255.255.255.255
+}
+
+fn v6_allowed(v6: std::net::Ipv6Addr, allow_loopback: bool) -> bool {
+    if v6.is_loopback() {
+        return allow_loopback;
+    }
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return v4_allowed(v4, allow_loopback);
+    }
+    let s = v6.segments();
+    let embedded_6to4 =
+        || std::net::Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
+    if s[0] == 0x2002 {
+        return v4_allowed(embedded_6to4(), false);
+    }
+    !(v6.is_unspecified()
+        || v6.is_multicast()
+        || s[..6] == [0; 6] // IPv4-compatible ::a.b.c.d (deprecated)
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) // NAT64 64:ff9b::/96
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local NAT64 64:ff9b:1::/48
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x0100 && s[1..4] == [0; 3]) // discard-only 100::/64
+        || (s[0] & 0xfe00) == 0xfc00 // unique local, incl. fd00:ec2::254 (EC2 metadata)
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0) // site-local (deprecated)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +465,117 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.http_status(), 400);
+    }
+
+    #[test]
+    fn source_addresses_refused_and_allowed() {
+        let no = |s: &str| !source_ip_allowed(s.parse().unwrap(), false);
+        for bad in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "192.0.0.170",
+            "::1",
+            "::",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::808:808",
+            "64:ff9b:1::1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:0a00:0001::",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "100::1",
+        ] {
+            assert!(no(bad), "{bad} should be refused");
+        }
+        for good in [
+            "203.0.113.9",
+            "8.8.8.8",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "2002:0808:0808::1",
+            "::ffff:8.8.8.8",
+            "2001:4860::8888",
+        ] {
+            assert!(!no(good), "{good} should be allowed");
+        }
+        assert!(source_ip_allowed("127.0.0.1".parse().unwrap(), true));
+        assert!(source_ip_allowed("::1".parse().unwrap(), true));
+        assert!(!source_ip_allowed("::ffff:10.0.0.1".parse().unwrap(), true));
+        assert!(!source_ip_allowed("2002:7f00:1::".parse().unwrap(), true));
+    }
+
+    #[test]
+    fn source_url_scheme_port_and_host_rules() {
+        let strict = SourceUrlPolicy::default();
+        let http = SourceUrlPolicy {
+            allow_http: true,
+            ..strict
+        };
+        let tests = SourceUrlPolicy {
+            allow_loopback: true,
+            ..strict
+        };
+        let check = |u: &str, p| check_source_url(&Url::parse(u).unwrap(), p);
+        assert!(check("https://files.example.com/a.pdf", strict).is_ok());
+        assert!(check("https://files.example.com:443/a.pdf", strict).is_ok());
+        assert!(
+            check("https://files.example.com:8443/a.pdf", strict)
+                .unwrap_err()
+                .contains("ports")
+        );
+        assert!(check("https://files.example.com:80/a.pdf", strict).is_ok());
+        assert!(
+            check("http://files.example.com/a.pdf", strict)
+                .unwrap_err()
+                .contains("https")
+        );
+        assert!(check("http://files.example.com/a.pdf", http).is_ok());
+        assert!(check("http://files.example.com:8080/a.pdf", http).is_err());
+        assert!(check("ftp://files.example.com/a.pdf", http).is_err());
+        assert!(
+            check("https://u:p@files.example.com/a.pdf", strict)
+                .unwrap_err()
+                .contains("credentials")
+        );
+        assert!(check("https://[::127.0.0.1]/a", strict).is_err());
+        assert!(check("https://[64:ff9b::a9fe:a9fe]/a", strict).is_err());
+        assert!(check("https://198.18.0.5/a", strict).is_err());
+        assert!(check("https://169.254.169.254/latest/meta-data", tests).is_err());
+        // The test switch: loopback on any port and over http, nothing else.
+        assert!(check("http://127.0.0.1:41234/f", tests).is_ok());
+        assert!(check("http://localhost:41234/f", tests).is_ok());
+        assert!(check("http://127.0.0.1:41234/f", http).is_err());
+        assert!(check("http://localhost/f", strict).is_err());
+        assert!(check("http://10.0.0.1:41234/f", tests).is_err());
+        assert!(check("http://files.example.com:41234/f", tests).is_err());
+        for u in ["https://[::127.0.0.1]/a", "https://10.0.0.1/a"] {
+            let reason = check(u, strict).unwrap_err();
+            assert!(
+                !reason.contains("10.0.0.1") && !reason.contains("127"),
+                "{reason}"
+            );
+        }
     }
 }
