@@ -4,7 +4,6 @@
 //! The `webhook-id` is `cb_{job}` on every attempt, so a receiver that deduplicates on it sees
 //! one event however often it is delivered.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -12,6 +11,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use super::{CallbackRecord, Job, JobStatus};
+use crate::upload::source::{SourceUrlPolicy, check_source_url};
 use crate::webhook::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
 
 /// How callbacks are sent.
@@ -62,12 +62,15 @@ impl Callbacks {
             delivered: false,
             at: 0,
         };
-        if let Some(ip) = literal_ip(url) {
-            if !crate::ingest::pipeline::source_ip_allowed(ip, self.allow_loopback) {
-                tracing::warn!(job = %job.id, "callback_url names a forbidden address; not called");
-                record.at = OffsetDateTime::now_utc().unix_timestamp();
-                return record;
-            }
+        // The same address rules as a source_url: https on 443 (loopback only in tests).
+        let policy = SourceUrlPolicy {
+            allow_http: false,
+            allow_loopback: self.allow_loopback,
+        };
+        if let Err(reason) = check_source_url(url, policy) {
+            tracing::warn!(job = %job.id, %reason, "callback_url refused; not called");
+            record.at = OffsetDateTime::now_utc().unix_timestamp();
+            return record;
         }
         let now = OffsetDateTime::now_utc();
         let body = Self::payload(job, now).to_string();
@@ -114,16 +117,5 @@ impl Callbacks {
         }
         record.at = OffsetDateTime::now_utc().unix_timestamp();
         record
-    }
-}
-
-fn literal_ip(url: &Url) -> Option<IpAddr> {
-    match url.host()? {
-        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-        url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
-            Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-        }
-        url::Host::Domain(_) => None,
     }
 }
