@@ -119,3 +119,57 @@ impl Callbacks {
         record
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobId, Progress};
+
+    fn job() -> Job {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        Job {
+            id: JobId::parse(&"ab".repeat(16)).unwrap(),
+            connection: "c".into(),
+            delivery: "wh:m".into(),
+            payload_hash: String::new(),
+            status: JobStatus::Failed,
+            attempts: 1,
+            progress: Progress::default(),
+            result: None,
+            error: None,
+            files_done: Vec::new(),
+            callback: None,
+            lease: None,
+            generation: 1,
+            checkpoint: None,
+            created_at: now,
+            updated_at: now,
+            expires_at: 0,
+            token_hashes: vec!["secret-hash".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn private_and_plain_http_targets_are_never_called() {
+        let secret = WebhookSecret::from_raw(b"k".to_vec()).unwrap();
+        let cb = Callbacks::new(reqwest::Client::new());
+        for url in [
+            "https://10.0.0.1/hook",
+            "https://169.254.169.254/latest",
+            "http://example.com/hook",
+            "https://127.0.0.1/hook",
+        ] {
+            let r = cb.deliver(&url.parse().unwrap(), &secret, &job()).await;
+            assert_eq!((r.attempts, r.delivered), (0, false), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_payload_names_the_outcome_and_hides_token_hashes() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let p = Callbacks::payload(&job(), now);
+        assert_eq!(p["type"], "upload.failed");
+        assert_eq!(p["data"]["job"], "ab".repeat(16));
+        assert!(!p.to_string().contains("secret-hash"));
+    }
+}
