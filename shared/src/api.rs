@@ -32,6 +32,8 @@ pub enum Kind {
     Conflict,
     /// This request (a sign-in callback, a delivery) was already used.
     Replayed,
+    /// The same delivery is being processed by another request right now; retry later.
+    InProgress,
     /// A sign-in brought a different account than the one the connection is bound to.
     AccountMismatch,
     /// The body or one file is larger than allowed.
@@ -69,6 +71,7 @@ impl Kind {
         Kind::MethodNotAllowed,
         Kind::Conflict,
         Kind::Replayed,
+        Kind::InProgress,
         Kind::AccountMismatch,
         Kind::PayloadTooLarge,
         Kind::UnsupportedMediaType,
@@ -91,7 +94,9 @@ impl Kind {
             Kind::Forbidden => S::FORBIDDEN,
             Kind::ConnectionNotFound | Kind::NotFound => S::NOT_FOUND,
             Kind::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
-            Kind::Conflict | Kind::Replayed | Kind::AccountMismatch => S::CONFLICT,
+            Kind::Conflict | Kind::Replayed | Kind::InProgress | Kind::AccountMismatch => {
+                S::CONFLICT
+            }
             Kind::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => S::UNSUPPORTED_MEDIA_TYPE,
             Kind::InvalidName | Kind::Unprocessable => S::UNPROCESSABLE_ENTITY,
@@ -117,6 +122,7 @@ impl Kind {
             Kind::MethodNotAllowed => "method_not_allowed",
             Kind::Conflict => "conflict",
             Kind::Replayed => "replayed",
+            Kind::InProgress => "in_progress",
             Kind::AccountMismatch => "account_mismatch",
             Kind::PayloadTooLarge => "payload_too_large",
             Kind::UnsupportedMediaType => "unsupported_media_type",
@@ -183,6 +189,12 @@ impl ApiError {
         self.kind.code()
     }
 
+    /// `Retry-After` in whole seconds, rounded up (at least 1), when set.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+            .map(|w| (w.as_secs() + u64::from(w.subsec_nanos() > 0)).max(1))
+    }
+
     /// The JSON body: `{"error", "message", ...details}`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut body = serde_json::Map::new();
@@ -208,8 +220,7 @@ impl ApiError {
             http::header::CACHE_CONTROL,
             http::HeaderValue::from_static("no-store"),
         );
-        if let Some(wait) = self.retry_after {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Some(secs) = self.retry_after_secs() {
             h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }
         resp

@@ -10,6 +10,7 @@ use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream;
 use secrecy::SecretString;
+use shared::api::ApiError;
 use shared::upload::graph::{DriveRef, GraphClient, GraphOptions};
 use shared::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use shared::upload::{
@@ -339,7 +340,7 @@ async fn conflict_modes_mean_what_graph_means() {
                 matches!(err, UploadError::Conflict { .. }),
                 "{api:?} {label}: {err:?}"
             );
-            assert_eq!(err.http_status(), 409);
+            assert_eq!(ApiError::from(&err).status(), 409);
             assert!(
                 w.emu.file_bytes(&original).unwrap() == first,
                 "fail must not touch it"
@@ -429,7 +430,7 @@ async fn metadata_is_set_without_an_extra_version() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 400);
+    assert_eq!(ApiError::from(&err).status(), 400);
 }
 
 #[tokio::test]
@@ -508,8 +509,20 @@ async fn throttling_past_the_deadline_answers_throttled_and_leaves_nothing() {
             "it waited past the deadline"
         );
         match err {
-            UploadError::Throttled { retry_after } => {
-                assert_eq!(retry_after, Duration::from_secs(30))
+            UploadError::Throttled {
+                retry_after,
+                microsoft,
+            } => {
+                assert_eq!(retry_after, Duration::from_secs(30));
+                // Microsoft's code (and Graph's request id) survive for the support ticket.
+                let ms = microsoft.expect("Microsoft's error is kept");
+                match api {
+                    Target::Graph => {
+                        assert_eq!(ms.code.as_deref(), Some("serviceNotAvailable"));
+                        assert!(ms.request_id.is_some(), "{ms:?}");
+                    }
+                    Target::SharePoint => assert_eq!(ms.sp_code(), Some(-2147024860)),
+                }
             }
             other => panic!("{api:?}: {other:?}"),
         }
@@ -633,7 +646,7 @@ async fn an_expired_graph_session_is_an_upstream_failure() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 502, "{err:?}");
+    assert_eq!(ApiError::from(&err).status(), 502, "{err:?}");
     assert!(err.to_string().contains("expired"), "{err}");
     w.assert_clean(&format!("{}/expired/late.bin", w.library()));
 }
@@ -719,7 +732,7 @@ async fn throttling_mid_upload_past_the_deadline_cancels_cleanly() {
             .unwrap_err();
         w.emu.clear_faults();
         match err {
-            UploadError::Throttled { retry_after } => {
+            UploadError::Throttled { retry_after, .. } => {
                 assert_eq!(retry_after, Duration::from_secs(120))
             }
             other => panic!("{api:?}: {other:?}"),
@@ -825,7 +838,7 @@ async fn source_urls_stream_into_chunked_uploads() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 400, "{err}");
+    assert_eq!(ApiError::from(&err).status(), 400, "{err}");
     assert!(err.to_string().contains("length"), "{err}");
     assert!(w.emu.open_uploads().is_empty());
 
@@ -847,7 +860,7 @@ async fn source_urls_stream_into_chunked_uploads() {
     let err = UploadSource::from_url(&http, &url, &fast_retries(), None)
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 400);
+    assert_eq!(ApiError::from(&err).status(), 400);
     assert!(!err.to_string().contains("topsecret"), "{err}");
 }
 
@@ -974,7 +987,7 @@ async fn a_missing_library_or_drive_is_not_found() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 404, "{err:?}");
+    assert_eq!(ApiError::from(&err).status(), 404, "{err:?}");
     let err = w
         .graph(MIB)
         .upload(
@@ -984,5 +997,25 @@ async fn a_missing_library_or_drive_is_not_found() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.http_status(), 404, "{err:?}");
+    assert_eq!(ApiError::from(&err).status(), 404, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_graph_202_without_next_expected_ranges_asks_the_session_and_goes_on() {
+    let w = World::start().await;
+    w.emu
+        .add_fault(FaultRule::new("/graph/_upload", FaultKind::OmitNextExpectedRanges).times(1));
+    let len = 3 * 320 * 1024 + 7;
+    let r = req("ranges", "no-ranges.bin", ConflictBehavior::Fail);
+    let out = w
+        .upload(Target::Graph, 320 * 1024, &r, generated(len as u64, true))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.emu.clear_faults();
+    assert!(out.retries > 0, "the fault was not hit");
+    let stored = w
+        .emu
+        .file_bytes(&w.stored_path(Target::Graph, &out))
+        .unwrap();
+    assert!(stored == content(len));
 }

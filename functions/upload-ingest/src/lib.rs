@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lambda_http::{Body, Request, RequestExt as _, Response, http::StatusCode};
+use lambda_http::{Body, Request, RequestExt as _, Response};
 use shared::access::Access;
+use shared::api::{ApiError, Kind};
 use shared::config::Config;
 use shared::identity::TokenCache;
 use shared::ingest::pipeline::{IngestRequest, IngestResponse, Pipeline, TokenProvider};
@@ -106,22 +107,18 @@ pub fn init_with(config: Config) -> Result<State, String> {
 pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Body> {
     let state = match state {
         Ok(s) => s,
-        Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
+        Err(e) => return error(ApiError::new(Kind::ConfigurationError, e.as_str())),
     };
     let Some(connection) = route(&req) else {
-        return json(StatusCode::NOT_FOUND, "not_found", "no such route");
+        return error(ApiError::new(Kind::NotFound, "no such route"));
     };
     let connection = connection.as_deref();
     if req.method() != lambda_http::http::Method::POST {
-        return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use POST to upload",
-        );
+        return error(ApiError::new(Kind::MethodNotAllowed, "use POST to upload"));
     }
     let pipeline = match state.pipeline().await {
         Ok(p) => p,
-        Err(e) => return json(StatusCode::INTERNAL_SERVER_ERROR, "configuration_error", e),
+        Err(e) => return error(ApiError::new(Kind::ConfigurationError, e.as_str())),
     };
     let context = req.lambda_context_ref();
     let deadline = context.and_then(|c| instant_of(c.deadline(), SystemTime::now()));
@@ -198,13 +195,8 @@ fn respond(answer: IngestResponse) -> Response<Body> {
         .unwrap_or_default()
 }
 
-fn json(status: StatusCode, error: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": error, "message": message }).to_string();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap_or_default()
+fn error(e: ApiError) -> Response<Body> {
+    e.to_response().map(Body::from)
 }
 
 #[cfg(test)]
@@ -254,5 +246,8 @@ mod tests {
             panic!("JSON text body")
         };
         assert!(t.contains("SPBRIDGE_CLOUD"));
+        let v: serde_json::Value = serde_json::from_str(t).unwrap();
+        assert_eq!(v["error"], "configuration_error");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
     }
 }

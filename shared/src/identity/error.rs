@@ -4,6 +4,8 @@ use std::{fmt, time::Duration};
 
 use serde::Deserialize;
 
+use crate::microsoft::{self, MsCode, RefreshFailure};
+
 /// An OAuth error body from Microsoft (AAD, ACS, login.live.com) or an error redirect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsError {
@@ -62,10 +64,10 @@ impl MsError {
         body: &str,
     ) -> Self {
         let desc = description.as_deref().unwrap_or("");
-        let code = ms_code(desc).or_else(|| {
-            // AAD sends the number alone in error_codes; ACS errors always carry their prefix.
-            first_error_code.map(|n| format!("AADSTS{n}"))
-        });
+        // AAD sends the number alone in error_codes; ACS errors always carry their prefix.
+        let code = MsCode::find_in(desc)
+            .or(first_error_code.map(MsCode::Aadsts))
+            .map(|c| c.to_string());
         MsError {
             status,
             error,
@@ -79,10 +81,19 @@ impl MsError {
 
     /// The numeric part of the code, e.g. 70016 for `AADSTS70016`.
     pub fn code_number(&self) -> Option<u64> {
-        let code = self.code.as_deref()?;
-        code.trim_start_matches(|c: char| c.is_ascii_alphabetic())
-            .parse()
-            .ok()
+        self.code
+            .as_deref()
+            .and_then(MsCode::parse)
+            .map(MsCode::number)
+    }
+
+    /// The class of this error in [`crate::microsoft::TABLE`], or `None` if nothing decides it.
+    pub fn class(&self) -> Option<RefreshFailure> {
+        microsoft::token_action(
+            &self.error,
+            self.code.as_deref(),
+            (self.status != 0).then_some(self.status),
+        )
     }
 }
 
@@ -110,27 +121,6 @@ impl fmt::Display for MsError {
         }
         Ok(())
     }
-}
-
-/// Finds the first `AADSTSnnnn` or `ACSnnnn` in a description.
-fn ms_code(desc: &str) -> Option<String> {
-    for prefix in ["AADSTS", "ACS"] {
-        let mut rest = desc;
-        while let Some(at) = rest.find(prefix) {
-            let after = &rest[at + prefix.len()..];
-            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-            // A prefix glued to a previous word (e.g. "XACS1") is not a code.
-            let starts_word = rest[..at]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !c.is_ascii_alphanumeric());
-            if !digits.is_empty() && starts_word {
-                return Some(format!("{prefix}{digits}"));
-            }
-            rest = after;
-        }
-    }
-    None
 }
 
 /// The value after `label` on its own line of an AAD description.
@@ -187,51 +177,23 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
-    /// Classifies a Microsoft error response.
+    /// Classifies a Microsoft error response by [`crate::microsoft::TABLE`]; an error the table
+    /// does not decide is [`IdentityError::Rejected`].
     pub fn from_ms(ms: MsError) -> Self {
+        let class = ms.class();
         let e = Box::new(ms);
-        // AADSTS codes that mean "the user has to come back", whatever the OAuth error says.
-        const CONSENT_CODES: &[u64] = &[
-            65001, 65004, 50076, 50079, 50078, 50158, 50173, 70000, 70008, 700082, 700084, 54005,
-            50126, 50058, 50132, 50133, 50140,
-        ];
-        const MISCONFIGURED_CODES: &[u64] = &[
-            7000215, 7000222, 700016, 700023, 700027, 90002, 50049, 500011, 500113, 50011, 90014,
-            700054, 70011,
-        ];
-        let n = e.code_number();
-        match e.error.as_str() {
-            _ if e.status == 429 || e.status >= 500 => IdentityError::Transient {
-                detail: e.to_string(),
-                retry_after: None,
-                attempts: 1,
-                ms: Some(e),
-            },
-            "temporarily_unavailable" | "server_error" => IdentityError::Transient {
-                detail: e.to_string(),
-                retry_after: None,
-                attempts: 1,
-                ms: Some(e),
-            },
-            _ if n.is_some_and(|n| CONSENT_CODES.contains(&n)) => IdentityError::NeedsConsent(e),
-            _ if n.is_some_and(|n| MISCONFIGURED_CODES.contains(&n)) => {
-                IdentityError::Misconfigured(e)
+        match class {
+            Some(RefreshFailure::NeedsConsent) => IdentityError::NeedsConsent(e),
+            Some(RefreshFailure::Misconfigured) => IdentityError::Misconfigured(e),
+            Some(RefreshFailure::Throttled | RefreshFailure::Transient) => {
+                IdentityError::Transient {
+                    detail: e.to_string(),
+                    retry_after: None,
+                    attempts: 1,
+                    ms: Some(e),
+                }
             }
-            "invalid_grant"
-            | "interaction_required"
-            | "consent_required"
-            | "login_required"
-            | "access_denied"
-            | "expired_token" => IdentityError::NeedsConsent(e),
-            "invalid_client"
-            | "unauthorized_client"
-            | "invalid_resource"
-            | "invalid_scope"
-            | "unsupported_grant_type"
-            | "unsupported_response_type"
-            | "invalid_instance"
-            | "invalid_request" => IdentityError::Misconfigured(e),
-            _ => IdentityError::Rejected(e),
+            None => IdentityError::Rejected(e),
         }
     }
 
@@ -367,5 +329,62 @@ mod tests {
         ));
 
         assert!(MsError::from_json(400, "<html>").is_none());
+    }
+
+    /// The two former tables disagreed on these; now both answers come from the one table.
+    #[test]
+    fn identity_and_refresh_classes_agree() {
+        let cases = [
+            (
+                400,
+                "invalid_client",
+                "AADSTS700024: Client assertion is not within its valid time range.",
+            ),
+            (
+                400,
+                "invalid_request",
+                "AADSTS50196: The server terminated an operation because it encountered a client request loop.",
+            ),
+            (
+                400,
+                "invalid_grant",
+                "AADSTS50058: A silent sign-in request was sent but no user is signed in.",
+            ),
+            (
+                400,
+                "invalid_request",
+                "AADSTS500113: No reply address is registered for the application.",
+            ),
+            (
+                400,
+                "invalid_grant",
+                "AADSTS90033: A transient error has occurred.",
+            ),
+            (400, "expired_token", ""),
+            (400, "slow_down", ""),
+        ];
+        for (status, error, desc) in cases {
+            let body = serde_json::json!({"error": error, "error_description": desc}).to_string();
+            let ms = MsError::from_json(status, &body).unwrap();
+            let refresh = RefreshFailure::classify(&ms.error, ms.code.as_deref(), Some(status));
+            let identity = IdentityError::from_ms(ms);
+            let same = match refresh {
+                RefreshFailure::NeedsConsent => matches!(identity, IdentityError::NeedsConsent(_)),
+                RefreshFailure::Misconfigured => {
+                    matches!(identity, IdentityError::Misconfigured(_))
+                }
+                RefreshFailure::Throttled | RefreshFailure::Transient => identity.is_transient(),
+            };
+            assert!(
+                same,
+                "{error} {desc}: refresh {refresh:?}, identity {identity:?}"
+            );
+        }
+        let throttled = MsError::from_json(
+            400,
+            r#"{"error":"invalid_request","error_description":"AADSTS50196: loop"}"#,
+        )
+        .unwrap();
+        assert_eq!(throttled.class(), Some(RefreshFailure::Throttled));
     }
 }

@@ -3,62 +3,15 @@
 //! Every flow builds an [`HttpRequest`]; tests assert it field by field, production sends it
 //! through [`send`] / [`send_token`], which own retry, `Retry-After` and error mapping.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use reqwest::Method;
 use time::OffsetDateTime;
 use url::Url;
 
-use super::{
-    error::{IdentityError, MsError},
-    token::Token,
-};
-
-/// A header or form value: plain, or a secret that `Debug` hides.
-#[derive(Clone)]
-pub enum Field {
-    /// Safe to log.
-    Plain(String),
-    /// A secret (client secret, code, refresh token, assertion, bearer token).
-    Secret(secrecy::SecretString),
-}
-
-impl Field {
-    /// A secret field.
-    pub fn secret(value: &str) -> Self {
-        Field::Secret(secrecy::SecretString::from(value))
-    }
-
-    /// The value as sent on the wire.
-    pub fn expose(&self) -> &str {
-        use secrecy::ExposeSecret;
-        match self {
-            Field::Plain(s) => s,
-            Field::Secret(s) => s.expose_secret(),
-        }
-    }
-}
-
-impl fmt::Debug for Field {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Field::Plain(s) => write!(f, "{s:?}"),
-            Field::Secret(_) => write!(f, "[redacted]"),
-        }
-    }
-}
-
-impl From<&str> for Field {
-    fn from(s: &str) -> Self {
-        Field::Plain(s.to_owned())
-    }
-}
-
-impl From<String> for Field {
-    fn from(s: String) -> Self {
-        Field::Plain(s)
-    }
-}
+use super::error::{IdentityError, MsError};
+pub use super::token::{Field, Token};
+use crate::http::{Budget, Next, retry};
 
 /// One HTTP exchange, built by a flow and sent by [`send`].
 #[derive(Debug, Clone)]
@@ -155,6 +108,19 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The retry engine's policy: a token call waits out no single `Retry-After` longer than
+    /// its whole budget.
+    pub fn engine(&self) -> crate::http::RetryPolicy {
+        crate::http::RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_delay: self.base_delay,
+            max_delay: self.max_total_wait,
+            max_total_wait: self.max_total_wait,
+        }
+    }
+}
+
 /// A response as the identity code needs it.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
@@ -175,16 +141,14 @@ pub async fn send(
     req: &HttpRequest,
     policy: &RetryPolicy,
 ) -> Result<RawResponse, IdentityError> {
-    let max = policy.max_attempts.max(1);
-    let mut waited = Duration::ZERO;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    let engine = policy.engine();
+    let budget = Budget::new(None);
+    let done = retry(&engine, &budget, |_| async {
         let (detail, retry_after, ms) = match send_once(http, req).await {
             Ok(resp) => {
                 let status = resp.status;
                 if status != 429 && status < 500 {
-                    return Ok(resp.into());
+                    return Next::Done(Ok(resp.into()));
                 }
                 let ms = MsError::from_json(status, &resp.body);
                 (
@@ -197,23 +161,29 @@ pub async fn send(
                 )
             }
             Err(Fault::Retry(e)) => (e, None, None),
-            Err(Fault::Fatal(e)) => return Err(IdentityError::InvalidInput(e)),
+            Err(Fault::Fatal(e)) => return Next::Done(Err(IdentityError::InvalidInput(e))),
         };
-        let backoff = retry_after
-            .unwrap_or_else(|| policy.base_delay.saturating_mul(1 << (attempt - 1).min(16)));
-        if attempt >= max || waited.saturating_add(backoff) > policy.max_total_wait {
-            tracing::warn!(attempt, %detail, "giving up on transient failure");
-            return Err(IdentityError::Transient {
+        Next::Again {
+            retry_after,
+            last: Err(IdentityError::Transient {
                 detail,
                 retry_after,
-                attempts: attempt,
+                attempts: 0,
                 ms,
-            });
+            }),
         }
-        tracing::info!(attempt, %detail, backoff_ms = backoff.as_millis() as u64, "retrying");
-        tokio::time::sleep(backoff).await;
-        waited = waited.saturating_add(backoff);
-    }
+    })
+    .await;
+    done.value.map_err(|mut e| {
+        if let IdentityError::Transient {
+            attempts, detail, ..
+        } = &mut e
+        {
+            *attempts = done.attempts;
+            tracing::warn!(attempts = done.attempts, %detail, "giving up on transient failure");
+        }
+        e
+    })
 }
 
 struct Once {

@@ -7,7 +7,6 @@ use time::OffsetDateTime;
 
 use super::{
     jwt::{self, num},
-    request::Field,
     secret::{AccessToken, RefreshToken},
 };
 
@@ -100,6 +99,52 @@ impl Token {
     /// The `Authorization` header value.
     pub fn authorization(&self) -> Field {
         Field::Secret(format!("Bearer {}", self.access_token.expose_secret()).into())
+    }
+}
+
+/// A header or form value: plain, or a secret that `Debug` hides.
+#[derive(Clone)]
+pub enum Field {
+    /// Safe to log.
+    Plain(String),
+    /// A secret (client secret, code, refresh token, assertion, bearer token).
+    Secret(secrecy::SecretString),
+}
+
+impl Field {
+    /// A secret field.
+    pub fn secret(value: &str) -> Self {
+        Field::Secret(secrecy::SecretString::from(value))
+    }
+
+    /// The value as sent on the wire.
+    pub fn expose(&self) -> &str {
+        use secrecy::ExposeSecret;
+        match self {
+            Field::Plain(s) => s,
+            Field::Secret(s) => s.expose_secret(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Field::Plain(s) => write!(f, "{s:?}"),
+            Field::Secret(_) => write!(f, "[redacted]"),
+        }
+    }
+}
+
+impl From<&str> for Field {
+    fn from(s: &str) -> Self {
+        Field::Plain(s.to_owned())
+    }
+}
+
+impl From<String> for Field {
+    fn from(s: String) -> Self {
+        Field::Plain(s)
     }
 }
 

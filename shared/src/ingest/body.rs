@@ -153,37 +153,8 @@ pub struct RawRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The raw query string, without `?`, still percent-encoded.
     pub query: Option<&'a str>,
-    /// The body, already base64-decoded if API Gateway flagged it (see [`decode_gateway_body`]).
+    /// The body, already base64-decoded if API Gateway flagged it (`lambda_http` does that).
     pub body: Bytes,
-}
-
-/// Decodes an API Gateway body flagged `isBase64Encoded`, refusing bodies over `max_body_bytes`
-/// before decoding them. An unflagged body is returned as it is (size-checked too).
-pub fn decode_gateway_body(
-    body: &[u8],
-    is_base64_encoded: bool,
-    max_body_bytes: usize,
-) -> Result<Bytes, IngestError> {
-    let too_large = IngestError::PayloadTooLarge {
-        what: "request body",
-        limit: max_body_bytes,
-    };
-    if !is_base64_encoded {
-        if body.len() > max_body_bytes {
-            return Err(too_large);
-        }
-        return Ok(Bytes::copy_from_slice(body));
-    }
-    if decoded_len_lower_bound(body.len()) > max_body_bytes {
-        return Err(too_large);
-    }
-    let decoded = BASE64
-        .decode(body.trim_ascii())
-        .map_err(|_| IngestError::GatewayBase64)?;
-    if decoded.len() > max_body_bytes {
-        return Err(too_large);
-    }
-    Ok(Bytes::from(decoded))
 }
 
 /// The fewest bytes `encoded_len` base64 characters can decode to (padding aside).
@@ -870,6 +841,12 @@ mod tests {
     use crate::ingest::names::{NameError, Traversal};
     use http::HeaderValue;
 
+    /// The status and code a refusal answers with.
+    fn status_code(e: &IngestError) -> (u16, &'static str) {
+        let api = crate::api::ApiError::from(e);
+        (api.status().as_u16(), api.code())
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -1031,7 +1008,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(bad.status(), 400);
+        assert_eq!(status_code(&bad).0, 400);
         assert!(bad.to_string().contains("charset"), "{bad}");
         let unterminated = parse(
             &[("content-disposition", r#"attachment; filename="oops.txt"#)],
@@ -1052,7 +1029,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!((trav.status(), trav.code()), (400, "invalid_path"));
+        assert_eq!(status_code(&trav), (400, "invalid_path"));
     }
 
     #[tokio::test]
@@ -1109,7 +1086,7 @@ mod tests {
         let no_name = parse(&[("content-type", "text/plain")], None, "x")
             .await
             .unwrap_err();
-        assert_eq!(no_name.status(), 400);
+        assert_eq!(status_code(&no_name).0, 400);
         assert!(
             no_name.to_string().starts_with("name: no file name"),
             "{no_name}"
@@ -1123,7 +1100,7 @@ mod tests {
         let conflict = parse(&[], Some("name=a.txt&conflict=overwrite"), "x")
             .await
             .unwrap_err();
-        assert_eq!(conflict.status(), 400);
+        assert_eq!(status_code(&conflict).0, 400);
         assert!(
             conflict
                 .to_string()
@@ -1133,14 +1110,14 @@ mod tests {
         let bad_key = parse(&[], Some("name=a.txt&metadata.bad%20key=1"), "x")
             .await
             .unwrap_err();
-        assert_eq!(bad_key.status(), 400);
+        assert_eq!(status_code(&bad_key).0, 400);
         assert!(
             bad_key.to_string().starts_with("metadata.bad key:"),
             "{bad_key}"
         );
 
         let illegal = parse(&[], Some("name=a%3Fb.txt"), "x").await.unwrap_err();
-        assert_eq!((illegal.status(), illegal.code()), (422, "invalid_name"));
+        assert_eq!(status_code(&illegal), (422, "invalid_name"));
         assert!(
             illegal.to_string().starts_with("name: name contains '?'"),
             "{illegal}"
@@ -1149,12 +1126,12 @@ mod tests {
         let reserved = parse(&[("x-file-name", "CON.txt")], None, "x")
             .await
             .unwrap_err();
-        assert_eq!(reserved.status(), 422);
+        assert_eq!(status_code(&reserved).0, 422);
 
         let twice = parse(&[("x-file-name", "a"), ("x-file-name", "b")], None, "x")
             .await
             .unwrap_err();
-        assert_eq!(twice.status(), 400);
+        assert_eq!(status_code(&twice).0, 400);
     }
 
     #[tokio::test]
@@ -1179,7 +1156,7 @@ mod tests {
                 IngestError::name("folder", NameError::Traversal(kind)),
                 "{q}"
             );
-            assert_eq!((err.status(), err.code()), (400, "invalid_path"));
+            assert_eq!(status_code(&err), (400, "invalid_path"));
         }
         // Headers are decoded once too, with the same outcome.
         for (folder, kind) in [
@@ -1252,7 +1229,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!((err.status(), err.code()), (413, "payload_too_large"));
+        assert_eq!(status_code(&err), (413, "payload_too_large"));
         assert_eq!(
             err.to_string(),
             "request body is larger than the limit of 1024 bytes (0.00 MiB)"
@@ -1299,11 +1276,7 @@ mod tests {
             let err = parse(&[("content-type", ct)], Some("name=a.txt"), "x")
                 .await
                 .unwrap_err();
-            assert_eq!(
-                (err.status(), err.code()),
-                (415, "unsupported_media_type"),
-                "{ct}"
-            );
+            assert_eq!(status_code(&err), (415, "unsupported_media_type"), "{ct}");
             assert!(err.to_string().contains(ct));
         }
     }
@@ -1320,46 +1293,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!((err.status(), err.code()), (405, "method_not_allowed"));
-    }
-
-    #[test]
-    fn gateway_base64_body() {
-        assert_eq!(
-            decode_gateway_body(b"aGVsbG8gd29ybGQ=", true, 100).unwrap(),
-            Bytes::from_static(b"hello world")
-        );
-        assert_eq!(
-            decode_gateway_body(b"raw", false, 100).unwrap(),
-            Bytes::from_static(b"raw")
-        );
-        assert_eq!(
-            decode_gateway_body(b"not base64!", true, 100),
-            Err(IngestError::GatewayBase64)
-        );
-        assert_eq!(IngestError::GatewayBase64.status(), 400);
-        // 11 bytes decoded: limit 10 refuses, 11 accepts.
-        assert_eq!(
-            decode_gateway_body(b"aGVsbG8gd29ybGQ=", true, 10),
-            Err(IngestError::PayloadTooLarge {
-                what: "request body",
-                limit: 10
-            })
-        );
-        assert!(decode_gateway_body(b"aGVsbG8gd29ybGQ=", true, 11).is_ok());
-        // A huge encoded body is refused from its length alone, before decoding.
-        let huge = vec![b'!'; 4000];
-        assert_eq!(
-            decode_gateway_body(&huge, true, 100),
-            Err(IngestError::PayloadTooLarge {
-                what: "request body",
-                limit: 100
-            })
-        );
-        assert!(matches!(
-            decode_gateway_body(&huge, false, 100),
-            Err(IngestError::PayloadTooLarge { .. })
-        ));
+        assert_eq!(status_code(&err), (405, "method_not_allowed"));
     }
 
     // ---- multipart ----
@@ -1461,7 +1395,7 @@ mod tests {
         let err = parse(&[("content-type", &ct)], None, cut)
             .await
             .unwrap_err();
-        assert_eq!((err.status(), err.code()), (400, "bad_request"));
+        assert_eq!(status_code(&err), (400, "bad_request"));
         assert!(
             err.to_string()
                 .starts_with("malformed multipart/form-data body: "),
@@ -1489,7 +1423,7 @@ mod tests {
         let err = parse(&[("content-type", &ct)], None, fields_only)
             .await
             .unwrap_err();
-        assert_eq!(err.status(), 400);
+        assert_eq!(status_code(&err).0, 400);
         assert!(err.to_string().contains("no file part"));
 
         let unknown = multipart_body(&[
@@ -1499,7 +1433,7 @@ mod tests {
         let err = parse(&[("content-type", &ct)], None, unknown)
             .await
             .unwrap_err();
-        assert_eq!(err.status(), 400);
+        assert_eq!(status_code(&err).0, 400);
         assert!(
             err.to_string().starts_with("fodler: unknown form field"),
             "{err}"
@@ -1522,19 +1456,19 @@ mod tests {
         let err = parse(&[("content-type", &ct)], None, bad_name)
             .await
             .unwrap_err();
-        assert_eq!((err.status(), err.code()), (422, "invalid_name"));
+        assert_eq!(status_code(&err), (422, "invalid_name"));
 
         let trav = multipart_body(&[("file", Some("../../x.txt"), None, b"x")]);
         let err = parse(&[("content-type", &ct)], None, trav)
             .await
             .unwrap_err();
-        assert_eq!((err.status(), err.code()), (400, "invalid_path"));
+        assert_eq!(status_code(&err), (400, "invalid_path"));
 
         let not_multipart = b"just some bytes".to_vec();
         let err = parse(&[("content-type", &ct)], None, not_multipart)
             .await
             .unwrap_err();
-        assert_eq!(err.status(), 400);
+        assert_eq!(status_code(&err).0, 400);
     }
 
     #[tokio::test]
@@ -1654,7 +1588,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(both.status(), 400);
+        assert_eq!(status_code(&both).0, 400);
         assert!(
             both.to_string().starts_with(
                 "content_base64: give exactly one of content_base64 and source_url, not both"
@@ -1672,7 +1606,7 @@ mod tests {
         let bad_b64 = json(r#"{"path": "a.txt", "content_base64": "not*base64"}"#)
             .await
             .unwrap_err();
-        assert_eq!(bad_b64.status(), 400);
+        assert_eq!(status_code(&bad_b64).0, 400);
         assert!(
             bad_b64
                 .to_string()
@@ -1691,7 +1625,7 @@ mod tests {
         let syntax = json(r#"{"path": "a.txt", "content_base64": "#)
             .await
             .unwrap_err();
-        assert_eq!((syntax.status(), syntax.code()), (400, "bad_request"));
+        assert_eq!(status_code(&syntax), (400, "bad_request"));
         assert!(syntax.to_string().starts_with("invalid JSON body:"));
 
         let no_path = json(r#"{"content_base64": "aGk="}"#).await.unwrap_err();
@@ -1734,9 +1668,9 @@ mod tests {
         );
 
         let scalar = json("42").await.unwrap_err();
-        assert_eq!(scalar.status(), 400);
+        assert_eq!(status_code(&scalar).0, 400);
         let empty = json("[]").await.unwrap_err();
-        assert_eq!(empty.status(), 400);
+        assert_eq!(status_code(&empty).0, 400);
 
         let bad_meta =
             json(r#"{"path": "a.txt", "content_base64": "aGk=", "metadata": {"k": [1]}}"#)
@@ -1769,12 +1703,12 @@ mod tests {
                 IngestError::name("path", NameError::Traversal(kind)),
                 "{path}"
             );
-            assert_eq!(err.status(), 400);
+            assert_eq!(status_code(&err).0, 400);
         }
         let err = json(r#"{"path": "ok/na*me.txt", "content_base64": "aGk="}"#)
             .await
             .unwrap_err();
-        assert_eq!((err.status(), err.code()), (422, "invalid_name"));
+        assert_eq!(status_code(&err), (422, "invalid_name"));
         let err = json(r#"{"path": "folder/", "content_base64": "aGk="}"#)
             .await
             .unwrap_err();
@@ -1823,6 +1757,6 @@ mod tests {
         let err = parse_with(Method::POST, &h, None, long, limits, NamePolicy::new())
             .await
             .unwrap_err();
-        assert_eq!(err.status(), 413);
+        assert_eq!(status_code(&err).0, 413);
     }
 }

@@ -1,11 +1,11 @@
-//! The one error type of the ingest request side, and its HTTP mapping.
+//! The one error type of the ingest request side, and its [`ApiError`].
 
 use super::names::NameError;
+use crate::api::{ApiError, Kind};
 use crate::webhook::WebhookError;
 
-/// Why an ingest request was refused. [`IngestError::status`] and [`IngestError::code`] give the
-/// HTTP answer; the `Display` message is safe to return to the sender (it never carries a secret
-/// or file content).
+/// Why an ingest request was refused. Its [`ApiError`] is the HTTP answer; the `Display` message
+/// is safe to return to the sender (it never carries a secret or file content).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
     /// The sender could not be authenticated.
@@ -14,9 +14,6 @@ pub enum IngestError {
     /// Only POST and PUT carry files.
     #[error("method {0} is not allowed; use POST or PUT")]
     MethodNotAllowed(String),
-    /// API Gateway flagged the body as base64 but it does not decode.
-    #[error("request body is flagged isBase64Encoded but is not valid base64")]
-    GatewayBase64,
     /// A parameter, header, form field or JSON field is missing, repeated or unusable.
     #[error("{field}: {reason}")]
     BadField {
@@ -75,48 +72,26 @@ fn mib(bytes: usize) -> String {
     }
 }
 
+impl From<&IngestError> for ApiError {
+    fn from(e: &IngestError) -> Self {
+        let kind = match e {
+            IngestError::Unauthorized(_) => Kind::Unauthorized,
+            IngestError::MethodNotAllowed(_) => Kind::MethodNotAllowed,
+            IngestError::PayloadTooLarge { .. } => Kind::PayloadTooLarge,
+            IngestError::UnsupportedMediaType(_) => Kind::UnsupportedMediaType,
+            IngestError::InvalidName { source, .. } if source.is_traversal() => Kind::InvalidPath,
+            IngestError::InvalidName { .. } => Kind::InvalidName,
+            IngestError::BadField { .. }
+            | IngestError::Multipart(_)
+            | IngestError::Json(_)
+            | IngestError::NoFile(_)
+            | IngestError::TooManyFiles { .. } => Kind::BadRequest,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
 impl IngestError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> u16 {
-        match self {
-            IngestError::Unauthorized(_) => 401,
-            IngestError::MethodNotAllowed(_) => 405,
-            IngestError::PayloadTooLarge { .. } => 413,
-            IngestError::UnsupportedMediaType(_) => 415,
-            IngestError::InvalidName { source, .. } if !source.is_traversal() => 422,
-            IngestError::InvalidName { .. }
-            | IngestError::GatewayBase64
-            | IngestError::BadField { .. }
-            | IngestError::Multipart(_)
-            | IngestError::Json(_)
-            | IngestError::NoFile(_)
-            | IngestError::TooManyFiles { .. } => 400,
-        }
-    }
-
-    /// A stable machine-readable code for the `error` field of the JSON answer.
-    pub fn code(&self) -> &'static str {
-        match self {
-            IngestError::Unauthorized(_) => "unauthorized",
-            IngestError::MethodNotAllowed(_) => "method_not_allowed",
-            IngestError::PayloadTooLarge { .. } => "payload_too_large",
-            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
-            IngestError::InvalidName { source, .. } if source.is_traversal() => "invalid_path",
-            IngestError::InvalidName { .. } => "invalid_name",
-            IngestError::GatewayBase64
-            | IngestError::BadField { .. }
-            | IngestError::Multipart(_)
-            | IngestError::Json(_)
-            | IngestError::NoFile(_)
-            | IngestError::TooManyFiles { .. } => "bad_request",
-        }
-    }
-
-    /// The answer body: `{"error": code, "message": text}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "error": self.code(), "message": self.to_string() })
-    }
-
     pub(crate) fn bad_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
         IngestError::BadField {
             field: field.into(),
@@ -146,7 +121,6 @@ mod tests {
                 405,
                 "method_not_allowed",
             ),
-            (IngestError::GatewayBase64, 400, "bad_request"),
             (IngestError::bad_field("conflict", "x"), 400, "bad_request"),
             (IngestError::Multipart("x".into()), 400, "bad_request"),
             (IngestError::Json("x".into()), 400, "bad_request"),
@@ -181,8 +155,13 @@ mod tests {
             ),
         ];
         for (err, status, code) in cases {
-            assert_eq!((err.status(), err.code()), (status, code), "{err:?}");
-            let json = err.to_json();
+            let api = ApiError::from(&err);
+            assert_eq!(
+                (api.status().as_u16(), api.code()),
+                (status, code),
+                "{err:?}"
+            );
+            let json = api.to_json();
             assert_eq!(json["error"], code);
             assert_eq!(json["message"], err.to_string());
         }

@@ -36,8 +36,7 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Longest decoded server-relative path including the file name, in UTF-16 code units.
 pub const MAX_PATH_LEN: usize = 400;
 
-/// Characters SharePoint Online refuses in file and folder names.
-pub const ILLEGAL_CHARS: &[char] = &['"', '*', ':', '<', '>', '?', '/', '\\', '|'];
+pub use crate::upload::names::ILLEGAL_CHARS;
 
 /// File types refused by default: what runs, installs, mounts or opens a link on a double
 /// click in Windows or Office (executables, scripts, shortcuts, disk images, macro-enabled

@@ -22,16 +22,18 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use url::Url;
 
-use super::doctor::{self, Diagnosis, Service};
 use super::idempotency::{Claim, ClaimToken, Idempotency, StoredResponse, body_digest};
 use super::{
     ConflictMode, Content, IncomingFile, IngestError, Limits, NamePolicy, RawRequest,
     parse_request, server_relative_path,
 };
 use crate::access::{Access, AccessError};
+use crate::api::{ApiError, Kind};
 use crate::config::Config;
+use crate::http::Next;
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, ConnectionStatus, Target};
 use crate::secrets::{SecretError, SecretStore};
+use crate::upload::doctor::{self, Diagnosis, Service};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
 use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use crate::upload::{
@@ -155,7 +157,7 @@ pub struct IngestResponse {
     pub replayed: bool,
 }
 
-/// Why a request failed; [`PipelineError::status`] maps it to HTTP.
+/// Why a request failed; its [`ApiError`] is the HTTP answer.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The request was refused before uploading (sender, body, names, sizes).
@@ -232,139 +234,72 @@ impl PipelineError {
         if let PipelineError::Partial { source, .. } = self {
             return source.is_final();
         }
-        matches!(self.status(), 400 | 409 | 413 | 415 | 422)
-            && !matches!(self, PipelineError::InFlight { .. })
+        matches!(
+            ApiError::from(self).status().as_u16(),
+            400 | 409 | 413 | 415 | 422
+        ) && !matches!(self, PipelineError::InFlight { .. })
     }
 
-    /// The HTTP status.
-    pub fn status(&self) -> u16 {
-        match self {
-            PipelineError::Partial { source, .. } => source.status(),
-            PipelineError::Ingest(e) => e.status(),
-            PipelineError::UnknownConnection(_) => 404,
-            // The route exists; the deployment lacks SPBRIDGE_DEFAULT_CONNECTION.
-            PipelineError::NoDefaultConnection => 500,
-            PipelineError::NeedsConsent { .. } => 424,
-            PipelineError::InFlight { .. } | PipelineError::IdReused => 409,
-            PipelineError::SourceForbidden(_) | PipelineError::SourceRefused(_) => 400,
-            PipelineError::SourceTooLarge { .. } => 413,
-            PipelineError::Upload { error, .. } => match error {
-                UploadError::Conflict { .. } => 409,
-                UploadError::NotFound { .. } => 404,
-                UploadError::Throttled { .. } => 503,
-                UploadError::NeedsConsent(_) => 424,
-                UploadError::BadInput(_) => 400,
-                UploadError::MetadataRejected { .. } => 422,
-                // The sender did nothing wrong: Microsoft refused our token (see diagnosis).
-                UploadError::Unauthorized { .. }
-                | UploadError::Forbidden { .. }
-                | UploadError::Upstream { .. }
-                | UploadError::Source(_) => 502,
-            },
-            PipelineError::Deadline => 503,
-            PipelineError::Store(SecretError::Throttled { .. }) => 429,
-            PipelineError::Store(_) => 503,
-            PipelineError::Config(_) => 500,
-        }
-    }
-
-    /// The `error` code of the JSON answer.
-    pub fn code(&self) -> &'static str {
-        match self {
-            PipelineError::Partial { source, .. } => source.code(),
-            PipelineError::Ingest(e) => e.code(),
-            PipelineError::UnknownConnection(_) => "unknown_connection",
-            PipelineError::NoDefaultConnection => "no_default_connection",
-            PipelineError::NeedsConsent { .. } => "needs_consent",
-            PipelineError::InFlight { .. } => "in_progress",
-            PipelineError::IdReused => "webhook_id_reused",
-            PipelineError::SourceForbidden(_) => "source_url_forbidden",
-            PipelineError::SourceRefused(_) => "source_url_failed",
-            PipelineError::SourceTooLarge { .. } => "payload_too_large",
-            PipelineError::Upload { error, .. } => match error {
-                UploadError::Conflict { .. } => "conflict",
-                UploadError::NotFound { .. } => "not_found",
-                UploadError::Throttled { .. } => "throttled",
-                UploadError::NeedsConsent(_) => "needs_consent",
-                UploadError::BadInput(_) => "bad_request",
-                UploadError::MetadataRejected { .. } => "metadata_rejected",
-                UploadError::Unauthorized { .. } => "upstream_unauthorized",
-                UploadError::Forbidden { .. } => "upstream_forbidden",
-                UploadError::Upstream { .. } => "upstream_error",
-                UploadError::Source(_) => "source_url_failed",
-            },
-            PipelineError::Deadline => "deadline",
-            PipelineError::Store(SecretError::Throttled { .. }) => "throttled",
-            PipelineError::Store(_) => "secret_store_unavailable",
-            PipelineError::Config(_) => "configuration_error",
-        }
-    }
-
-    /// `Retry-After` seconds, when waiting helps.
-    pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            PipelineError::Partial { source, .. } => source.retry_after(),
-            PipelineError::InFlight { retry_after } => Some(retry_after.as_secs().max(1)),
-            PipelineError::Upload {
-                error: UploadError::Throttled { retry_after },
-                ..
-            } => Some(retry_after.as_secs().max(1)),
-            PipelineError::Deadline => Some(DEADLINE_RETRY_AFTER.as_secs()),
-            PipelineError::Store(SecretError::Throttled { retry_after, .. }) => {
-                Some(retry_after.map_or(1, |d| d.as_secs().max(1)))
-            }
-            PipelineError::Store(_) => Some(5),
-            _ => None,
-        }
-    }
-
-    /// The JSON answer: `{error, message, microsoft_code?, diagnosis?, uploaded?}`.
-    pub fn to_json(&self) -> Value {
-        if let PipelineError::Partial { uploaded, source } = self {
-            let mut body = source.to_json();
-            body["uploaded"] = Value::Array(uploaded.clone());
-            return body;
-        }
-        let mut body = json!({ "error": self.code(), "message": self.to_string() });
-        if let PipelineError::Upload { error, diagnosis } = self {
-            if let Some(code) = microsoft_code(error) {
-                body["microsoft_code"] = Value::String(code);
-            }
-            if let Some(d) = diagnosis {
-                body["diagnosis"] = serde_json::to_value(d).unwrap_or(Value::Null);
-                body["message"] = Value::String(format!("{error}: {}", d.explanation));
-            }
-            if let UploadError::MetadataRejected { fields, .. } = error {
-                body["fields"] = fields
-                    .iter()
-                    .map(|f| json!({"field": f.field, "message": f.message}))
-                    .collect();
-            }
-        }
-        body
-    }
-
+    /// The answer to give.
     fn response(&self) -> IngestResponse {
+        let api = ApiError::from(self);
         IngestResponse {
-            status: self.status(),
-            body: self.to_json(),
-            retry_after: self.retry_after(),
+            status: api.status().as_u16(),
+            retry_after: api.retry_after_secs(),
+            body: api.to_json(),
             replayed: false,
         }
     }
 }
 
-fn microsoft_code(e: &UploadError) -> Option<String> {
-    match e {
-        UploadError::Conflict { microsoft, .. } | UploadError::NotFound { microsoft, .. } => {
-            microsoft.as_ref().and_then(|m| m.code.clone())
+impl From<&PipelineError> for ApiError {
+    fn from(e: &PipelineError) -> Self {
+        let message = e.to_string();
+        match e {
+            PipelineError::Partial { source, uploaded } => {
+                let mut api = ApiError::from(source.as_ref());
+                api.message = message;
+                api.with_detail("uploaded", Value::Array(uploaded.clone()))
+            }
+            PipelineError::Ingest(e) => ApiError::from(e),
+            PipelineError::Upload { error, diagnosis } => {
+                let mut api = ApiError::from(error);
+                if let Some(d) = diagnosis {
+                    api.message = format!("{error}: {}", d.explanation);
+                    api = api
+                        .with_detail("diagnosis", serde_json::to_value(d).unwrap_or(Value::Null));
+                }
+                api
+            }
+            PipelineError::UnknownConnection(_) => ApiError::new(Kind::ConnectionNotFound, message),
+            // The route exists; the deployment lacks SPBRIDGE_DEFAULT_CONNECTION.
+            PipelineError::NoDefaultConnection | PipelineError::Config(_) => {
+                ApiError::new(Kind::ConfigurationError, message)
+            }
+            PipelineError::NeedsConsent { code, .. } => ApiError::new(Kind::NeedsConsent, message)
+                .with_detail("microsoft_code", code.clone()),
+            PipelineError::InFlight { retry_after } => {
+                ApiError::new(Kind::InProgress, message).with_retry_after(Some(*retry_after))
+            }
+            PipelineError::IdReused => ApiError::new(Kind::Replayed, message),
+            PipelineError::SourceForbidden(_) | PipelineError::SourceRefused(_) => {
+                ApiError::new(Kind::BadRequest, message)
+            }
+            PipelineError::SourceTooLarge { .. } => ApiError::new(Kind::PayloadTooLarge, message),
+            PipelineError::Deadline => ApiError::new(Kind::Unavailable, message)
+                .with_retry_after(Some(DEADLINE_RETRY_AFTER)),
+            PipelineError::Store(SecretError::Throttled { retry_after, .. }) => ApiError::new(
+                Kind::Throttled,
+                "the secret store is throttling; retry later",
+            )
+            .with_retry_after(Some(retry_after.unwrap_or(Duration::from_secs(1)))),
+            // The store's text names secrets and ARNs: it goes to the log only.
+            PipelineError::Store(_) => ApiError::new(
+                Kind::Unavailable,
+                "the secret store could not be reached; retry later",
+            )
+            .with_retry_after(Some(Duration::from_secs(5))),
         }
-        UploadError::Unauthorized { diagnostics, .. }
-        | UploadError::Forbidden { diagnostics, .. } => {
-            diagnostics.microsoft.as_ref().and_then(|m| m.code.clone())
-        }
-        UploadError::Upstream { microsoft_code, .. } => microsoft_code.clone(),
-        _ => None,
     }
 }
 
@@ -436,11 +371,12 @@ impl Pipeline {
         match self.run(&req).await {
             Ok(r) => r,
             Err(e) => {
-                let status = e.status();
+                let api = ApiError::from(&e);
+                let (status, code) = (api.status().as_u16(), api.code());
                 if status >= 500 {
-                    tracing::warn!(status, error = e.code(), message = %e, request_id = req.request_id, "upload refused");
+                    tracing::warn!(status, error = code, message = %e, request_id = req.request_id, "upload refused");
                 } else {
-                    tracing::info!(status, error = e.code(), message = %e, request_id = req.request_id, "upload refused");
+                    tracing::info!(status, error = code, message = %e, request_id = req.request_id, "upload refused");
                 }
                 e.response()
             }
@@ -534,10 +470,13 @@ impl Pipeline {
                 body: r.body.clone(),
             }),
             // The request itself decided these; the same delivery would get them again.
-            Err(e) if e.is_final() => Some(StoredResponse {
-                status: e.status(),
-                body: e.to_json(),
-            }),
+            Err(e) if e.is_final() => {
+                let answer = e.response();
+                Some(StoredResponse {
+                    status: answer.status,
+                    body: answer.body,
+                })
+            }
             // Transient, or fixable by an operator: the sender's retry must run again.
             Err(_) => None,
         };
@@ -699,7 +638,7 @@ impl Pipeline {
                         connection,
                         path = %full,
                         duration_ms = started.elapsed().as_millis() as u64,
-                        error = e.code(),
+                        error = ApiError::from(&e).code(),
                         request_id = req.request_id,
                         "upload failed"
                     );
@@ -843,27 +782,35 @@ impl Pipeline {
     ) -> Result<(UploadSource, Arc<AtomicBool>), PipelineError> {
         check_source_url(url, self.config.ingest.source_allow_loopback)?;
         let host = url.host_str().unwrap_or_default().to_owned();
-        let mut attempt = 0u32;
-        let resp = loop {
-            attempt += 1;
-            let sent = self.source_http.get(url.clone()).send().await;
-            let wait = match &sent {
-                Ok(r) if r.status() == 429 || r.status() == 503 => r
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::http::parse_retry_after(v, OffsetDateTime::now_utc()))
-                    .unwrap_or(Duration::from_secs(1)),
-                Ok(_) => break sent,
-                Err(e) if e.is_connect() || e.is_timeout() => Duration::from_millis(500),
-                Err(_) => break sent,
-            };
-            let wait = wait.min(Duration::from_secs(5));
-            if attempt >= 3 || deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                break sent;
-            }
-            tokio::time::sleep(wait).await;
+        // Throttling and connection faults are retried by the one engine: a Retry-After longer
+        // than 5 s is honoured by giving up, never shortened.
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+            max_total_wait: Duration::from_secs(10),
         };
+        let budget = crate::http::Budget::new(deadline);
+        let resp = crate::http::retry(&policy, &budget, |_| async {
+            let sent = self.source_http.get(url.clone()).send().await;
+            match &sent {
+                Ok(r) if r.status() == 429 || r.status() == 503 => Next::Again {
+                    retry_after: r
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| crate::http::parse_retry_after(v, OffsetDateTime::now_utc())),
+                    last: sent,
+                },
+                Err(e) if e.is_connect() || e.is_timeout() => Next::Again {
+                    retry_after: None,
+                    last: sent,
+                },
+                _ => Next::Done(sent),
+            }
+        })
+        .await
+        .value;
         let resp = resp.map_err(|e| {
             if is_forbidden_resolution(&e) {
                 PipelineError::SourceForbidden(format!("{host} resolves to a forbidden address"))
@@ -1069,6 +1016,7 @@ impl BearerSource for ConnectionBearer {
                             tracing::warn!(connection = %self.connection, %message, "token request throttled");
                             UploadError::Throttled {
                                 retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
+                                microsoft: None,
                             }
                         }
                         TokenError::Transient(m) => UploadError::Upstream {
@@ -1281,7 +1229,51 @@ mod tests {
             (
                 PipelineError::UnknownConnection("x".into()),
                 404,
-                "unknown_connection",
+                "connection_not_found",
+            ),
+            (
+                PipelineError::NoDefaultConnection,
+                500,
+                "configuration_error",
+            ),
+            (PipelineError::IdReused, 409, "replayed"),
+            (
+                PipelineError::SourceForbidden("10.0.0.1".into()),
+                400,
+                "bad_request",
+            ),
+            (
+                PipelineError::Upload {
+                    error: UploadError::MetadataRejected {
+                        path: "/a".into(),
+                        fields: vec![],
+                    },
+                    diagnosis: None,
+                },
+                422,
+                "unprocessable",
+            ),
+            (
+                PipelineError::Upload {
+                    error: UploadError::Upstream {
+                        status: 500,
+                        microsoft_code: None,
+                        message: "x".into(),
+                    },
+                    diagnosis: None,
+                },
+                502,
+                "bad_gateway",
+            ),
+            (
+                PipelineError::Store(SecretError::Backend {
+                    name: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x".into(),
+                    op: "read",
+                    code: None,
+                    message: "boom".into(),
+                }),
+                503,
+                "unavailable",
             ),
             (
                 PipelineError::NeedsConsent {
@@ -1307,33 +1299,41 @@ mod tests {
                 PipelineError::Upload {
                     error: UploadError::Throttled {
                         retry_after: Duration::from_secs(7),
+                        microsoft: None,
                     },
                     diagnosis: None,
                 },
                 503,
                 "throttled",
             ),
-            (PipelineError::Deadline, 503, "deadline"),
+            (PipelineError::Deadline, 503, "unavailable"),
             (
                 PipelineError::Store(SecretError::Throttled {
                     name: "n".into(),
                     retry_after: None,
                 }),
-                429,
+                503,
                 "throttled",
             ),
         ];
         for (e, status, code) in cases {
-            assert_eq!((e.status(), e.code()), (status, code), "{e:?}");
-            assert_eq!(e.to_json()["error"], code);
+            let r = e.response();
+            assert_eq!(
+                (r.status, r.body["error"].as_str()),
+                (status, Some(code)),
+                "{e:?}"
+            );
+            // Store errors never leak the secret's name.
+            assert!(!r.body.to_string().contains("arn:aws"), "{}", r.body);
         }
         let t = PipelineError::Upload {
             error: UploadError::Throttled {
                 retry_after: Duration::from_secs(7),
+                microsoft: None,
             },
             diagnosis: None,
         };
-        assert_eq!(t.retry_after(), Some(7));
+        assert_eq!(t.response().retry_after, Some(7));
         assert!(!t.is_final(), "throttling releases the idempotency claim");
         assert!(
             !PipelineError::InFlight {
@@ -1353,9 +1353,13 @@ mod tests {
             uploaded: vec![json!({"path": "/first"})],
             source: Box::new(conflict),
         };
-        assert_eq!((partial.status(), partial.code()), (409, "conflict"));
+        let r = partial.response();
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (409, Some("conflict"))
+        );
         assert!(partial.is_final());
-        assert_eq!(partial.to_json()["uploaded"][0]["path"], "/first");
+        assert_eq!(r.body["uploaded"][0]["path"], "/first");
         assert!(
             !PipelineError::NeedsConsent {
                 connection: "c".into(),
@@ -1363,6 +1367,6 @@ mod tests {
             }
             .is_final()
         );
-        assert_eq!(PipelineError::Deadline.retry_after(), Some(30));
+        assert_eq!(PipelineError::Deadline.response().retry_after, Some(30));
     }
 }

@@ -14,7 +14,7 @@ use url::Url;
 
 use super::JobFailure;
 use super::queue::{Conflict, JobFile};
-use crate::api::Kind;
+use crate::api::{ApiError, Kind};
 use crate::ingest::pipeline::{TokenError, TokenProvider};
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
@@ -220,46 +220,15 @@ fn token_attempt(e: TokenError) -> Attempt {
     }
 }
 
-/// The job's view of an upload error: its [`Kind`], Microsoft's code, and whether it is worth
-/// another attempt.
+/// The job's view of an upload error: the one error table ([`ApiError`]'s `From<&UploadError>`)
+/// names it, and [`UploadError::is_transient`] says whether another attempt may help.
 pub fn upload_attempt(e: &UploadError) -> Attempt {
-    let (kind, code) = match e {
-        UploadError::Conflict { microsoft, .. } => (
-            Kind::Conflict,
-            microsoft.as_ref().and_then(|m| m.code.clone()),
-        ),
-        UploadError::NotFound { microsoft, .. } => (
-            Kind::NotFound,
-            microsoft.as_ref().and_then(|m| m.code.clone()),
-        ),
-        UploadError::Unauthorized { diagnostics, .. }
-        | UploadError::Forbidden { diagnostics, .. } => (
-            Kind::Misconfigured,
-            diagnostics.microsoft.as_ref().and_then(|m| m.code.clone()),
-        ),
-        UploadError::Throttled { .. } => (Kind::Throttled, None),
-        UploadError::NeedsConsent(_) => (Kind::NeedsConsent, None),
-        UploadError::Upstream { microsoft_code, .. } if e.is_transient() => {
-            (Kind::Unavailable, microsoft_code.clone())
-        }
-        UploadError::Upstream { microsoft_code, .. } => (Kind::BadGateway, microsoft_code.clone()),
-        UploadError::BadInput(_) => (Kind::BadRequest, None),
-        UploadError::MetadataRejected { .. } => (Kind::Unprocessable, None),
-        UploadError::Source(_) => (Kind::BadGateway, None),
-    };
-    let failure = JobFailure {
-        error: kind.code().to_owned(),
-        message: e.to_string(),
-        microsoft_code: code,
-    };
+    let api = ApiError::from(e);
+    let failure = JobFailure::from_api(&api);
     if e.is_transient() {
-        let retry_after = match e {
-            UploadError::Throttled { retry_after } => Some(*retry_after),
-            _ => None,
-        };
         Attempt::Transient {
             failure,
-            retry_after,
+            retry_after: api.retry_after,
         }
     } else {
         Attempt::Permanent(failure)
@@ -291,6 +260,7 @@ mod tests {
     fn retryability_follows_the_upload_error() {
         let throttled = UploadError::Throttled {
             retry_after: Duration::from_secs(7),
+            microsoft: None,
         };
         assert_eq!(
             upload_attempt(&throttled),

@@ -19,18 +19,11 @@
 //!
 //! # Failure classification
 //!
-//! [`RefreshFailure::classify`] maps Microsoft's answer to what token-refresh does next:
-//!
-//! | class | examples | action | Lambda error type |
-//! |---|---|---|---|
-//! | [`RefreshFailure::NeedsConsent`] | `invalid_grant`, `interaction_required`, `consent_required`, `login_required`, AADSTS 70008, 700082, 50173, 65001, 50076, 53003, 50079, 50078, 50132, 50133, 700084, 70043, 700081, 54005, 50057, 50055, 65004 | mark the connection `needs_consent`; a person must run `/connect` again | `SpBridge.Fatal.NeedsConsent` |
-//! | [`RefreshFailure::Throttled`] | HTTP 429, `slow_down`, AADSTS 50196, 50053 | retry on the next run (or after `Retry-After`) | `SpBridge.Retryable.Throttled` |
-//! | [`RefreshFailure::Transient`] | HTTP 5xx, `temporarily_unavailable`, `server_error`, AADSTS 90033, 50000; unknown errors without a 4xx status | retry on the next run | `SpBridge.Retryable.Transient` |
-//! | [`RefreshFailure::Misconfigured`] | `invalid_client`, `unauthorized_client`, `invalid_request`, `invalid_scope`, `invalid_resource`, `unsupported_grant_type`, AADSTS 7000215, 7000222, 700016, 700027, 70011, 500011, 50011, 90002, 50049, 7000112, 50194, 50148; ACS50001, ACS50012, ACS70002; unknown errors with a 4xx status | an operator fixes the app registration or secret; retrying will not help | `SpBridge.Fatal.Misconfigured` |
-//!
-//! ACS answers today with the same `AADSTS` codes as Entra (e.g. `AADSTS7000222` for an expired
-//! add-in secret); the older `ACS`-prefixed codes are recognised too. A specific code wins over the
-//! generic OAuth `error` word, except that HTTP 429 always means throttled.
+//! [`RefreshFailure::classify`] (in [`crate::microsoft`]) maps Microsoft's answer to what
+//! token-refresh does next, from the one table of Microsoft codes (`docs/microsoft-errors.md`):
+//! needs consent → mark the connection `needs_consent` (`SpBridge.Fatal.NeedsConsent`); throttled
+//! or transient → retry on the next run (`SpBridge.Retryable.*`); misconfigured → an operator fixes
+//! the app registration or secret (`SpBridge.Fatal.Misconfigured`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -194,157 +187,7 @@ fn last_use(times: &ConnectionTimes) -> Option<OffsetDateTime> {
     }
 }
 
-/// What kind of failure a refresh hit (see the module docs for the table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefreshFailure {
-    /// The grant is gone or needs a person (expired, revoked, MFA, conditional access, consent).
-    NeedsConsent,
-    /// Microsoft asked us to slow down.
-    Throttled,
-    /// A fault that may pass by itself.
-    Transient,
-    /// The app registration, its secret or the request is wrong.
-    Misconfigured,
-}
-
-const NEEDS_CONSENT_CODES: &[u64] = &[
-    70008, 700082, 50173, 65001, 50076, 53003, 53000, 53001, 50079, 50078, 50132, 50133, 700084,
-    70043, 700081, 54005, 50057, 50055, 65004, 50126, 50158, 50089, 70000,
-];
-const THROTTLED_CODES: &[u64] = &[50196, 50053];
-const TRANSIENT_CODES: &[u64] = &[90033, 50000];
-const MISCONFIGURED_CODES: &[u64] = &[
-    7000215, 7000222, 700016, 700027, 700024, 70011, 500011, 50011, 90002, 50049, 7000112, 50194,
-    50148, 900144, 90014, 700054, 65005, 9002313,
-];
-const ACS_MISCONFIGURED_CODES: &[u64] = &[50001, 50012, 70002];
-
-/// A Microsoft error code: `AADSTS70008`, `ACS50012`, or a bare `70008` (from `error_codes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MsCode {
-    /// Entra / Azure AD (also what ACS sends today).
-    Aadsts(u64),
-    /// Legacy ACS code.
-    Acs(u64),
-}
-
-impl MsCode {
-    /// Reads a code from a string such as `AADSTS700082`, `ACS50012` or `700082`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let s = s.trim();
-        let (digits, make): (&str, fn(u64) -> MsCode) =
-            if let Some(d) = strip_prefix_ignore_case(s, "AADSTS") {
-                (d, MsCode::Aadsts)
-            } else if let Some(d) = strip_prefix_ignore_case(s, "ACS") {
-                (d, MsCode::Acs)
-            } else {
-                (s, MsCode::Aadsts)
-            };
-        if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok().map(make)
-    }
-
-    /// Finds the first code in free text, e.g. an `error_description` starting
-    /// `AADSTS700082: The refresh token has expired…`.
-    pub fn find_in(text: &str) -> Option<Self> {
-        let upper = text.to_ascii_uppercase();
-        for prefix in ["AADSTS", "ACS"] {
-            let mut rest = upper.as_str();
-            while let Some(at) = rest.find(prefix) {
-                let after = &rest[at + prefix.len()..];
-                let end = after
-                    .find(|c: char| !c.is_ascii_digit())
-                    .unwrap_or(after.len());
-                if end > 0 {
-                    return MsCode::parse(&format!("{prefix}{}", &after[..end]));
-                }
-                rest = after;
-            }
-        }
-        None
-    }
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
-}
-
-impl RefreshFailure {
-    /// Classifies a failed token request from its OAuth `error` word (or a bare code), Microsoft's
-    /// code if known (`AADSTS…`, `ACS…`, a number, or an `error_description` containing one) and
-    /// the HTTP status. See the module docs for the table.
-    pub fn classify(error: &str, ms_code: Option<&str>, http_status: Option<u16>) -> Self {
-        if http_status == Some(429) {
-            return RefreshFailure::Throttled;
-        }
-        let code = ms_code
-            .and_then(|c| MsCode::parse(c).or_else(|| MsCode::find_in(c)))
-            .or_else(|| MsCode::parse(error));
-        match code {
-            Some(MsCode::Aadsts(n)) if NEEDS_CONSENT_CODES.contains(&n) => {
-                return RefreshFailure::NeedsConsent;
-            }
-            Some(MsCode::Aadsts(n)) if THROTTLED_CODES.contains(&n) => {
-                return RefreshFailure::Throttled;
-            }
-            Some(MsCode::Aadsts(n)) if TRANSIENT_CODES.contains(&n) => {
-                return RefreshFailure::Transient;
-            }
-            Some(MsCode::Aadsts(n)) if MISCONFIGURED_CODES.contains(&n) => {
-                return RefreshFailure::Misconfigured;
-            }
-            Some(MsCode::Acs(n)) if ACS_MISCONFIGURED_CODES.contains(&n) => {
-                return RefreshFailure::Misconfigured;
-            }
-            _ => {}
-        }
-        if http_status.is_some_and(|s| s >= 500) {
-            return RefreshFailure::Transient;
-        }
-        match error.trim().to_ascii_lowercase().as_str() {
-            "invalid_grant"
-            | "interaction_required"
-            | "consent_required"
-            | "login_required"
-            | "access_denied" => RefreshFailure::NeedsConsent,
-            "slow_down" => RefreshFailure::Throttled,
-            "temporarily_unavailable" | "server_error" => RefreshFailure::Transient,
-            "invalid_client"
-            | "unauthorized_client"
-            | "invalid_request"
-            | "invalid_scope"
-            | "invalid_resource"
-            | "invalid_instance"
-            | "unsupported_grant_type"
-            | "unsupported_response_type" => RefreshFailure::Misconfigured,
-            // Unknown: a 4xx is a refusal nobody will retry away; anything else may pass.
-            _ if http_status.is_some_and(|s| (400..500).contains(&s)) => {
-                RefreshFailure::Misconfigured
-            }
-            _ => RefreshFailure::Transient,
-        }
-    }
-
-    /// Whether a later attempt may succeed without anyone acting.
-    pub fn is_retryable(self) -> bool {
-        matches!(self, RefreshFailure::Throttled | RefreshFailure::Transient)
-    }
-
-    /// The Lambda diagnostic `errorType` to report when this failure ends an invocation.
-    pub fn lambda_error_type(self) -> &'static str {
-        match self {
-            RefreshFailure::NeedsConsent => "SpBridge.Fatal.NeedsConsent",
-            RefreshFailure::Throttled => "SpBridge.Retryable.Throttled",
-            RefreshFailure::Transient => "SpBridge.Retryable.Transient",
-            RefreshFailure::Misconfigured => "SpBridge.Fatal.Misconfigured",
-        }
-    }
-}
+pub use crate::microsoft::{MsCode, RefreshFailure};
 
 /// How one connection fared in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -651,117 +494,6 @@ mod tests {
     }
 
     #[test]
-    fn failure_classification_table() {
-        use RefreshFailure::*;
-        let cases: &[(&str, Option<&str>, Option<u16>, RefreshFailure)] = &[
-            ("invalid_grant", None, Some(400), NeedsConsent),
-            ("interaction_required", None, Some(400), NeedsConsent),
-            ("consent_required", None, Some(400), NeedsConsent),
-            (
-                "invalid_grant",
-                Some("AADSTS70008"),
-                Some(400),
-                NeedsConsent,
-            ),
-            (
-                "invalid_grant",
-                Some(
-                    "AADSTS700082: The refresh token has expired due to inactivity. The token was issued on 2026-01-01.",
-                ),
-                Some(400),
-                NeedsConsent,
-            ),
-            (
-                "invalid_grant",
-                Some("AADSTS50173"),
-                Some(400),
-                NeedsConsent,
-            ),
-            ("invalid_grant", Some("65001"), Some(400), NeedsConsent),
-            (
-                "interaction_required",
-                Some("AADSTS50076"),
-                Some(400),
-                NeedsConsent,
-            ),
-            (
-                "invalid_grant",
-                Some("AADSTS53003"),
-                Some(400),
-                NeedsConsent,
-            ),
-            ("AADSTS700082", None, None, NeedsConsent),
-            // A specific misconfiguration code beats the generic word.
-            (
-                "invalid_client",
-                Some("AADSTS7000215"),
-                Some(401),
-                Misconfigured,
-            ),
-            (
-                "invalid_client",
-                Some("AADSTS7000222"),
-                Some(401),
-                Misconfigured,
-            ),
-            (
-                "unauthorized_client",
-                Some("AADSTS700016"),
-                Some(400),
-                Misconfigured,
-            ),
-            (
-                "invalid_scope",
-                Some("AADSTS70011"),
-                Some(400),
-                Misconfigured,
-            ),
-            (
-                "invalid_resource",
-                Some("AADSTS500011"),
-                Some(400),
-                Misconfigured,
-            ),
-            (
-                "invalid_request",
-                Some("AADSTS90002"),
-                Some(400),
-                Misconfigured,
-            ),
-            ("invalid_client", None, Some(401), Misconfigured),
-            // ACS.
-            ("invalid_client", Some("ACS50012"), Some(401), Misconfigured),
-            (
-                "invalid_request",
-                Some("ACS70002: Error validating credentials. ACS50012: Authentication failed."),
-                Some(400),
-                Misconfigured,
-            ),
-            ("invalid_grant", Some("ACS50027"), Some(400), NeedsConsent),
-            // Throttling and faults.
-            ("invalid_grant", Some("AADSTS70008"), Some(429), Throttled),
-            ("", None, Some(429), Throttled),
-            ("slow_down", None, Some(400), Throttled),
-            ("invalid_request", Some("AADSTS50196"), Some(400), Throttled),
-            ("temporarily_unavailable", None, Some(503), Transient),
-            ("server_error", None, Some(500), Transient),
-            ("", None, Some(502), Transient),
-            ("", Some("AADSTS90033"), Some(400), Transient),
-            ("server_error", None, None, Transient),
-            // Unknown.
-            ("something_new", None, Some(400), Misconfigured),
-            ("something_new", None, None, Transient),
-        ];
-        for (error, code, status, want) in cases {
-            assert_eq!(
-                RefreshFailure::classify(error, *code, *status),
-                *want,
-                "{error} {code:?} {status:?}"
-            );
-        }
-    }
-
-    #[test]
     fn lambda_error_types() {
         use RefreshFailure::*;
         assert_eq!(
@@ -787,22 +519,6 @@ mod tests {
                 "{f:?}"
             );
         }
-    }
-
-    #[test]
-    fn ms_codes() {
-        assert_eq!(MsCode::parse("AADSTS70008"), Some(MsCode::Aadsts(70008)));
-        assert_eq!(MsCode::parse("aadsts70008"), Some(MsCode::Aadsts(70008)));
-        assert_eq!(MsCode::parse("ACS50012"), Some(MsCode::Acs(50012)));
-        assert_eq!(MsCode::parse("700082"), Some(MsCode::Aadsts(700082)));
-        assert_eq!(MsCode::parse("invalid_grant"), None);
-        assert_eq!(MsCode::parse("AADSTS"), None);
-        assert_eq!(MsCode::parse("99999999999999999999999"), None);
-        assert_eq!(
-            MsCode::find_in("Trace: x. AADSTS50173: The provided grant has expired"),
-            Some(MsCode::Aadsts(50173))
-        );
-        assert_eq!(MsCode::find_in("no code here; ACS"), None);
     }
 
     #[test]

@@ -299,9 +299,9 @@ pub struct ConnectionSecret {
     /// Sign-in attempts already completed, so a replayed callback is refused before any write.
     #[serde(
         default,
-        skip_serializing_if = "crate::oauth::state::ConsumedStates::is_empty"
+        skip_serializing_if = "super::replay::ConsumedStates::is_empty"
     )]
-    pub consumed_states: crate::oauth::state::ConsumedStates,
+    pub consumed_states: super::replay::ConsumedStates,
     /// Azure AD v1: sign in for the Office 365 Discovery resource and record every service
     /// resource the refresh token can be redeemed for (in `resources`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

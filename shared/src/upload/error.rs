@@ -5,16 +5,10 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-/// SharePoint's code for "a file with the name … already exists".
-pub const SP_FILE_EXISTS: i64 = -2130575257;
-/// SharePoint's code for "the file … does not exist".
-pub const SP_FILE_NOT_FOUND: i64 = -2130575338;
-/// SharePoint's `System.IO.FileNotFoundException` (a missing folder, among others).
-pub const SP_IO_FILE_NOT_FOUND: i64 = -2147024894;
-/// SharePoint's `E_ACCESSDENIED` (`System.UnauthorizedAccessException`).
-pub const SP_ACCESS_DENIED: i64 = -2147024891;
+use crate::api::{ApiError, Kind};
+use crate::microsoft::{self, Action, System};
 
-/// Why an upload failed. Each variant maps to one HTTP status via [`UploadError::http_status`].
+/// Why an upload failed. Each variant answers as one [`ApiError`] kind.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// A file of that name exists and the conflict behavior is `fail` (409).
@@ -51,10 +45,12 @@ pub enum UploadError {
     },
     /// The service is throttling and waiting longer would pass the deadline or the retry budget
     /// (503 with `Retry-After`, or 429).
-    #[error("throttled; retry after {}s", retry_after.as_secs())]
+    #[error("throttled; retry after {}s{}", retry_after.as_secs(), microsoft.as_deref().map(MicrosoftError::ids).unwrap_or_default())]
     Throttled {
         /// How long the caller should wait before trying again.
         retry_after: Duration,
+        /// Microsoft's error (code such as `activityLimitReached`, request id), when it sent one.
+        microsoft: Option<Box<MicrosoftError>>,
     },
     /// The connection needs a user to sign in or consent again (424).
     #[error("the connection needs consent again: {0}")]
@@ -107,18 +103,61 @@ pub struct FieldError {
     pub code: Option<i64>,
 }
 
+impl From<&UploadError> for ApiError {
+    fn from(e: &UploadError) -> Self {
+        let kind = match e {
+            UploadError::Conflict { .. } => Kind::Conflict,
+            UploadError::NotFound { .. } => Kind::NotFound,
+            UploadError::Throttled { .. } => Kind::Throttled,
+            UploadError::NeedsConsent(_) => Kind::NeedsConsent,
+            UploadError::BadInput(_) => Kind::BadRequest,
+            UploadError::MetadataRejected { .. } => Kind::Unprocessable,
+            // The sender did nothing wrong: Microsoft refused our token (the doctor says why) or
+            // failed, or the source broke off.
+            UploadError::Unauthorized { .. }
+            | UploadError::Forbidden { .. }
+            | UploadError::Upstream { .. }
+            | UploadError::Source(_) => Kind::BadGateway,
+        };
+        let mut api = ApiError::new(kind, e.to_string());
+        if let Some(ms) = e.microsoft() {
+            if let Some(code) = &ms.code {
+                api = api.with_detail("microsoft_code", code.clone());
+            }
+            if let Some(id) = &ms.request_id {
+                api = api.with_detail("microsoft_request_id", id.clone());
+            }
+        } else if let UploadError::Upstream {
+            microsoft_code: Some(code),
+            ..
+        } = e
+        {
+            api = api.with_detail("microsoft_code", code.clone());
+        }
+        match e {
+            UploadError::Throttled { retry_after, .. } => api.with_retry_after(Some(*retry_after)),
+            UploadError::MetadataRejected { fields, .. } => api.with_detail(
+                "fields",
+                fields
+                    .iter()
+                    .map(|f| serde_json::json!({"field": f.field, "message": f.message}))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => api,
+        }
+    }
+}
+
 impl UploadError {
-    /// The HTTP status a function should answer with.
-    pub fn http_status(&self) -> u16 {
+    /// Microsoft's error behind this one, when the service sent one.
+    pub fn microsoft(&self) -> Option<&MicrosoftError> {
         match self {
-            UploadError::Conflict { .. } => 409,
-            UploadError::NotFound { .. } => 404,
-            UploadError::Unauthorized { .. } => 401,
-            UploadError::Forbidden { .. } => 403,
-            UploadError::Throttled { .. } => 503,
-            UploadError::NeedsConsent(_) => 424,
-            UploadError::Upstream { .. } | UploadError::Source(_) => 502,
-            UploadError::BadInput(_) | UploadError::MetadataRejected { .. } => 400,
+            UploadError::Conflict { microsoft, .. }
+            | UploadError::NotFound { microsoft, .. }
+            | UploadError::Throttled { microsoft, .. } => microsoft.as_deref(),
+            UploadError::Unauthorized { diagnostics, .. }
+            | UploadError::Forbidden { diagnostics, .. } => diagnostics.microsoft.as_deref(),
+            _ => None,
         }
     }
 
@@ -186,6 +225,21 @@ impl MicrosoftError {
         code.split(',').next()?.trim().parse().ok()
     }
 
+    /// What [`crate::microsoft::TABLE`] says about this error's code, read as `system`'s.
+    pub fn action(&self, system: System) -> Option<Action> {
+        microsoft::upload_action(system, self.code.as_deref(), self.inner_code.as_deref())
+    }
+
+    /// ` (code, request id …)` for messages, or empty.
+    fn ids(&self) -> String {
+        match (&self.code, &self.request_id) {
+            (Some(c), Some(r)) => format!(" ({c}, request id {r})"),
+            (Some(c), None) => format!(" ({c})"),
+            (None, Some(r)) => format!(" (request id {r})"),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Whether the code (or inner code) equals `code`, ignoring ASCII case.
     pub fn is(&self, code: &str) -> bool {
         self.code
@@ -205,6 +259,21 @@ impl MicrosoftError {
         let err = json
             .as_ref()
             .and_then(|j| j.get("odata.error").or_else(|| j.get("error")));
+        // On-premises SharePoint answers 401 OAuth-style: {"error":"invalid_client",
+        // "error_description":"…"}.
+        if let Some(Value::String(code)) = err {
+            let desc = json
+                .as_ref()
+                .and_then(|j| j.get("error_description"))
+                .and_then(Value::as_str);
+            return MicrosoftError {
+                status,
+                code: Some(code.clone()),
+                inner_code: None,
+                message: desc.unwrap_or(code).to_owned(),
+                request_id,
+            };
+        }
         let Some(err) = err else {
             // SharePoint's 401 body: {"error_description":"Invalid JWT token. …"}.
             if let Some(desc) = json
@@ -346,6 +415,15 @@ pub(crate) enum Api {
     Graph,
 }
 
+impl Api {
+    fn system(self) -> System {
+        match self {
+            Api::SharePoint => System::SharePoint,
+            Api::Graph => System::Graph,
+        }
+    }
+}
+
 /// Maps an error response to an [`UploadError`]. `path` names the target for conflict and
 /// not-found messages.
 pub(crate) fn from_response(
@@ -371,18 +449,15 @@ pub(crate) fn from_response(
             }
         };
     }
-    let conflict = match api {
-        Api::SharePoint => ms.sp_code() == Some(SP_FILE_EXISTS),
-        Api::Graph => ms.is("nameAlreadyExists"),
-    };
-    if conflict || status == 409 {
+    let action = ms.action(api.system());
+    if action == Some(Action::Conflict) || status == 409 {
         return UploadError::Conflict {
             path: path.to_owned(),
             microsoft: Some(Box::new(ms)),
         };
     }
     // SharePoint answers access denied with 500 at times; keep it a 403.
-    if api == Api::SharePoint && ms.sp_code() == Some(SP_ACCESS_DENIED) {
+    if action == Some(Action::MissingPermission) {
         let diag = AuthDiagnostics::from_response(status, headers, ms);
         let explanation = diag.explain();
         return UploadError::Forbidden {
@@ -390,12 +465,18 @@ pub(crate) fn from_response(
             diagnostics: Box::new(diag),
         };
     }
-    if status == 404
-        || matches!(ms.sp_code(), Some(SP_FILE_NOT_FOUND | SP_IO_FILE_NOT_FOUND))
-        || ms.is("itemNotFound")
-    {
+    if status == 404 || action == Some(Action::NotFound) {
         return UploadError::NotFound {
             what: format!("{path}: {}", ms.message),
+            microsoft: Some(Box::new(ms)),
+        };
+    }
+    if status == 429 || status == 503 || action == Some(Action::Throttled) {
+        let retry_after = header(headers, "retry-after")
+            .and_then(|v| crate::http::parse_retry_after(&v, time::OffsetDateTime::now_utc()))
+            .unwrap_or(Duration::from_secs(1));
+        return UploadError::Throttled {
+            retry_after,
             microsoft: Some(Box::new(ms)),
         };
     }
@@ -446,7 +527,7 @@ mod tests {
             "sharepoint-rest/pnpcore/GetNonExistingFileByServerRelativeUrlAsyncTest-1-00002.response.json",
         );
         let ms = MicrosoftError::parse(s, &h, &b);
-        assert_eq!(ms.sp_code(), Some(SP_FILE_NOT_FOUND));
+        assert_eq!(ms.sp_code(), Some(-2130575338));
         assert_eq!(
             ms.message,
             "The file /sites/prov-2/Shared Documents/IdontExist.pdf does not exist."
@@ -457,7 +538,7 @@ mod tests {
         );
         let err = from_response(Api::SharePoint, s, &h, &b, "/x");
         assert!(matches!(err, UploadError::NotFound { .. }), "{err:?}");
-        assert_eq!(err.http_status(), 404);
+        assert_eq!(crate::api::ApiError::from(&err).status(), 404);
     }
 
     #[test]
@@ -470,7 +551,7 @@ mod tests {
         match err {
             UploadError::Conflict { path, microsoft } => {
                 assert_eq!(path, "/a/b.pdf");
-                assert_eq!(microsoft.unwrap().sp_code(), Some(SP_FILE_EXISTS));
+                assert_eq!(microsoft.unwrap().sp_code(), Some(-2130575257));
             }
             other => panic!("{other:?}"),
         }
@@ -499,7 +580,7 @@ mod tests {
         let (s, h, b) =
             pnp("sharepoint-rest/pnpcore/GetByServerRelativeSpecialChars-0-00005.response.json");
         let ms = MicrosoftError::parse(s, &h, &b);
-        assert_eq!(ms.sp_code(), Some(SP_IO_FILE_NOT_FOUND));
+        assert_eq!(ms.sp_code(), Some(-2147024894));
     }
 
     #[test]
@@ -614,25 +695,152 @@ mod tests {
         assert!(err.to_string().contains("Conditional Access"), "{err}");
     }
 
+    /// A sub-response of a recorded Graph `$batch`: (status, headers, body), the outer
+    /// `request-id` kept.
+    fn batch_part(path: &str, status: u16) -> (u16, HeaderMap, Vec<u8>) {
+        let (_, outer, body) = pnp(path);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let part = v["responses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["status"] == status)
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("request-id", outer["request-id"].clone());
+        for (k, val) in part["headers"].as_object().unwrap() {
+            headers.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(val.as_str().unwrap()).unwrap(),
+            );
+        }
+        (status, headers, part["body"].to_string().into_bytes())
+    }
+
     #[test]
-    fn every_variant_maps_to_a_status() {
-        assert_eq!(
-            UploadError::Throttled {
-                retry_after: Duration::from_secs(3)
-            }
-            .http_status(),
-            503
+    fn throttled_keeps_microsofts_code_and_request_id() {
+        let (s, h, b) = batch_part(
+            "graph/pnpcore/MicrosoftGraphBatchRetryFirstTest-0-00002.response.json",
+            429,
         );
-        assert_eq!(UploadError::NeedsConsent("x".into()).http_status(), 424);
-        assert_eq!(UploadError::BadInput("x".into()).http_status(), 400);
-        assert_eq!(
-            UploadError::Upstream {
-                status: 500,
-                microsoft_code: None,
-                message: String::new()
+        match from_response(Api::Graph, s, &h, &b, "/x") {
+            err @ UploadError::Throttled { .. } => {
+                let UploadError::Throttled {
+                    retry_after,
+                    microsoft,
+                } = &err
+                else {
+                    unreachable!()
+                };
+                assert_eq!(*retry_after, Duration::from_secs(5));
+                let ms = microsoft.as_deref().unwrap();
+                assert_eq!(ms.code.as_deref(), Some("activityLimitReached"));
+                assert_eq!(
+                    ms.request_id.as_deref(),
+                    Some("805dc7f1-34a1-4f75-9ccd-5af7f104cac5")
+                );
+                let text = err.to_string();
+                assert!(
+                    text.contains("activityLimitReached") && text.contains("805dc7f1"),
+                    "{text}"
+                );
             }
-            .http_status(),
-            502
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn graph_access_denied_is_forbidden() {
+        let (s, h, b) = batch_part(
+            "graph/pnpcore/UnfurlListItemTest-1-00007.response.json",
+            403,
         );
+        match from_response(Api::Graph, s, &h, &b, "/x") {
+            UploadError::Forbidden { diagnostics, .. } => {
+                let ms = diagnostics.microsoft.unwrap();
+                assert_eq!(ms.action(System::Graph), Some(Action::MissingPermission));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_oauth_style_401_body_keeps_code_and_description() {
+        // What SharePoint Server (on-premises) sends when the client is unknown.
+        let body =
+            br#"{"error":"invalid_client","error_description":"Invalid issuer or signature."}"#;
+        let ms = MicrosoftError::parse(401, &HeaderMap::new(), body);
+        assert_eq!(ms.code.as_deref(), Some("invalid_client"));
+        assert_eq!(ms.message, "Invalid issuer or signature.");
+        match from_response(Api::SharePoint, 401, &HeaderMap::new(), body, "/x") {
+            UploadError::Unauthorized {
+                explanation,
+                diagnostics,
+            } => {
+                assert_eq!(explanation, "Invalid issuer or signature.");
+                let ms = diagnostics.microsoft.unwrap();
+                assert_eq!(ms.code.as_deref(), Some("invalid_client"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_variant_maps_to_one_api_kind() {
+        let throttled = UploadError::Throttled {
+            retry_after: Duration::from_secs(3),
+            microsoft: Some(Box::new(MicrosoftError {
+                status: 429,
+                code: Some("activityLimitReached".into()),
+                inner_code: None,
+                message: "throttled".into(),
+                request_id: Some("rid-1".into()),
+            })),
+        };
+        let api = ApiError::from(&throttled);
+        assert_eq!((api.status().as_u16(), api.code()), (503, "throttled"));
+        assert_eq!(api.retry_after_secs(), Some(3));
+        let body = api.to_json();
+        assert_eq!(body["microsoft_code"], "activityLimitReached");
+        assert_eq!(body["microsoft_request_id"], "rid-1");
+        let cases: Vec<(UploadError, u16, &str)> = vec![
+            (UploadError::NeedsConsent("x".into()), 424, "needs_consent"),
+            (UploadError::BadInput("x".into()), 400, "bad_request"),
+            (
+                UploadError::Upstream {
+                    status: 500,
+                    microsoft_code: Some("-1, X".into()),
+                    message: String::new(),
+                },
+                502,
+                "bad_gateway",
+            ),
+            (
+                UploadError::MetadataRejected {
+                    path: "/a".into(),
+                    fields: vec![FieldError {
+                        field: "Title".into(),
+                        message: "too long".into(),
+                        code: None,
+                    }],
+                },
+                422,
+                "unprocessable",
+            ),
+            (UploadError::Source("x".into()), 502, "bad_gateway"),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(&e);
+            assert_eq!((api.status().as_u16(), api.code()), (status, code), "{e:?}");
+        }
+        let rejected = ApiError::from(&UploadError::MetadataRejected {
+            path: "/a".into(),
+            fields: vec![FieldError {
+                field: "Title".into(),
+                message: "too long".into(),
+                code: None,
+            }],
+        });
+        assert_eq!(rejected.to_json()["fields"][0]["field"], "Title");
     }
 }

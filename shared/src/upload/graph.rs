@@ -7,8 +7,7 @@
 //! (`nextExpectedRanges`) and the upload resumes there; a fatal failure deletes the session, and
 //! Graph never commits a file before its last byte arrives.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE};
@@ -18,11 +17,10 @@ use url::Url;
 
 use super::error::{Api, from_response};
 use super::names::{folder_segments, graph_segment, validate_name};
-use super::retry::{RetryPolicy, Safety, Sender};
+use super::retry::{Safety, Sender};
 use super::source::{Chunk, Chunker, UploadSource};
 use super::{
-    Attempt, BearerSource, ConflictBehavior, ConflictOutcome, UploadError, UploadOutcome,
-    UploadRequest,
+    BearerSource, ConflictBehavior, ConflictOutcome, UploadError, UploadOutcome, UploadRequest,
 };
 
 /// Graph's chunk granularity: every chunk but the last must be a multiple of 320 KiB.
@@ -113,24 +111,8 @@ pub fn next_expected(ranges: &[String]) -> Option<u64> {
         .min()
 }
 
-/// Tuning of the Graph client.
-#[derive(Debug, Clone)]
-pub struct GraphOptions {
-    /// Chunk size (rounded down to a multiple of 320 KiB), and the size above which uploads use
-    /// a session. Default 10 MiB (32 × 320 KiB).
-    pub chunk_size: usize,
-    /// Retries of each request.
-    pub retry: RetryPolicy,
-}
-
-impl Default for GraphOptions {
-    fn default() -> Self {
-        GraphOptions {
-            chunk_size: 10 * 1024 * 1024,
-            retry: RetryPolicy::default(),
-        }
-    }
-}
+/// Tuning of the Graph client; its chunk size is rounded down to a multiple of 320 KiB.
+pub type GraphOptions = super::UploadOptions;
 
 /// Uploads into OneDrive and SharePoint drives through Microsoft Graph.
 #[derive(Clone)]
@@ -215,14 +197,12 @@ impl GraphClient {
         }
         let mut path = folder_segments(&req.folder)?;
         path.push(req.file_name.clone());
-        let attempt = Attempt::new(req.deadline);
-        let waited = Mutex::new(Duration::ZERO);
+        let budget = crate::http::Budget::new(req.deadline);
         let authed = Sender {
             http: &self.http,
             policy: &self.opts.retry,
-            attempt: &attempt,
+            budget: &budget,
             bearer: Some(self.bearer.as_ref()),
-            waited: &waited,
         };
         let anonymous = Sender {
             bearer: None,
@@ -292,7 +272,7 @@ impl GraphClient {
             etag: item.etag,
             conflict_outcome,
             chunks,
-            retries: attempt.retries(),
+            retries: budget.retries(),
         })
     }
 
@@ -396,7 +376,7 @@ impl GraphClient {
                     Ok(Step::Next(n)) if n > pos && n < end => {
                         // The session took part of the range: send the rest.
                         pos = n;
-                        sender.attempt.count_retry();
+                        sender.budget.count_retry();
                         continue;
                     }
                     Ok(Step::Next(n)) => {
@@ -415,8 +395,9 @@ impl GraphClient {
                 sender
                     .pause(sender.policy.backoff(recoveries))
                     .await
-                    .map_err(|()| UploadError::Throttled {
+                    .map_err(|_| UploadError::Throttled {
                         retry_after: sender.policy.backoff(recoveries),
+                        microsoft: None,
                     })?;
                 match self.status(sender, upload_url, display).await {
                     Ok(Some(n)) if n >= chunk.offset && n <= end => pos = n,
@@ -500,9 +481,10 @@ impl GraphClient {
             202 => {
                 let s: SessionStatus =
                     serde_json::from_slice(&bytes).map_err(|e| Fatal(bad_reply(&e.to_string())))?;
+                // A 202 that names no range is not the end: ask the session where it stands.
                 next_expected(&s.next_expected_ranges)
                     .map(Step::Next)
-                    .ok_or_else(|| Fatal(bad_reply("a 202 without nextExpectedRanges")))
+                    .ok_or_else(|| Recoverable(bad_reply("a 202 without nextExpectedRanges")))
             }
             200 | 201 => serde_json::from_slice(&bytes)
                 .map(|item| Step::Done(item, status))
@@ -615,12 +597,8 @@ mod tests {
                 "{id:?}"
             );
         }
-        assert_eq!(
-            item_url(&graph(), &bad, &["a".into()], "", None)
-                .unwrap_err()
-                .http_status(),
-            400
-        );
+        let err = item_url(&graph(), &bad, &["a".into()], "", None).unwrap_err();
+        assert_eq!(crate::api::ApiError::from(&err).status(), 400);
     }
 
     #[test]

@@ -8,14 +8,13 @@
 
 #![warn(missing_docs)]
 
+pub mod doctor;
 pub mod error;
 pub mod graph;
 pub mod names;
 pub mod retry;
 pub mod sharepoint;
 pub mod source;
-
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::future::BoxFuture;
 use secrecy::SecretString;
@@ -26,6 +25,25 @@ pub use bytes::Bytes;
 pub use error::{AuthDiagnostics, FieldError, MicrosoftError, UploadError};
 pub use retry::RetryPolicy;
 pub use source::UploadSource;
+
+/// Tuning of an upload client ([`graph::GraphOptions`], [`sharepoint::SharePointOptions`]).
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Chunk size, and the size above which uploads are chunked (Graph rounds it down to a
+    /// multiple of 320 KiB). Default 10 MiB (32 × 320 KiB).
+    pub chunk_size: usize,
+    /// Retries of each request.
+    pub retry: RetryPolicy,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            chunk_size: 10 * 1024 * 1024,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
 
 /// Where uploads get their access token.
 ///
@@ -157,28 +175,4 @@ pub struct UploadRequest {
     /// When the caller needs an answer; waits that would pass it end the upload as
     /// [`UploadError::Throttled`]. Leave a margin for the answer itself.
     pub deadline: Option<Instant>,
-}
-
-/// Per-upload state shared by the requests of one upload.
-pub(crate) struct Attempt {
-    /// When the caller must have an answer (the Lambda's remaining time).
-    pub deadline: Option<Instant>,
-    retries: AtomicU32,
-}
-
-impl Attempt {
-    pub(crate) fn new(deadline: Option<Instant>) -> Self {
-        Attempt {
-            deadline,
-            retries: AtomicU32::new(0),
-        }
-    }
-
-    pub(crate) fn count_retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn retries(&self) -> u32 {
-        self.retries.load(Ordering::Relaxed)
-    }
 }

@@ -1,7 +1,10 @@
 //! File and folder names: validation, URL escaping, and OneDrive-style renaming.
 
 use super::UploadError;
-use crate::ingest::names::ILLEGAL_CHARS as FORBIDDEN;
+
+/// Characters SharePoint Online refuses in file and folder names.
+pub const ILLEGAL_CHARS: &[char] = &['"', '*', ':', '<', '>', '?', '/', '\\', '|'];
+use ILLEGAL_CHARS as FORBIDDEN;
 
 /// Bidirectional-text controls: they reorder how a name is displayed.
 const BIDI_CONTROLS: &[char] = &[
@@ -142,7 +145,7 @@ mod tests {
             "a\u{200B}b",
         ] {
             let err = validate_name(bad).unwrap_err();
-            assert_eq!(err.http_status(), 400, "{bad:?}");
+            assert_eq!(crate::api::ApiError::from(&err).status(), 400, "{bad:?}");
         }
         assert!(validate_name(&"x".repeat(256)).is_err());
     }

@@ -7,8 +7,7 @@
 //! directly: SharePoint keeps its old content until `FinishUpload`, so a failure leaves it intact.
 //! The `…Path` (`decodedurl`) variants are used throughout so that `#` and `%` in names work.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use reqwest::Method;
@@ -20,11 +19,11 @@ use uuid::Uuid;
 
 use super::error::{Api, FieldError, from_response};
 use super::names::{folder_segments, odata_literal, renamed, url_path, validate_name};
-use super::retry::{RetryPolicy, Safety, Sender};
+use super::retry::{Safety, Sender};
 use super::source::{Chunk, Chunker, UploadSource};
 use super::{
-    Attempt, BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, UploadError,
-    UploadOutcome, UploadRequest,
+    BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, UploadError, UploadOutcome,
+    UploadRequest,
 };
 
 const NOMETADATA: &str = "application/json;odata=nometadata";
@@ -138,22 +137,7 @@ pub enum ChunkOp {
 }
 
 /// Tuning of the SharePoint client.
-#[derive(Debug, Clone)]
-pub struct SharePointOptions {
-    /// Chunk size, and the size above which uploads are chunked. Default 10 MiB.
-    pub chunk_size: usize,
-    /// Retries of each request.
-    pub retry: RetryPolicy,
-}
-
-impl Default for SharePointOptions {
-    fn default() -> Self {
-        SharePointOptions {
-            chunk_size: 10 * 1024 * 1024,
-            retry: RetryPolicy::default(),
-        }
-    }
-}
+pub type SharePointOptions = super::UploadOptions;
 
 /// Uploads into SharePoint document libraries through SharePoint REST.
 #[derive(Clone)]
@@ -580,16 +564,14 @@ impl SharePointClient {
         } else {
             format!("{}/{}", target.library, segments.join("/"))
         };
-        let attempt = Attempt::new(req.deadline);
-        let waited = Mutex::new(Duration::ZERO);
+        let budget = crate::http::Budget::new(req.deadline);
         let ctx = Ctx {
             target,
             sender: Sender {
                 http: &self.http,
                 policy: &self.opts.retry,
-                attempt: &attempt,
+                budget: &budget,
                 bearer: Some(self.bearer.as_ref()),
-                waited: &waited,
             },
         };
         let size = self.opts.chunk_size;
@@ -654,7 +636,7 @@ impl SharePointClient {
             etag: file.etag,
             conflict_outcome,
             chunks,
-            retries: attempt.retries(),
+            retries: budget.retries(),
         })
     }
 }

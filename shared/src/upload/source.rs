@@ -11,8 +11,6 @@
 //! that cannot say how big a file is should be fixed at the origin.
 
 use std::io;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -20,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 use url::Url;
 
+use super::UploadError;
 use super::retry::{RetryPolicy, Safety, Sender};
-use super::{Attempt, UploadError};
 
 /// Frames handed out by [`UploadSource::from_bytes`] and [`UploadSource::from_reader`].
 const FRAME: usize = 256 * 1024;
@@ -96,14 +94,12 @@ impl UploadSource {
             ));
         }
         let host = url.host_str().unwrap_or_default().to_owned();
-        let attempt = Attempt::new(deadline);
-        let waited = Mutex::new(Duration::ZERO);
+        let budget = crate::http::Budget::new(deadline);
         let sender = Sender {
             http,
             policy,
-            attempt: &attempt,
+            budget: &budget,
             bearer: None,
-            waited: &waited,
         };
         let resp = sender
             .send(Safety::Idempotent, |c| c.get(url.clone()))
@@ -434,7 +430,7 @@ mod tests {
             None,
         );
         let err = Chunker::new(broken).next(10).await.unwrap_err();
-        assert_eq!(err.http_status(), 502);
+        assert_eq!(crate::api::ApiError::from(&err).status(), 502);
     }
 
     #[tokio::test]
@@ -464,7 +460,7 @@ mod tests {
         let err = UploadSource::from_url(&http, &url, &RetryPolicy::default(), None)
             .await
             .unwrap_err();
-        assert_eq!(err.http_status(), 400);
+        assert_eq!(crate::api::ApiError::from(&err).status(), 400);
     }
 
     #[test]

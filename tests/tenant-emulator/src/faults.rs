@@ -44,6 +44,9 @@ pub enum FaultKind {
         #[serde(default)]
         retry_after: Option<u64>,
     },
+    /// Answer a 202 (an accepted Graph chunk) without its `nextExpectedRanges`, as Graph does
+    /// at times: the client must ask the session where it stands.
+    OmitNextExpectedRanges,
 }
 
 impl FaultRule {
@@ -79,6 +82,7 @@ pub(crate) struct Decision {
     pub latency_ms: u64,
     pub status: Option<(u16, Option<u64>)>,
     pub reset_after: Option<u64>,
+    pub omit_next_ranges: bool,
 }
 
 pub(crate) fn is_token_endpoint(path: &str) -> bool {
@@ -132,6 +136,7 @@ impl Faults {
                 FaultKind::ResetAfter { bytes } => {
                     d.reset_after.get_or_insert(bytes);
                 }
+                FaultKind::OmitNextExpectedRanges => d.omit_next_ranges = true,
             }
         }
         d

@@ -358,7 +358,26 @@ async fn dispatch(
         headers: parts.headers,
         body: buf.into(),
     };
-    route(&st, r).await
+    let resp = route(&st, r).await;
+    if decision.omit_next_ranges && resp.status() == StatusCode::ACCEPTED {
+        return omit_next_ranges(resp).await;
+    }
+    resp
+}
+
+/// The same 202, without `nextExpectedRanges` (fault `OmitNextExpectedRanges`).
+async fn omit_next_ranges(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("nextExpectedRanges");
+    }
+    let mut parts = parts;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(v.to_string()))
 }
 
 async fn route(st: &Arc<Shared>, r: Req) -> Response {

@@ -12,8 +12,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::AuthDiagnostics;
 use crate::identity::jwt::{self, JwtSummary};
-use crate::upload::AuthDiagnostics;
+use crate::microsoft::{Action, System};
 
 /// The ACS principal id of SharePoint (`00000003-0000-0ff1-ce00-000000000000`).
 const SHAREPOINT_PRINCIPAL: &str = "00000003-0000-0ff1-ce00-000000000000";
@@ -190,6 +191,17 @@ fn can_write(s: &JwtSummary) -> bool {
     s.roles.iter().any(|r| writes(r)) || s.scp.iter().any(|r| writes(r))
 }
 
+/// Whether Microsoft's error body says "access denied" ([`Action::MissingPermission`]).
+fn body_denies(diag: &AuthDiagnostics, service: Service<'_>) -> bool {
+    let system = match service {
+        Service::SharePoint { .. } => System::SharePoint,
+        Service::Graph => System::Graph,
+    };
+    diag.microsoft
+        .as_ref()
+        .is_some_and(|m| m.action(system) == Some(Action::MissingPermission))
+}
+
 /// Explains a refusal. `token` is the token that was refused (if known), `now` the current time.
 pub fn diagnose(
     token: Option<&SecretString>,
@@ -266,7 +278,16 @@ pub fn diagnose(
              write access (POST /sites/{site-id}/permissions)"
                 .to_owned(),
         ),
-        Some(s) if !can_write(s) => (
+        // The body itself says access denied (SharePoint's System.UnauthorizedAccessException,
+        // even on a 401; Graph's accessDenied).
+        _ if body_denies(diag, service) => (
+            AuthCause::MissingPermission,
+            "the service says access is denied: the account or app has no write access to this \
+             site, library or folder"
+                .to_owned(),
+        ),
+        // ACS tokens carry no roles or scopes at all: their absence says nothing.
+        Some(s) if !is_acs(s) && !can_write(s) => (
             AuthCause::MissingPermission,
             format!(
                 "the token carries no permission to write files (roles {:?}, scopes {:?}); grant \
@@ -430,5 +451,36 @@ mod tests {
         // The token never appears in the diagnosis.
         let json = serde_json::to_string(&d).unwrap();
         assert!(!json.contains("EwB4A8l6"));
+    }
+
+    #[test]
+    fn an_acs_token_is_not_missing_permission_for_lacking_roles() {
+        // On-premises SharePoint (no ACS retirement there): ACS tokens carry no roles or scp.
+        let t = token(json!({
+            "aud": "00000003-0000-0ff1-ce00-000000000000/sp.contoso.local@realm-1",
+            "iss": "00000001-0000-0000-c000-000000000000@realm-1",
+            "nameid": "app@realm-1", "exp": NOW + 600
+        }));
+        let host = Service::SharePoint {
+            host: "sp.contoso.local",
+        };
+        let d = diagnose(Some(&t), &diag(401, None), host, now());
+        assert_ne!(d.cause, AuthCause::MissingPermission, "{d}");
+        assert_eq!(d.cause, AuthCause::Unknown);
+    }
+
+    #[test]
+    fn an_access_denied_body_on_a_401_is_missing_permission() {
+        let body = br#"{"odata.error":{"code":"-2147024891, System.UnauthorizedAccessException","message":{"lang":"en-US","value":"Access denied. You do not have permission to perform this action or access this resource."}}}"#;
+        let ms =
+            crate::upload::MicrosoftError::parse(401, &reqwest::header::HeaderMap::new(), body);
+        let mut d = diag(401, None);
+        d.microsoft = Some(Box::new(ms));
+        let t = token(
+            json!({"aud": "https://contoso.sharepoint.com", "roles": ["Sites.ReadWrite.All"], "exp": NOW + 600}),
+        );
+        let got = diagnose(Some(&t), &d, SP, now());
+        assert_eq!(got.cause, AuthCause::MissingPermission, "{got}");
+        assert!(got.explanation.contains("access is denied"), "{got}");
     }
 }
