@@ -3,6 +3,7 @@
 mod events;
 mod ingest;
 mod isolation;
+mod jobs;
 mod layering;
 mod lifecycle;
 mod secrets;
