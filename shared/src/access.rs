@@ -237,18 +237,6 @@ impl AccessError {
         self.failure().is_retryable()
     }
 
-    /// The HTTP status of this error's [`ApiError`].
-    // Kept for oauth-callback until it answers with `ApiError::from` itself.
-    pub fn http_status(&self) -> http::StatusCode {
-        ApiError::from(self).status()
-    }
-
-    /// The `error` code of this error's [`ApiError`].
-    // Kept for oauth-callback until it answers with `ApiError::from` itself.
-    pub fn code(&self) -> &'static str {
-        ApiError::from(self).code()
-    }
-
     /// Server-requested wait, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -1398,8 +1386,8 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(e.failure(), RefreshFailure::NeedsConsent);
-        assert_eq!(e.http_status(), http::StatusCode::FAILED_DEPENDENCY);
         let api = ApiError::from(&e);
+        assert_eq!(api.status(), http::StatusCode::FAILED_DEPENDENCY);
         assert_eq!(api.code(), "needs_consent");
         assert_eq!(api.to_json()["microsoft_code"], "AADSTS700082");
         let stored = f.stored("c1").await;

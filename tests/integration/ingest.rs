@@ -1680,7 +1680,11 @@ async fn a_delegated_connection_uploads_then_answers_424_once_consent_is_withdra
         w.state.as_ref().unwrap().config.secrets.clone(),
     );
     let err = access_fresh.bearer("alex", true).await.unwrap_err();
-    assert_eq!(err.code(), "needs_consent", "{err}");
+    assert_eq!(
+        shared::api::ApiError::from(&err).code(),
+        "needs_consent",
+        "{err}"
+    );
     let (s, b, _) = w
         .send(signed_raw(
             "/upload/alex",

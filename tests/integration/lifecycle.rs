@@ -608,7 +608,7 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
         ),
     )
     .await;
-    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.status(), 424);
     assert!(header(&resp, "content-type").starts_with("text/html"));
     assert!(String::from_utf8_lossy(resp.body().as_ref()).contains("AADSTS65004"));
 
@@ -1305,9 +1305,9 @@ async fn sign_in_errors_use_the_shared_kinds() {
     assert_eq!(answer(resp), (424, "needs_consent".into()));
     assert_eq!(body["microsoft_code"], "consent_required");
     assert_eq!(body["error_description"], "AADSTS65001");
-    // A declined consent is `forbidden` (403).
+    // A declined consent also leaves the connection needing consent (424), per the Microsoft table.
     let resp = oauth_callback::handle(&cb, json_get("/callback?error=access_denied&state=x")).await;
-    assert_eq!(answer(resp), (403, "forbidden".into()));
+    assert_eq!(answer(resp), (424, "needs_consent".into()));
 
     // /connect without a valid link is `forbidden` (403) whatever the connection; an unknown
     // connection on POST /callback is `connection_not_found` (404).

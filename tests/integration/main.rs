@@ -4,6 +4,8 @@ mod attacks;
 mod events;
 mod ingest;
 mod isolation;
+mod jobs;
+mod layering;
 mod lifecycle;
 mod secrets;
 mod signin;

@@ -251,23 +251,22 @@ fn state_kind(e: &StateError) -> Kind {
     }
 }
 
-/// An OAuth error Microsoft redirected back with; its word and description are shown.
+/// An OAuth error Microsoft redirected back with; its word and description are shown. What it
+/// means comes from the one Microsoft error table.
 fn provider_error(p: &ProviderError) -> ApiError {
-    let (kind, message) = match p.error.as_str() {
-        "access_denied" => (
-            Kind::Forbidden,
-            "Sign-in was cancelled or consent was declined.",
-        ),
-        "consent_required" | "interaction_required" | "login_required" => (
+    use shared::microsoft::{Action, System, lookup};
+    let row = lookup(System::OAuth, &p.error);
+    let (kind, message) = match row.map(|r| r.action) {
+        Some(Action::NeedsConsent) => (
             Kind::NeedsConsent,
-            "Microsoft needs the user (or an administrator) to sign in and consent again.",
+            "Sign-in did not finish: the user (or an administrator) must sign in and consent.",
         ),
-        "temporarily_unavailable" => (
+        Some(Action::Throttled) => (
+            Kind::Throttled,
+            "Microsoft is throttling sign-ins; try again in a few minutes.",
+        ),
+        Some(Action::Transient) => (
             Kind::Unavailable,
-            "Microsoft could not complete the sign-in right now; try again in a few minutes.",
-        ),
-        "server_error" => (
-            Kind::BadGateway,
             "Microsoft could not complete the sign-in right now; try again in a few minutes.",
         ),
         _ => (
@@ -275,7 +274,10 @@ fn provider_error(p: &ProviderError) -> ApiError {
             "Microsoft refused the sign-in request; the app registration or connection settings need attention.",
         ),
     };
-    let api = ApiError::new(kind, message).with_detail("microsoft_code", p.error.clone());
+    let mut api = ApiError::new(kind, message).with_detail("microsoft_code", p.error.clone());
+    if let Some(r) = row {
+        api = api.with_detail("microsoft_meaning", r.meaning);
+    }
     match &p.description {
         Some(d) => api.with_detail("error_description", d.clone()),
         None => api,
