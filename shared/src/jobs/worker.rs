@@ -330,7 +330,7 @@ impl Worker {
         if job.callback.as_ref().is_some_and(|c| c.delivered) {
             return;
         }
-        let secret = match self.signing_secret().await {
+        let secret = match self.signing_secret(&msg.connection).await {
             Some(s) => s,
             None => {
                 tracing::warn!(job = %job.id, "no webhook secret to sign the callback with; not sent");
@@ -357,7 +357,20 @@ impl Worker {
         }
     }
 
-    async fn signing_secret(&self) -> Option<WebhookSecret> {
+    /// The newest of the connection's own sender secrets; the deployment-wide secret only for a
+    /// sender secret that accepts it and holds none of its own.
+    async fn signing_secret(&self, connection: &str) -> Option<WebhookSecret> {
+        use secrecy::ExposeSecret as _;
+        let sender = schema::sender(self.store.as_ref(), &self.secrets, connection)
+            .await
+            .ok()?
+            .value;
+        if let Some(newest) = sender.signing_secret() {
+            return WebhookSecret::from_whsec(newest.expose_secret()).ok();
+        }
+        if !sender.accept_deployment_secret {
+            return None;
+        }
         let secrets = schema::webhook_secrets(self.store.as_ref(), &self.secrets)
             .await
             .ok()?;
@@ -365,7 +378,7 @@ impl Worker {
             .value
             .secrets
             .iter()
-            .find_map(|s| WebhookSecret::from_whsec(secrecy::ExposeSecret::expose_secret(s)).ok())
+            .find_map(|s| WebhookSecret::from_whsec(s.expose_secret()).ok())
     }
 }
 
