@@ -740,7 +740,7 @@ struct Plan {
 /// What a token response says about a connection, to be stored by [`write_tokens`].
 ///
 /// Fields left `None` or empty keep what is stored.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TokenWrite {
     /// The refresh token Microsoft returned (`None`: keep the stored one).
     pub refresh_token: Option<SecretString>,

@@ -12,9 +12,10 @@ use std::{
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
+use shared::access::{TokenWrite, WriteBasis, write_tokens};
 use shared::secrets::{
     AwsSecretStore, CachingStore, CreateOutcome, SecretError, SecretStore, VersionId, Versioned,
-    schema::{self, ConnectionSecret, SaveOutcome},
+    schema::{self, ConnectionSecret},
     update,
 };
 use spbridge_tests::{moto_client, moto_store, unique_prefix};
@@ -430,40 +431,34 @@ async fn concurrent_refreshes_keep_only_one_token_per_generation() {
         "generation": 1
     }))
     .unwrap();
-    assert!(matches!(
-        schema::save_connection(&*store, &cfg, "c1", &conn, 5)
-            .await
-            .unwrap(),
-        SaveOutcome::Saved(_)
-    ));
+    shared::secrets::put_typed(&*store, &cfg.connection_secret_name("c1"), &conn, None)
+        .await
+        .unwrap();
 
-    // Two refreshes both read generation 1 and both try to store generation 2.
-    let mut a = conn.clone();
-    a.generation = 2;
-    a.refresh_token = Some("rt-from-a".into());
-    let mut b = a.clone();
-    b.refresh_token = Some("rt-from-b".into());
+    // Two refreshes both read generation 1 and both try to store their new token through the
+    // one write path.
+    let refresh = |rt: &str| {
+        let write = TokenWrite {
+            refresh_token: Some(rt.to_owned().into()),
+            ..TokenWrite::default()
+        };
+        let basis = WriteBasis::Refresh {
+            generation: 1,
+            now: time::OffsetDateTime::now_utc(),
+        };
+        (write, basis)
+    };
     let (ra, rb) = tokio::join!(
-        schema::save_connection(&*store, &cfg, "c1", &a, 5),
-        schema::save_connection(&*store, &cfg, "c1", &b, 5)
+        write_tokens(&*store, &cfg, "c1", refresh("rt-from-a")),
+        write_tokens(&*store, &cfg, "c1", refresh("rt-from-b"))
     );
     let outcomes = [ra.unwrap(), rb.unwrap()];
-    let saved = outcomes
-        .iter()
-        .filter(|o| matches!(o, SaveOutcome::Saved(_)))
-        .count();
-    assert_eq!(saved, 1, "{outcomes:?}");
-    assert!(outcomes.contains(&SaveOutcome::Stale {
-        stored_generation: 2
-    }));
+    let saved: Vec<bool> = outcomes.iter().map(|w| w.saved).collect();
+    assert_eq!(saved.iter().filter(|s| **s).count(), 1, "{saved:?}");
 
     use secrecy::ExposeSecret;
     let stored = schema::connection(&*store, &cfg, "c1").await.unwrap();
-    let winner = if matches!(outcomes[0], SaveOutcome::Saved(_)) {
-        "rt-from-a"
-    } else {
-        "rt-from-b"
-    };
+    let winner = if saved[0] { "rt-from-a" } else { "rt-from-b" };
     assert_eq!(stored.value.refresh_token.unwrap().expose_secret(), winner);
     assert_eq!(stored.value.generation, 2);
 }

@@ -452,18 +452,6 @@ pub struct UploadOptions {
     pub max_file_bytes: Option<u64>,
 }
 
-/// How [`save_connection`] ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SaveOutcome {
-    /// Written at this version.
-    Saved(VersionId),
-    /// Not written: the store already holds this generation or a newer one.
-    Stale {
-        /// The generation found in the store.
-        stored_generation: u64,
-    },
-}
-
 /// Reads the app credential named by `cfg.app_secret`.
 pub async fn app_credential(
     store: &dyn SecretStore,
@@ -559,48 +547,6 @@ pub async fn sender(
         .validate()
         .map_err(|reason| SecretError::InvalidJson { name, reason })?;
     Ok(s)
-}
-
-/// Writes connection `id` unless the store already holds `conn.generation` or newer.
-///
-/// The caller sets `conn.generation` to one more than the generation it read before calling
-/// Microsoft, so of two concurrent refreshes only the first to land is kept; the other gets
-/// [`SaveOutcome::Stale`]. Lost compare-and-swap races are retried up to `max_attempts` times.
-pub async fn save_connection(
-    store: &dyn SecretStore,
-    cfg: &SecretsConfig,
-    id: &str,
-    conn: &ConnectionSecret,
-    max_attempts: u32,
-) -> Result<SaveOutcome, SecretError> {
-    let name = cfg.connection_secret_name(id);
-    let mut stale = None;
-    let outcome = update_typed::<ConnectionSecret, std::convert::Infallible, _>(
-        store,
-        &name,
-        max_attempts,
-        |current| {
-            stale = current
-                .map(|c| c.generation)
-                .filter(|&stored| stored >= conn.generation);
-            Ok(stale.is_none().then(|| conn.clone()))
-        },
-    )
-    .await
-    .map_err(|e| match e {
-        UpdateError::Secret(e) => e,
-        UpdateError::Rejected { source, .. } => match source {},
-    })?;
-    match (stale, outcome.current) {
-        (Some(stored_generation), _) => Ok(SaveOutcome::Stale { stored_generation }),
-        (None, Some(v)) if outcome.written => Ok(SaveOutcome::Saved(v.version)),
-        _ => Err(SecretError::Backend {
-            name,
-            op: "save",
-            code: None,
-            message: "write reported no new version".into(),
-        }),
-    }
 }
 
 /// Serde for `Option<SecretString>`: the one place the value is exposed, to be stored.
@@ -783,45 +729,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn typed_reads_and_generation_guarded_saves() {
+    async fn typed_reads_and_validated_app_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn SecretStore> = Arc::new(FileSecretStore::open(dir.path()).unwrap());
         let cfg = Config::from_lookup(|_| None).unwrap().secrets;
 
-        let mut conn: ConnectionSecret = serde_json::from_value(connection_json()).unwrap();
-        assert!(matches!(
-            save_connection(&*store, &cfg, "c1", &conn, 5)
-                .await
-                .unwrap(),
-            SaveOutcome::Saved(_)
-        ));
+        // Token writes and their generation rule live in `access::write_tokens` (tested there).
+        put_typed(
+            &*store,
+            &cfg.connection_secret_name("c1"),
+            &connection_json(),
+            None,
+        )
+        .await
+        .unwrap();
         let read = connection(&*store, &cfg, "c1").await.unwrap();
         assert_eq!(read.value.generation, 3);
-
-        // Same generation again (a second refresh that started from generation 2): refused.
-        conn.refresh_token = Some("older".into());
         assert_eq!(
-            save_connection(&*store, &cfg, "c1", &conn, 5)
-                .await
-                .unwrap(),
-            SaveOutcome::Stale {
-                stored_generation: 3
-            }
-        );
-        let still = connection(&*store, &cfg, "c1").await.unwrap();
-        assert_eq!(still.version, read.version);
-        assert_eq!(
-            still.value.refresh_token.unwrap().expose_secret(),
+            read.value.refresh_token.unwrap().expose_secret(),
             "0.AAAA-refresh-secret"
         );
-
-        conn.generation = 4;
-        assert!(matches!(
-            save_connection(&*store, &cfg, "c1", &conn, 5)
-                .await
-                .unwrap(),
-            SaveOutcome::Saved(_)
-        ));
 
         // The app credential is validated on read, and errors do not echo secret values.
         put_typed(
