@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use url::Url;
 
-use super::{SecretError, SecretStore, UpdateError, VersionId, Versioned, get_typed, update_typed};
+use super::{SecretError, SecretStore, Versioned, get_typed};
 use crate::config::SecretsConfig;
 
 /// The app registration's credentials: `{prefix}app`.
