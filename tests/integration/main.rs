@@ -3,6 +3,7 @@
 mod events;
 mod ingest;
 mod isolation;
+mod jobs;
 mod lifecycle;
 mod secrets;
 mod template;
