@@ -46,6 +46,8 @@ pub async fn init() -> Result<State, String> {
     );
     let mut callbacks = Callbacks::new(http);
     callbacks.allow_loopback = config.ingest.source_allow_loopback;
+    let sources =
+        shared::jobs::fetch::source_client(&config.http, config.ingest.source_allow_loopback)?;
     let worker = Worker {
         jobs: Arc::new(store),
         queue: Arc::new(queue),
@@ -54,6 +56,8 @@ pub async fn init() -> Result<State, String> {
         secrets: config.secrets.clone(),
         uploader,
         callbacks,
+        sources,
+        max_source_bytes: config.ingest.max_source_bytes,
         settings: jobs.worker.clone(),
         clock: Arc::new(time::OffsetDateTime::now_utc),
     };

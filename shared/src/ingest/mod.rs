@@ -6,7 +6,6 @@
 
 pub mod body;
 mod error;
-pub mod idempotency;
 pub mod names;
 pub mod pipeline;
 

@@ -63,7 +63,7 @@ impl Callbacks {
             at: 0,
         };
         if let Some(ip) = literal_ip(url) {
-            if !crate::ingest::pipeline::source_ip_allowed(ip, self.allow_loopback) {
+            if !crate::upload::source::source_ip_allowed(ip, self.allow_loopback) {
                 tracing::warn!(job = %job.id, "callback_url names a forbidden address; not called");
                 record.at = OffsetDateTime::now_utc().unix_timestamp();
                 return record;

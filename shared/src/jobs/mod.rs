@@ -9,6 +9,7 @@
 
 pub mod callback;
 pub mod dynamo;
+pub mod fetch;
 pub mod queue;
 pub mod settings;
 pub mod staging;
@@ -101,6 +102,20 @@ impl DeliveryKey {
     /// A GitHub `X-GitHub-Delivery` and the body's hex SHA-256.
     pub fn github(delivery: &str, body_sha256: &str) -> Self {
         DeliveryKey(format!("gh:{delivery}:{body_sha256}"))
+    }
+
+    /// A GitHub-style delivery, identified by the body's hex SHA-256 alone: GitHub signs
+    /// neither its delivery id nor a time, so a replay under another id is the same delivery.
+    pub fn github_body(body_sha256: &str) -> Self {
+        DeliveryKey(format!("gh:{body_sha256}"))
+    }
+
+    /// A request that carries no delivery id (an unsigned sender): a fresh random key, so every
+    /// such request is its own job.
+    pub fn unkeyed() -> Self {
+        let mut raw = [0u8; 16];
+        rand::rng().fill_bytes(&mut raw);
+        DeliveryKey(format!("rnd:{}", hex::encode(raw)))
     }
 
     /// The key as stored.

@@ -14,7 +14,7 @@ use url::Url;
 
 use super::JobFailure;
 use super::queue::{Conflict, JobFile};
-use crate::api::Kind;
+use crate::api::{ApiError, Kind};
 use crate::ingest::pipeline::{TokenError, TokenProvider};
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
@@ -220,41 +220,22 @@ fn token_attempt(e: TokenError) -> Attempt {
     }
 }
 
-/// The job's view of an upload error: its [`Kind`], Microsoft's code, and whether it is worth
-/// another attempt.
+/// The job's view of an upload error: the one API error table's [`Kind`] and Microsoft's code,
+/// and whether it is worth another attempt (the error's own judgement).
 pub fn upload_attempt(e: &UploadError) -> Attempt {
-    let (kind, code) = match e {
-        UploadError::Conflict { microsoft, .. } => (
-            Kind::Conflict,
-            microsoft.as_ref().and_then(|m| m.code.clone()),
-        ),
-        UploadError::NotFound { microsoft, .. } => (
-            Kind::NotFound,
-            microsoft.as_ref().and_then(|m| m.code.clone()),
-        ),
-        UploadError::Unauthorized { diagnostics, .. }
-        | UploadError::Forbidden { diagnostics, .. } => (
-            Kind::Misconfigured,
-            diagnostics.microsoft.as_ref().and_then(|m| m.code.clone()),
-        ),
-        UploadError::Throttled { .. } => (Kind::Throttled, None),
-        UploadError::NeedsConsent(_) => (Kind::NeedsConsent, None),
-        UploadError::Upstream { microsoft_code, .. } if e.is_transient() => {
-            (Kind::Unavailable, microsoft_code.clone())
-        }
-        UploadError::Upstream { microsoft_code, .. } => (Kind::BadGateway, microsoft_code.clone()),
-        UploadError::BadInput(_) => (Kind::BadRequest, None),
-        UploadError::MetadataRejected { .. } => (Kind::Unprocessable, None),
-        UploadError::Source(_) => (Kind::BadGateway, None),
-    };
+    let api = ApiError::from(e);
+    let code = e.microsoft().and_then(|m| m.code.clone()).or(match e {
+        UploadError::Upstream { microsoft_code, .. } => microsoft_code.clone(),
+        _ => None,
+    });
     let failure = JobFailure {
-        error: kind.code().to_owned(),
+        error: api.code().to_owned(),
         message: e.to_string(),
         microsoft_code: code,
     };
     if e.is_transient() {
         let retry_after = match e {
-            UploadError::Throttled { retry_after } => Some(*retry_after),
+            UploadError::Throttled { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         Attempt::Transient {

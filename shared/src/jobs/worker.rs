@@ -106,6 +106,10 @@ pub struct Worker {
     pub uploader: Uploader,
     /// The callback sender.
     pub callbacks: Callbacks,
+    /// The `source_url` client ([`super::fetch::source_client`]: SSRF-guarded resolver).
+    pub sources: reqwest::Client,
+    /// Largest `source_url` body fetched.
+    pub max_source_bytes: u64,
     /// Tuning.
     pub settings: WorkerSettings,
     /// Now.
@@ -285,11 +289,31 @@ impl Worker {
                     Attempt::transient(Kind::Unavailable, e.to_string(), None)
                 }
             }),
-            // The SSRF-guarded fetcher lives in shared::ingest::pipeline and is not public yet.
-            JobBody::SourceUrl { .. } => Err(Attempt::permanent(
-                Kind::Internal,
-                "source_url bodies are not run by the worker yet",
-            )),
+            JobBody::SourceUrl { url } => {
+                let policy = crate::upload::RetryPolicy::default();
+                let source = UploadSource::from_url(&self.sources, url, &policy, None)
+                    .await
+                    .map_err(|e| {
+                        if e.to_string().contains(super::fetch::FORBIDDEN_RESOLUTION) {
+                            Attempt::permanent(
+                                Kind::BadRequest,
+                                "source_url resolves to a forbidden address",
+                            )
+                        } else {
+                            super::upload::upload_attempt(&e)
+                        }
+                    })?;
+                if source.len().is_some_and(|l| l > self.max_source_bytes) {
+                    return Err(Attempt::permanent(
+                        Kind::PayloadTooLarge,
+                        format!(
+                            "the file at source_url is larger than the limit of {} bytes",
+                            self.max_source_bytes
+                        ),
+                    ));
+                }
+                Ok(source)
+            }
         }
     }
 
