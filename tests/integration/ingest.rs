@@ -17,7 +17,10 @@ use shared::access::Access;
 use shared::config::Config;
 use shared::identity::TokenCache;
 use shared::ingest::Limits;
-use shared::ingest::pipeline::{Pipeline, TokenError, TokenProvider};
+use shared::ingest::pipeline::{Receiver, TokenError, TokenProvider};
+use shared::jobs::callback::Callbacks;
+use shared::jobs::upload::Uploader;
+use shared::jobs::worker::{Worker, WorkerSettings};
 use shared::secrets::SecretStore;
 use shared::upload::RetryPolicy;
 use tenant_emulator::{Emulator, FaultKind, FaultRule, Options, RunningEmulator};
@@ -256,6 +259,13 @@ pub(crate) struct World {
     tokens: Arc<EmulatorTokens>,
     pub(crate) store: Arc<dyn SecretStore>,
     pub(crate) prefix: String,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.worker.abort();
+    }
 }
 
 #[derive(Default)]
@@ -383,27 +393,75 @@ impl World {
             forced: AtomicU32::new(0),
             issued: std::sync::Mutex::new(Vec::new()),
         });
-        let mut pipeline =
-            Pipeline::new(config.clone(), http.clone(), store.clone(), tokens.clone())
-                .expect("pipeline")
-                .with_limits(setup.limits)
-                .with_retry(fast_retries());
+        let infra = spbridge_tests::JobsInfra::create(3).await;
+        let (jobs, queue, staging) = infra.adapters();
+        let mut receiver = Receiver::new(
+            config.clone(),
+            store.clone(),
+            Arc::new(jobs.clone()),
+            Arc::new(queue.clone()),
+            Arc::new(staging.clone()),
+            shared::jobs::DEFAULT_RETENTION,
+        )
+        .with_limits(setup.limits);
         if let Some(ts) = setup.clock {
-            pipeline = pipeline.with_clock(Arc::new(move || {
+            receiver = receiver.with_clock(Arc::new(move || {
                 time::OffsetDateTime::from_unix_timestamp(ts).unwrap()
             }));
         }
-        let state = Ok(upload_ingest::State::with_pipeline(config, http, pipeline));
+        let uploader = Uploader::new(
+            http.clone(),
+            config.endpoints.graph.clone(),
+            config.ingest.chunk_bytes,
+            tokens.clone(),
+        )
+        .with_retry(fast_retries());
+        let worker = Worker {
+            jobs: Arc::new(jobs),
+            queue: Arc::new(queue),
+            staging: Arc::new(staging),
+            store: store.clone(),
+            secrets: config.secrets.clone(),
+            uploader,
+            callbacks: Callbacks::new(http.clone()),
+            sources: shared::jobs::fetch::source_client(&config.http, true).expect("client"),
+            max_source_bytes: config.ingest.max_source_bytes,
+            settings: WorkerSettings {
+                max_receives: 3,
+                lease: Duration::from_secs(60),
+                base_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(2),
+            },
+            clock: Arc::new(time::OffsetDateTime::now_utc),
+        };
+        let worker_state = Arc::new(Ok(upload_worker::State::new(
+            worker,
+            Some(infra.dlq_arn.clone()),
+        )));
+        let worker = spbridge_tests::spawn_worker(worker_state, &infra, "arn:aws:sqs:us-east-1:123456789012:jobs");
+        let state = Ok(upload_ingest::State::new(receiver, None));
         World {
             emu,
             state,
             tokens,
             store,
             prefix,
+            worker,
         }
     }
 
-    pub(crate) async fn send(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
+    /// Sends `req` with `Prefer: wait=20` (unless it has a `Prefer`), so the answer is the
+    /// job's end: 201 with the result, or the failure.
+    pub(crate) async fn send(&self, mut req: Request) -> (u16, Value, HashMap<String, String>) {
+        if !req.headers().contains_key("prefer") {
+            req.headers_mut()
+                .insert("prefer", http::HeaderValue::from_static("wait=20"));
+        }
+        answer(upload_ingest::handle(&self.state, req).await).await
+    }
+
+    /// Sends `req` as is.
+    pub(crate) async fn send_raw(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
         answer(upload_ingest::handle(&self.state, req).await).await
     }
 
@@ -1622,10 +1680,10 @@ async fn a_delegated_connection_uploads_then_answers_424_once_consent_is_withdra
     // still work, but the stored status wins: the sender is told to have the user reconnect.
     let access_fresh = Access::new(
         reqwest::Client::new(),
-        w.state.as_ref().unwrap().config.endpoints.clone(),
+        w.state.as_ref().unwrap().receiver().config().endpoints.clone(),
         Arc::new(TokenCache::new(Duration::from_secs(300))),
         w.store.clone(),
-        w.state.as_ref().unwrap().config.secrets.clone(),
+        w.state.as_ref().unwrap().receiver().config().secrets.clone(),
     );
     let err = access_fresh.bearer("alex", true).await.unwrap_err();
     assert_eq!(err.code(), "needs_consent", "{err}");

@@ -354,6 +354,8 @@ impl Bench {
             secrets: config.secrets.clone(),
             uploader,
             callbacks,
+            sources: shared::jobs::fetch::source_client(&config.http, true).expect("client"),
+            max_source_bytes: config.ingest.max_source_bytes,
             settings: WorkerSettings {
                 max_receives,
                 lease: Duration::from_secs(60),

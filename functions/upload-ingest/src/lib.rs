@@ -38,11 +38,24 @@ impl State {
 pub async fn init() -> Result<State, String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let jobs = JobsConfig::from_env()?;
+    let sdk = aws_config::load_from_env().await;
+    let base_url = std::env::var("SPBRIDGE_INGEST_BASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    init_with(config, &jobs, &sdk, base_url).await
+}
+
+/// Builds the state from read settings and an SDK configuration.
+pub async fn init_with(
+    config: Config,
+    jobs: &JobsConfig,
+    sdk: &aws_config::SdkConfig,
+    base_url: Option<String>,
+) -> Result<State, String> {
     let store = shared::secrets::from_config(&config)
         .await
         .map_err(|e| e.to_string())?;
-    let sdk = aws_config::load_from_env().await;
-    let (table, queue, staging) = jobs.connect(&sdk);
+    let (table, queue, staging) = jobs.connect(sdk);
     let receiver = Receiver::new(
         config,
         store,
@@ -51,9 +64,6 @@ pub async fn init() -> Result<State, String> {
         Arc::new(staging),
         jobs.retention,
     );
-    let base_url = std::env::var("SPBRIDGE_INGEST_BASE_URL")
-        .ok()
-        .filter(|v| !v.is_empty());
     Ok(State::new(receiver, base_url))
 }
 
