@@ -11,11 +11,12 @@
 //!    - app-only ACS: the add-in's client id and secret;
 //!    - delegated: the stored refresh token of ACS, Azure AD v1, Entra v2 or a Microsoft account;
 //! 3. ask for the resource or scope the connection's [`Target`] needs (see [`resource_for`]);
-//! 4. when Microsoft answers with a refresh token, store it with a compare-and-swap write guarded
-//!    by the connection's `generation` ([`save_connection`]): a write based on an older read is
-//!    refused ([`SaveOutcome::Stale`]), so an older token never overwrites a newer one. The loser
-//!    keeps its access token (it is valid) and the next call reads the winner's refresh token;
-//! 5. on `invalid_client`, retry once with the app's `secondary_client_secret` (secret rollover);
+//! 4. when Microsoft answers with a refresh token, store it through [`write_tokens`] (the one write
+//!    path for tokens): a write based on an older read of the connection's `generation` is
+//!    dropped, so an older token never overwrites a newer one. The loser keeps its access token
+//!    (it is valid) and the next call reads the winner's refresh token;
+//! 5. on `invalid_client`, retry once with the app's `secondary_client_secret` (secret rollover,
+//!    [`with_secret_fallback`], which code redemption uses too);
 //! 6. classify failures ([`AccessError`]): a refused refresh token marks the connection
 //!    `needs_consent` with Microsoft's code and the time — unless another writer stored a newer
 //!    token meanwhile, in which case that one is tried instead. Nothing is ever deleted.
@@ -31,7 +32,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
@@ -47,10 +48,8 @@ use crate::{
     microsoft::RefreshFailure,
     secrets::{
         SecretError, SecretStore, UpdateError, get_typed,
-        schema::{
-            AppCredential, AuthKind, ConnectionSecret, ConnectionStatus, Provider, SaveOutcome,
-            Target, save_connection,
-        },
+        replay::ReplayKey,
+        schema::{AppCredential, AuthKind, ConnectionSecret, ConnectionStatus, Provider, Target},
         update_typed,
     },
 };
@@ -606,7 +605,7 @@ impl Access {
     }
 
     /// A token from `primary`; if Microsoft refuses the client secret and the app has a
-    /// secondary one (secret rollover), from `secondary`.
+    /// secondary one (secret rollover), from `secondary` ([`with_secret_fallback`]'s rule).
     async fn token_with_fallback(
         &self,
         id: &str,
@@ -615,35 +614,22 @@ impl Access {
         secondary: Option<&Plan>,
         force: bool,
     ) -> Result<Token, IdentityError> {
-        let first = primary
-            .source
-            .token(
-                &self.http,
-                &self.endpoints,
-                cache,
-                &primary.resource_or_scope,
-                force,
-            )
-            .await;
-        match (first, secondary) {
-            (Err(e), Some(second)) if is_invalid_client(&e) => {
-                tracing::warn!(
-                    connection = id,
-                    "client secret refused; trying the secondary"
-                );
-                second
-                    .source
-                    .token(
-                        &self.http,
-                        &self.endpoints,
-                        cache,
-                        &second.resource_or_scope,
-                        true,
-                    )
-                    .await
-            }
-            (r, _) => r,
-        }
+        fallback(id, secondary.is_some(), |second| async move {
+            let (plan, force) = match (second, secondary) {
+                (true, Some(p)) => (p, true),
+                _ => (primary, force),
+            };
+            plan.source
+                .token(
+                    &self.http,
+                    &self.endpoints,
+                    cache,
+                    &plan.resource_or_scope,
+                    force,
+                )
+                .await
+        })
+        .await
     }
 
     /// Stores what a fresh token response says about the connection read as `read`.
@@ -653,48 +639,40 @@ impl Access {
         read: &ConnectionSecret,
         token: &Token,
     ) -> Result<Stored, AccessError> {
-        let now = OffsetDateTime::now_utc();
-        let mut next = read.clone();
-        next.generation = read.generation.saturating_add(1);
-        let stored_rt = read.refresh_token.as_ref().map(|s| s.expose_secret());
-        let rotated = match &token.refresh_token {
-            Some(rt) if Some(rt.expose_secret()) != stored_rt => {
-                next.refresh_token = Some(SecretString::from(rt.expose_secret().to_owned()));
-                next.refresh_token_issued_at = Some(now);
-                true
-            }
-            _ => false,
-        };
-        next.access_token_expires_at = token.expires_at;
-        next.last_refreshed_at = Some(now);
-        if next.account.is_none() {
-            next.account = token.user.clone();
-        }
-        if next.tenant_id.is_none() {
-            next.tenant_id = token.tenant_id.clone();
-        }
-        let outcome = save_connection(
+        let mut write = TokenWrite::from_token(token, SecretString::from(String::new()));
+        write.refresh_token = token
+            .refresh_token
+            .as_ref()
+            .map(|rt| SecretString::from(rt.expose_secret().to_owned()));
+        let written = write_tokens(
             self.store.as_ref(),
             &self.secrets_cfg,
             id,
-            &next,
-            SAVE_ATTEMPTS,
+            write.refresh(read.generation, OffsetDateTime::now_utc()),
         )
         .await
-        .map_err(|e| AccessError::store(id, e))?;
-        let persisted = match outcome {
-            SaveOutcome::Saved(_) => Persisted::Saved {
-                generation: next.generation,
+        .map_err(|e| match e {
+            WriteError::Store(e) => AccessError::store(id, e),
+            // A refresh write refuses neither; a deleted connection is simply not found.
+            WriteError::Gone | WriteError::Replayed => AccessError::NotFound {
+                connection: id.to_owned(),
             },
-            SaveOutcome::Stale { stored_generation } => {
-                tracing::debug!(
-                    connection = id,
-                    stored_generation,
-                    "a newer token was stored concurrently; keeping it"
-                );
-                Persisted::AlreadyNewer { stored_generation }
+        })?;
+        let persisted = if written.saved {
+            Persisted::Saved {
+                generation: written.stored.generation,
+            }
+        } else {
+            tracing::debug!(
+                connection = id,
+                stored_generation = written.stored.generation,
+                "a newer token was stored concurrently; keeping it"
+            );
+            Persisted::AlreadyNewer {
+                stored_generation: written.stored.generation,
             }
         };
+        let rotated = written.rotated;
         Ok(Stored {
             persisted,
             rotated,
@@ -767,6 +745,251 @@ struct Stored {
 struct Plan {
     source: TokenSource,
     resource_or_scope: String,
+}
+
+/// What a token response says about a connection, to be stored by [`write_tokens`].
+///
+/// Fields left `None` or empty keep what is stored.
+#[derive(Debug)]
+pub struct TokenWrite {
+    /// The refresh token Microsoft returned (`None`: keep the stored one).
+    pub refresh_token: Option<SecretString>,
+    /// When the access token expires.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Who signed in.
+    pub account: Option<String>,
+    /// The tenant.
+    pub tenant_id: Option<String>,
+    /// The ACS realm.
+    pub realm: Option<String>,
+    /// AAD v1 resources.
+    pub resources: Vec<String>,
+    /// Scopes to ask for on refresh.
+    pub scopes: Vec<String>,
+    /// The redirect URI a Microsoft-account refresh must repeat.
+    pub redirect_uri: Option<Url>,
+}
+
+/// Which rule a [`write_tokens`] call follows; see there.
+#[derive(Debug)]
+pub enum WriteBasis {
+    /// A refresh based on the connection as read at `generation`.
+    Refresh {
+        /// The generation read before calling Microsoft.
+        generation: u64,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// A sign-in (code redemption or add-in launch), recorded as consumed by `key`.
+    Consent {
+        /// The attempt.
+        key: ReplayKey,
+        /// Now.
+        now: OffsetDateTime,
+    },
+}
+
+impl TokenWrite {
+    /// What `token` says; `refresh_token` is the one to store.
+    pub fn from_token(token: &Token, refresh_token: SecretString) -> Self {
+        TokenWrite {
+            refresh_token: Some(refresh_token),
+            expires_at: token.expires_at,
+            account: token.user.clone(),
+            tenant_id: token.tenant_id.clone(),
+            realm: None,
+            resources: vec![],
+            scopes: vec![],
+            redirect_uri: None,
+        }
+    }
+
+    /// This write as a refresh of the connection read at `generation`.
+    pub fn refresh(self, generation: u64, now: OffsetDateTime) -> (Self, WriteBasis) {
+        (self, WriteBasis::Refresh { generation, now })
+    }
+
+    /// This write as the result of the sign-in attempt `key`.
+    pub fn consent(self, key: ReplayKey, now: OffsetDateTime) -> (Self, WriteBasis) {
+        (self, WriteBasis::Consent { key, now })
+    }
+}
+
+/// What [`write_tokens`] did.
+#[derive(Debug)]
+pub struct Written {
+    /// The connection as stored now (this write's, or the newer one that was kept).
+    pub stored: ConnectionSecret,
+    /// Whether this write landed.
+    pub saved: bool,
+    /// Whether the stored refresh token changed.
+    pub rotated: bool,
+}
+
+/// Why [`write_tokens`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The sign-in attempt was already recorded (a replayed callback).
+    #[error("this sign-in attempt was already used")]
+    Replayed,
+    /// The connection secret no longer exists.
+    #[error("the connection no longer exists")]
+    Gone,
+    /// The store failed or kept conflicting.
+    #[error(transparent)]
+    Store(#[from] SecretError),
+}
+
+/// The one write path for tokens: code redemption, add-in launch, token-refresh and
+/// [`Access::refresh`]/[`Access::bearer`] all store through it.
+///
+/// The overwrite rule: **a refresh token is never overwritten by an older one.**
+/// - Every write is a compare-and-swap on the secret's version (lost races are re-read and
+///   re-applied, up to [`SAVE_ATTEMPTS`] times) and bumps the connection's `generation`.
+/// - A refresh ([`WriteBasis::Refresh`]) lands only if the stored `generation` is still the one
+///   read before Microsoft was called; otherwise another writer stored a newer token meanwhile and
+///   that one is kept (`saved: false`).
+/// - A sign-in ([`WriteBasis::Consent`]) is newer than anything stored (the person consented just
+///   now), so it lands on the current version whatever its generation, marks the connection
+///   `active`, and records its attempt in the same write; an attempt already recorded is
+///   [`WriteError::Replayed`] and writes nothing.
+pub async fn write_tokens(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+    id: &str,
+    (write, basis): (TokenWrite, WriteBasis),
+) -> Result<Written, WriteError> {
+    enum Refused {
+        Gone,
+        Replayed,
+    }
+    let name = cfg.connection_secret_name(id);
+    let mut saved = false;
+    let mut rotated = false;
+    let mut last: Option<ConnectionSecret> = None;
+    let result =
+        update_typed::<ConnectionSecret, Refused, _>(store, &name, SAVE_ATTEMPTS, |current| {
+            saved = false;
+            rotated = false;
+            let cur = current.ok_or(Refused::Gone)?;
+            let mut next = cur.clone();
+            let now = match &basis {
+                WriteBasis::Refresh { generation, now } => {
+                    if cur.generation != *generation {
+                        last = Some(cur.clone());
+                        return Ok(None);
+                    }
+                    *now
+                }
+                WriteBasis::Consent { key, now } => {
+                    next.consumed_states
+                        .record(key, *now)
+                        .map_err(|_| Refused::Replayed)?;
+                    next.status = ConnectionStatus::Active;
+                    next.status_code = None;
+                    next.status_detail = None;
+                    next.status_at = Some(*now);
+                    *now
+                }
+            };
+            let consent = matches!(basis, WriteBasis::Consent { .. });
+            let stored_rt = cur.refresh_token.as_ref().map(|s| s.expose_secret());
+            if let Some(rt) = &write.refresh_token {
+                if Some(rt.expose_secret()) != stored_rt {
+                    next.refresh_token = Some(rt.clone());
+                    rotated = true;
+                }
+                if rotated || consent {
+                    next.refresh_token_issued_at = Some(now);
+                }
+            }
+            next.access_token_expires_at = write.expires_at;
+            next.last_refreshed_at = Some(now);
+            // A sign-in names its account and tenant; a refresh only fills them in.
+            if consent || next.account.is_none() {
+                next.account = write.account.clone().or(next.account);
+            }
+            if consent || next.tenant_id.is_none() {
+                next.tenant_id = write.tenant_id.clone().or(next.tenant_id);
+            }
+            next.realm = write.realm.clone().or(next.realm);
+            next.redirect_uri = write.redirect_uri.clone().or(next.redirect_uri);
+            if !write.resources.is_empty() {
+                next.resources = write.resources.clone();
+            }
+            if !write.scopes.is_empty() {
+                next.scopes = write.scopes.clone();
+            }
+            next.generation = cur.generation.saturating_add(1);
+            saved = true;
+            last = Some(next.clone());
+            Ok(Some(next))
+        })
+        .await;
+    match result {
+        Ok(outcome) => {
+            let stored = last.ok_or(WriteError::Gone)?;
+            Ok(Written {
+                stored,
+                saved: saved && outcome.written,
+                rotated: rotated && outcome.written,
+            })
+        }
+        Err(UpdateError::Rejected {
+            source: Refused::Replayed,
+            ..
+        }) => Err(WriteError::Replayed),
+        Err(UpdateError::Rejected {
+            source: Refused::Gone,
+            ..
+        }) => Err(WriteError::Gone),
+        Err(UpdateError::Secret(e)) => Err(WriteError::Store(e)),
+    }
+}
+
+/// Runs `attempt` with the app's client secret; if Microsoft refuses it (`invalid_client`, a
+/// rolled-over or expired secret) and the app has a `secondary_client_secret`, runs it once more
+/// with that one. `attempt` gets the credential to use and whether this is the second try. The one
+/// fallback rule for code redemption, add-in launch and [`Access`].
+pub async fn with_secret_fallback<T, F, Fut>(
+    id: &str,
+    app: &AppCredential,
+    mut attempt: F,
+) -> Result<T, IdentityError>
+where
+    F: FnMut(AppCredential, bool) -> Fut,
+    Fut: Future<Output = Result<T, IdentityError>>,
+{
+    let has_secondary = app.secondary_client_secret.is_some();
+    fallback(id, has_secondary, |second| {
+        let mut app = app.clone();
+        if second {
+            app.client_secret = app.secondary_client_secret.clone();
+        }
+        attempt(app, second)
+    })
+    .await
+}
+
+async fn fallback<T, F, Fut>(
+    id: &str,
+    has_secondary: bool,
+    mut attempt: F,
+) -> Result<T, IdentityError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: Future<Output = Result<T, IdentityError>>,
+{
+    match attempt(false).await {
+        Err(e) if has_secondary && is_invalid_client(&e) => {
+            tracing::warn!(
+                connection = id,
+                "client secret refused; trying the secondary"
+            );
+            attempt(true).await
+        }
+        r => r,
+    }
 }
 
 /// The resource (AAD v1, ACS) or scope (Entra, MSA) a connection's tokens are requested for.
@@ -1333,5 +1556,67 @@ mod tests {
         assert!(case("acs", "delegated", &drive).is_err());
         assert!(case("msa", "delegated", &sp).is_err());
         assert!(case("aad_v1", "app_only", &sp).is_err());
+    }
+
+    /// The overwrite rule of [`write_tokens`]: a refresh based on an older generation is dropped;
+    /// a sign-in lands on whatever is current and is recorded once.
+    #[tokio::test]
+    async fn write_tokens_never_replaces_a_newer_refresh_token() {
+        let f = fixture(entra_connection("rt-gen1"), |_, _| {
+            (500, vec![], "{}".to_owned())
+        })
+        .await;
+        let now = OffsetDateTime::now_utc();
+        let write = |rt: &str| TokenWrite {
+            refresh_token: Some(SecretString::from(rt.to_owned())),
+            expires_at: Some(now),
+            account: None,
+            tenant_id: None,
+            realm: None,
+            resources: vec![],
+            scopes: vec![],
+            redirect_uri: None,
+        };
+        let store = f.store.as_ref();
+        // A refresh read at generation 1 lands and rotates.
+        let w = write_tokens(store, &f.cfg, "c1", write("rt-a").refresh(1, now))
+            .await
+            .unwrap();
+        assert!(w.saved && w.rotated);
+        assert_eq!(w.stored.generation, 2);
+        // A second refresh also read at generation 1 is older: dropped, the newer token stays.
+        let w = write_tokens(store, &f.cfg, "c1", write("rt-b").refresh(1, now))
+            .await
+            .unwrap();
+        assert!(!w.saved && !w.rotated);
+        let stored = f.stored("c1").await;
+        assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-a");
+        assert_eq!(stored.generation, 2);
+
+        // A sign-in lands whatever the generation, and only once per attempt.
+        let key = ReplayKey {
+            id: "attempt-1".into(),
+            expires_at: now.unix_timestamp() + 600,
+        };
+        let w = write_tokens(
+            store,
+            &f.cfg,
+            "c1",
+            write("rt-consent").consent(key.clone(), now),
+        )
+        .await
+        .unwrap();
+        assert!(w.saved);
+        assert_eq!(w.stored.generation, 3);
+        assert_eq!(w.stored.status, ConnectionStatus::Active);
+        let again = write_tokens(store, &f.cfg, "c1", write("rt-replay").consent(key, now)).await;
+        assert!(matches!(again, Err(WriteError::Replayed)), "{again:?}");
+        let stored = f.stored("c1").await;
+        assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-consent");
+        assert_eq!(stored.generation, 3);
+
+        // A deleted connection is not recreated.
+        let gone = write_tokens(store, &f.cfg, "nope", write("x").refresh(0, now)).await;
+        assert!(matches!(gone, Err(WriteError::Gone)), "{gone:?}");
     }
 }

@@ -14,6 +14,7 @@ pub mod microsoft;
 pub mod oauth;
 pub mod runtime;
 pub mod secrets;
+pub mod signin;
 pub mod telemetry;
 pub mod upload;
 pub mod webhook;

@@ -253,6 +253,15 @@ impl TokenProvider for EmulatorTokens {
     }
 }
 
+/// A sender secret holding WHSEC, plus `extra` fields.
+pub(crate) fn sender_json(extra: Value) -> Value {
+    let mut v = json!({"webhook_secrets": [WHSEC]});
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e);
+    }
+    v
+}
+
 pub(crate) struct World {
     emu: RunningEmulator,
     state: Result<upload_ingest::State, String>,
@@ -347,15 +356,10 @@ impl World {
                 "app_secret": acs_app, "realm": info.realm,
                 "target": {"kind": "sharepoint", "site_url": site.url, "library": "Shared Documents",
                            "base_folder": "inbox"},
-                "sanitize_names": true, "blocked_extensions": ["exe", "zip"], "max_file_bytes": 2 * MIB,
             }),
         )
         .await;
-        put(
-            format!("{prefix}connections/open"),
-            sp(json!({"allow_unsigned": true, "github_signature": true})),
-        )
-        .await;
+        put(format!("{prefix}connections/open"), sp(json!({}))).await;
         put(
             format!("{prefix}connections/drive"),
             json!({"provider": "entra", "auth": "app_only", "status": "active",
@@ -374,6 +378,28 @@ impl World {
             sp(json!({"status": "needs_consent", "status_code": "invalid_grant"})),
         )
         .await;
+        // Sender secrets: what upload-ingest reads. Every connection here shares WHSEC; the
+        // attack tests give connections their own.
+        for (id, extra) in [
+            ("contoso-docs", json!({})),
+            (
+                "docs-inbox",
+                json!({"sanitize_names": true, "blocked_extensions": ["exe", "zip"],
+                       "max_file_bytes": 2 * MIB}),
+            ),
+            (
+                "open",
+                json!({"allow_unsigned": true, "github_signature": true, "github_secrets": [WHSEC]}),
+            ),
+            ("drive", json!({})),
+            ("secret-cert", json!({})),
+            ("lapsed", json!({})),
+            ("alex", json!({})),
+            // A sender secret whose connection secret is missing: 404 after authentication.
+            ("orphan", json!({})),
+        ] {
+            put(format!("{prefix}senders/{id}"), sender_json(extra)).await;
+        }
         let http = shared::http::build_client(&config.http).expect("client");
         let access = Access::new(
             http.clone(),
@@ -655,7 +681,8 @@ async fn python_signed_requests_pass_and_tampered_expired_unsigned_fail() {
         "{resp}"
     );
 
-    // Unsigned, and signed for an unknown connection (401 before 404 for strangers).
+    // Unsigned, and signed for an unknown connection: 401 like any wrong signature, so strangers
+    // learn nothing; a sender with a valid signature whose connection is missing gets 404.
     let (status, resp, _) = w
         .send(event(
             "/upload/contoso-docs",
@@ -677,6 +704,13 @@ async fn python_signed_requests_pass_and_tampered_expired_unsigned_fail() {
     assert_eq!(status, 401);
     let (status, resp, _) = w
         .send(signed_raw("/upload/nobody", "name=x.txt", &new_id(), b"x"))
+        .await;
+    assert_eq!(
+        (status, resp["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, resp, _) = w
+        .send(signed_raw("/upload/orphan", "name=x.txt", &new_id(), b"x"))
         .await;
     assert_eq!(
         (status, resp["error"].as_str()),

@@ -6,5 +6,6 @@ mod isolation;
 mod jobs;
 mod lifecycle;
 mod secrets;
+mod signin;
 mod template;
 mod upload_clients;

@@ -1,55 +1,20 @@
-//! token-refresh: keeps every stored refresh token alive.
+//! token-refresh: keeps every stored refresh token alive ([`shared::signin::refresh`] runs it).
 //!
-//! Each run lists the connection secrets under the prefix (or takes the ones a manual payload
-//! names), refreshes every delegated connection that is due
-//! ([`shared::oauth::refresh_policy::decide`]; a manual run refreshes the named ones now), and
-//! stores rotated refresh tokens with the generation-guarded compare-and-swap of
-//! [`shared::access::Access::refresh`]. A refused refresh token marks the connection
-//! `needs_consent` (one warning line; nothing deleted). Connections run concurrently, bounded by
-//! `SPBRIDGE_REFRESH_CONCURRENCY`; one failing does not stop the others.
-//!
-//! The run returns its [`Report`] when every connection ended well (refreshed, skipped or found
-//! needing consent). If any failed otherwise it returns a [`RunFailure`] whose Lambda diagnostic
-//! `errorType` says whether retrying may help (`SpBridge.Retryable.*`) or not (`SpBridge.Fatal.*`).
-
-use std::{sync::Arc, time::Duration};
+//! A scheduled event refreshes every connection that is due; `{"connections": ["a", "b"]}` run by
+//! hand refreshes those now. A failed run becomes a Lambda diagnostic whose `errorType` says
+//! whether retrying may help (`SpBridge.Retryable.*`) or not (`SpBridge.Fatal.*`).
 
 use lambda_runtime::Diagnostic;
-use serde::{Deserialize, Serialize};
-use shared::{
-    access::{Access, AccessError},
-    config::Config,
-    oauth::refresh_policy::{
-        self, ConnectionTimes, Decision, Outcome, RefreshConfig, RefreshFailure, SkipReason,
-        Summary,
-    },
-    secrets::{
-        SecretError,
-        schema::{AuthKind, ConnectionSecret, ConnectionStatus},
-    },
-};
-use time::OffsetDateTime;
+use serde::Deserialize;
+use shared::config::Config;
+use shared::signin::refresh::{self, Run};
+pub use shared::signin::refresh::{ConnectionReport, Report, RunFailure, certificate_not_after};
 
 /// The time source; tests inject a shifted clock.
 pub use shared::runtime::Clock;
 
 /// What a warm container keeps between invocations.
 pub type State = shared::runtime::Warm;
-
-/// Refresh thresholds from the lifecycle settings.
-fn refresh_config(state: &State) -> RefreshConfig {
-    let d = |s: Duration, default| time::Duration::try_from(s).unwrap_or(default);
-    RefreshConfig {
-        access_skew: d(
-            state.lifecycle.refresh_access_skew,
-            refresh_policy::DEFAULT_ACCESS_SKEW,
-        ),
-        max_refresh_token_age: d(
-            state.lifecycle.refresh_max_token_age,
-            refresh_policy::DEFAULT_MAX_REFRESH_TOKEN_AGE,
-        ),
-    }
-}
 
 /// Builds the state once per cold start. The error text names the bad variable.
 pub fn init() -> Result<State, String> {
@@ -74,81 +39,12 @@ pub enum Trigger {
     Scheduled(aws_lambda_events::event::eventbridge::EventBridgeEvent<serde_json::Value>),
 }
 
-/// How one connection fared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConnectionReport {
-    /// The connection id.
-    pub connection: String,
-    /// `refreshed`, `not_due`, `skipped`, `needs_consent` or `failed`.
-    pub outcome: &'static str,
-    /// Why it was skipped, or Microsoft's code / the failure class.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The Lambda error type of a failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_type: Option<&'static str>,
-    /// Whether a new refresh token was stored.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub rotated: bool,
-}
+/// A failed run, as the Lambda runtime reports it.
+#[derive(Debug)]
+pub struct Failed(pub RunFailure);
 
-/// What a run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Report {
-    /// The counts.
-    #[serde(flatten)]
-    pub summary: Summary,
-    /// Each connection, in listing order.
-    pub connections: Vec<ConnectionReport>,
-}
-
-/// Why a run failed. Converts to a Lambda [`Diagnostic`] whose `errorType` says whether a retry
-/// may help.
-#[derive(Debug, thiserror::Error)]
-pub enum RunFailure {
-    /// The function's configuration is unusable.
-    #[error("configuration error: {0}")]
-    Config(String),
-    /// The secret store could not be opened or listed.
-    #[error("secret store: {0}")]
-    Store(#[source] SecretError),
-    /// Some connections failed (others may have been refreshed).
-    #[error("{failed} connection(s) failed ({class:?}); summary: {summary:?}")]
-    ConnectionsFailed {
-        /// How many.
-        failed: usize,
-        /// The class deciding the error type: retryable if any failure is.
-        class: RefreshFailure,
-        /// The whole run's report.
-        report: Box<Report>,
-        /// The counts.
-        summary: Summary,
-    },
-}
-
-impl RunFailure {
-    /// The Lambda diagnostic `errorType`.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            RunFailure::Config(_) => RefreshFailure::Misconfigured.lambda_error_type(),
-            RunFailure::Store(e) => match e {
-                SecretError::Throttled { .. }
-                | SecretError::Backend { .. }
-                | SecretError::Conflict { .. } => RefreshFailure::Transient.lambda_error_type(),
-                _ => RefreshFailure::Misconfigured.lambda_error_type(),
-            },
-            RunFailure::ConnectionsFailed { class, .. } => class.lambda_error_type(),
-        }
-    }
-
-    /// Whether retrying the run may help.
-    pub fn is_retryable(&self) -> bool {
-        self.error_type().starts_with("SpBridge.Retryable")
-    }
-}
-
-impl From<RunFailure> for Diagnostic {
-    fn from(e: RunFailure) -> Self {
+impl From<Failed> for Diagnostic {
+    fn from(Failed(e): Failed) -> Self {
         Diagnostic {
             error_type: e.error_type().to_owned(),
             error_message: e.to_string(),
@@ -157,280 +53,23 @@ impl From<RunFailure> for Diagnostic {
 }
 
 /// Handles one trigger.
-pub async fn handle(state: &Result<State, String>, trigger: Trigger) -> Result<Report, RunFailure> {
-    let state = state.as_ref().map_err(|e| RunFailure::Config(e.clone()))?;
-    let access = Arc::new(state.access().await.map_err(RunFailure::Store)?);
-    let (ids, forced) = match trigger {
-        Trigger::Manual { connections } => (connections, true),
-        Trigger::Scheduled(_) => {
-            let prefix = state.config.secrets.connections_prefix();
-            let names = access
-                .store()
-                .list(&prefix)
-                .await
-                .map_err(RunFailure::Store)?;
-            let ids = names
-                .into_iter()
-                .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
-                .filter(|id| !id.is_empty())
-                .collect();
-            (ids, false)
-        }
+pub async fn handle(state: &Result<State, String>, trigger: Trigger) -> Result<Report, Failed> {
+    let state = state
+        .as_ref()
+        .map_err(|e| Failed(RunFailure::Config(e.clone())))?;
+    let what = match trigger {
+        Trigger::Manual { connections } => Run::Manual(connections),
+        Trigger::Scheduled(_) => Run::Scheduled,
     };
-    let started = std::time::Instant::now();
-    let cfg = Arc::new(Settings {
-        refresh: refresh_config(state),
-        forced,
-        check_app_only: state.lifecycle.check_app_only,
-        certificate_warning: state.lifecycle.certificate_warning,
-        clock: state.clock.clone(),
-    });
-    let results = refresh_policy::run_bounded(
-        ids,
-        state.lifecycle.refresh_concurrency,
-        move |id: String| {
-            let access = access.clone();
-            let cfg = cfg.clone();
-            async move { Ok::<_, std::convert::Infallible>(one(&access, &cfg, &id).await) }
-        },
-    )
-    .await;
-
-    let mut report = Report::default();
-    let mut worst: Option<RefreshFailure> = None;
-    for (id, r) in results {
-        let (outcome, mut entry) = match r {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(connection = %id, error = %e, "refresh task did not finish");
-                let class = RefreshFailure::Transient;
-                (
-                    Outcome::Failed(class),
-                    ConnectionReport {
-                        connection: id.clone(),
-                        outcome: "failed",
-                        detail: Some(e.to_string()),
-                        error_type: Some(class.lambda_error_type()),
-                        rotated: false,
-                    },
-                )
-            }
-        };
-        entry.connection = id;
-        report.summary.record(outcome);
-        if let Outcome::Failed(class) = outcome {
-            if class != RefreshFailure::NeedsConsent {
-                worst = Some(match worst {
-                    Some(w) if w.is_retryable() => w,
-                    _ if class.is_retryable() => class,
-                    Some(w) => w,
-                    None => class,
-                });
-            }
-        }
-        report.connections.push(entry);
-    }
-    let s = report.summary;
-    tracing::info!(
-        refreshed = s.refreshed,
-        skipped = s.skipped,
-        failed = s.failed,
-        needs_consent = s.needs_consent,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "token-refresh run finished"
-    );
-    match worst {
-        None => Ok(report),
-        Some(class) => Err(RunFailure::ConnectionsFailed {
-            failed: s.failed,
-            class,
-            summary: s,
-            report: Box::new(report),
-        }),
-    }
-}
-
-struct Settings {
-    refresh: RefreshConfig,
-    forced: bool,
-    check_app_only: bool,
-    certificate_warning: Duration,
-    clock: Clock,
-}
-
-/// The policy's view of a connection.
-pub fn connection_times(conn: &ConnectionSecret) -> ConnectionTimes {
-    ConnectionTimes {
-        provider: conn.provider,
-        app_only: conn.auth == AuthKind::AppOnly,
-        needs_consent: conn.status == ConnectionStatus::NeedsConsent,
-        has_refresh_token: conn.refresh_token.is_some(),
-        access_token_expires_at: conn.access_token_expires_at,
-        refresh_token_issued_at: conn.refresh_token_issued_at,
-        last_refreshed_at: conn.last_refreshed_at,
-    }
-}
-
-fn report(outcome: &'static str, detail: Option<String>) -> ConnectionReport {
-    ConnectionReport {
-        connection: String::new(),
-        outcome,
-        detail,
-        error_type: None,
-        rotated: false,
-    }
-}
-
-fn failed(e: &AccessError) -> (Outcome, ConnectionReport) {
-    let class = e.failure();
-    let (outcome, detail) = match e {
-        AccessError::NeedsConsent { code, .. } => ("needs_consent", code.clone()),
-        other => ("failed", other.to_string()),
-    };
-    if class != RefreshFailure::NeedsConsent {
-        tracing::error!(connection = e.connection(), error = %e, error_type = class.lambda_error_type(), "refresh failed");
-    }
-    (
-        Outcome::Failed(class),
-        ConnectionReport {
-            error_type: Some(class.lambda_error_type()),
-            ..report(outcome, Some(detail))
-        },
-    )
-}
-
-async fn one(access: &Access, cfg: &Settings, id: &str) -> (Outcome, ConnectionReport) {
-    let conn = match access.connection(id).await {
-        Ok(c) => c.value,
-        Err(e) => return failed(&e),
-    };
-    let now = (cfg.clock)();
-    let times = connection_times(&conn);
-    let decision = match refresh_policy::decide(&times, &cfg.refresh, now) {
-        Decision::NotDue { .. } if cfg.forced => {
-            Decision::Due(refresh_policy::DueReason::NeverRefreshed)
-        }
-        d => d,
-    };
-    match decision {
-        Decision::Skip(SkipReason::AppOnly) if cfg.check_app_only => {
-            check_app_only(access, cfg, id, &conn, now).await
-        }
-        Decision::Skip(reason) => {
-            let label = match reason {
-                SkipReason::NeedsConsent => "needs_consent",
-                _ => "skipped",
-            };
-            let detail = match reason {
-                SkipReason::NeedsConsent => conn.status_code.clone(),
-                SkipReason::AppOnly => Some("app_only".into()),
-                SkipReason::NoRefreshToken => Some("no_refresh_token".into()),
-            };
-            (Outcome::Skipped(reason), report(label, detail))
-        }
-        Decision::NotDue { next_at } => (
-            Outcome::NotDue,
-            report("not_due", Some(format!("next at {next_at}"))),
-        ),
-        Decision::Due(reason) => match access.refresh(id).await {
-            Ok(out) => {
-                tracing::info!(connection = id, ?reason, rotated = out.rotated, persisted = ?out.persisted, "refreshed");
-                (
-                    Outcome::Refreshed,
-                    ConnectionReport {
-                        rotated: out.rotated,
-                        ..report("refreshed", None)
-                    },
-                )
-            }
-            Err(e) => failed(&e),
-        },
-    }
-}
-
-/// App-only: a token proves the credential works; a certificate close to expiry is warned about.
-async fn check_app_only(
-    access: &Access,
-    cfg: &Settings,
-    id: &str,
-    conn: &ConnectionSecret,
-    now: OffsetDateTime,
-) -> (Outcome, ConnectionReport) {
-    let mut detail = "app_only credential ok".to_owned();
-    if let Ok(app) = access.app_credential(id, conn).await {
-        if let Some(pem) = &app.certificate_pem {
-            match certificate_not_after(pem.as_bytes()) {
-                Some(not_after) => {
-                    let left = not_after - now;
-                    let warn = time::Duration::try_from(cfg.certificate_warning)
-                        .unwrap_or(time::Duration::days(30));
-                    if left <= warn {
-                        tracing::warn!(connection = id, %not_after, days_left = left.whole_days(), "app certificate expires soon; rotate it");
-                        detail = format!("certificate expires {not_after}");
-                    }
-                }
-                None => tracing::warn!(connection = id, "app certificate_pem cannot be parsed"),
-            }
-        }
-    }
-    match access.bearer(id, false).await {
-        Ok(_) => (
-            Outcome::Skipped(SkipReason::AppOnly),
-            report("skipped", Some(detail)),
-        ),
-        Err(e) => failed(&e),
-    }
-}
-
-/// The `notAfter` of the first certificate in a PEM bundle.
-pub fn certificate_not_after(pem: &[u8]) -> Option<OffsetDateTime> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
+    refresh::run(state, what).await.map_err(Failed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn certificate_expiry_is_read_from_the_pem() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["spbridge".into()]).unwrap();
-        let not_after = OffsetDateTime::from_unix_timestamp(
-            OffsetDateTime::now_utc().unix_timestamp() + 10 * 86400,
-        )
-        .unwrap();
-        params.not_after = not_after;
-        let pem = params.self_signed(&key).unwrap().pem();
-        assert_eq!(certificate_not_after(pem.as_bytes()), Some(not_after));
-        assert_eq!(certificate_not_after(b"not a certificate"), None);
-    }
-
-    #[test]
-    fn diagnostics_say_whether_a_retry_helps() {
-        let failed = |class| RunFailure::ConnectionsFailed {
-            failed: 1,
-            class,
-            report: Box::default(),
-            summary: Summary::default(),
-        };
-        let d: Diagnostic = failed(RefreshFailure::Throttled).into();
-        assert_eq!(d.error_type, "SpBridge.Retryable.Throttled");
-        assert!(failed(RefreshFailure::Transient).is_retryable());
-        assert!(!failed(RefreshFailure::Misconfigured).is_retryable());
-        let d: Diagnostic = RunFailure::Config("SPBRIDGE_CLOUD is invalid".into()).into();
-        assert_eq!(d.error_type, "SpBridge.Fatal.Misconfigured");
-        assert!(d.error_message.contains("SPBRIDGE_CLOUD"));
-        let store = RunFailure::Store(SecretError::Throttled {
-            name: "x".into(),
-            retry_after: None,
-        });
-        assert!(store.is_retryable());
-    }
-
     #[tokio::test]
-    async fn a_configuration_error_fails_the_run_without_panicking() {
+    async fn a_configuration_error_fails_the_run_with_a_fatal_diagnostic() {
         let state: Result<State, String> = Err("SPBRIDGE_CLOUD is invalid".into());
         let e = handle(
             &state,
@@ -440,6 +79,8 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(e.error_type(), "SpBridge.Fatal.Misconfigured");
+        let d: Diagnostic = e.into();
+        assert_eq!(d.error_type, "SpBridge.Fatal.Misconfigured");
+        assert!(d.error_message.contains("SPBRIDGE_CLOUD"));
     }
 }

@@ -115,51 +115,7 @@ pub fn graph_default_scope(endpoints: &Endpoints) -> String {
     )
 }
 
-/// A PKCE code verifier. Single use: not `Clone`, consumed by [`code_request`].
-///
-/// ```compile_fail
-/// fn needs_clone<T: Clone>() {}
-/// needs_clone::<shared::identity::entra::PkceVerifier>();
-/// ```
-pub struct PkceVerifier(secrecy::SecretString);
-
-impl PkceVerifier {
-    /// 32 random bytes, base64url: 43 characters (RFC 7636 §4.1).
-    pub fn generate() -> Self {
-        let bytes: [u8; 32] = rand::random();
-        PkceVerifier(b64url(&bytes).into())
-    }
-
-    /// Restores a verifier kept between the redirect and the callback (43–128 unreserved chars).
-    pub fn from_string(s: String) -> Result<Self, IdentityError> {
-        let ok = (43..=128).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-        if !ok {
-            return Err(IdentityError::InvalidInput(
-                "PKCE verifier must be 43-128 unreserved characters".to_owned(),
-            ));
-        }
-        Ok(PkceVerifier(s.into()))
-    }
-
-    /// The S256 challenge: base64url(SHA-256(verifier)).
-    pub fn challenge(&self) -> String {
-        b64url(&Sha256::digest(self.expose_secret().as_bytes()))
-    }
-
-    /// The verifier itself, to store it with the OAuth state.
-    pub fn expose_secret(&self) -> &str {
-        use secrecy::ExposeSecret;
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for PkceVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PkceVerifier([redacted])")
-    }
-}
+pub use super::secret::PkceVerifier;
 
 /// An app certificate: the thumbprint and its RSA private key.
 pub struct CertificateCredential {
@@ -284,7 +240,7 @@ pub fn authorize_url(
     redirect_uri: &Url,
     scopes: &[&str],
     state: &str,
-    verifier: &PkceVerifier,
+    code_challenge: &str,
 ) -> Url {
     let mut url = authorize_endpoint(endpoints, authority);
     url.query_pairs_mut()
@@ -294,12 +250,12 @@ pub fn authorize_url(
         .append_pair("response_mode", "query")
         .append_pair("scope", &scopes.join(" "))
         .append_pair("state", state)
-        .append_pair("code_challenge", &verifier.challenge())
+        .append_pair("code_challenge", code_challenge)
         .append_pair("code_challenge_method", "S256");
     url
 }
 
-/// Redeems an authorization code, consuming the PKCE verifier.
+/// Redeems an authorization code with its PKCE verifier.
 #[allow(clippy::too_many_arguments)]
 pub fn code_request(
     endpoints: &Endpoints,
@@ -309,7 +265,7 @@ pub fn code_request(
     code: &AuthCode,
     redirect_uri: &Url,
     scopes: &[&str],
-    verifier: PkceVerifier,
+    verifier: &PkceVerifier,
     now: OffsetDateTime,
 ) -> Result<HttpRequest, IdentityError> {
     let url = token_url(endpoints, authority);
@@ -449,21 +405,19 @@ mod tests {
 
     #[test]
     fn pkce_s256_matches_rfc7636_appendix_b() {
-        let v = PkceVerifier::from_string("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into())
-            .unwrap();
+        let v = PkceVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into()).unwrap();
         assert_eq!(v.challenge(), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
         let g = PkceVerifier::generate();
         assert_eq!(g.expose_secret().len(), 43);
         assert_ne!(g.expose_secret(), PkceVerifier::generate().expose_secret());
         assert_eq!(format!("{g:?}"), "PkceVerifier([redacted])");
-        assert!(PkceVerifier::from_string("short".into()).is_err());
-        assert!(PkceVerifier::from_string("x".repeat(42) + "!").is_err());
+        assert!(PkceVerifier::new("short".into()).is_err());
+        assert!(PkceVerifier::new("x".repeat(42) + "!").is_err());
     }
 
     #[test]
     fn authorize_url_is_exact() {
-        let v = PkceVerifier::from_string("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into())
-            .unwrap();
+        let v = PkceVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into()).unwrap();
         let url = authorize_url(
             &eps(),
             &Authority::Organizations,
@@ -474,7 +428,7 @@ mod tests {
                 "https://contoso.sharepoint.com/AllSites.Write",
             ],
             "st",
-            &v,
+            &v.challenge(),
         );
         assert_eq!(url.path(), "/organizations/oauth2/v2.0/authorize");
         let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
@@ -496,8 +450,7 @@ mod tests {
 
     #[test]
     fn code_request_with_secret_and_pkce() {
-        let v = PkceVerifier::from_string("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into())
-            .unwrap();
+        let v = PkceVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into()).unwrap();
         let r = code_request(
             &eps(),
             &Authority::Common,
@@ -506,7 +459,7 @@ mod tests {
             &AuthCode::new("code-1"),
             &Url::parse("https://app.example/cb").unwrap(),
             &["offline_access", "Files.ReadWrite.All"],
-            v,
+            &v,
             now(),
         )
         .unwrap();

@@ -29,7 +29,7 @@ pub(crate) mod testserver;
 pub use cache::{CacheKey, TokenCache};
 pub use error::{IdentityError, MsError};
 pub use request::{HttpRequest, RetryPolicy};
-pub use secret::{AccessToken, AuthCode, ClientSecret, RefreshToken};
+pub use secret::{AccessToken, AuthCode, ClientSecret, PkceVerifier, RefreshToken};
 pub use source::{RefreshProvider, TokenSource};
 pub use token::Token;
 

@@ -1,6 +1,6 @@
 //! Microsoft accounts (personal OneDrive) at login.live.com.
 //!
-//! Code flow and token (implicit) flow authorize URLs, code redemption and refresh at
+//! The code flow's authorize URL, code redemption and refresh at
 //! `oauth20_token.srf`, the logout URL, and error redirects.
 
 use url::Url;
@@ -12,48 +12,6 @@ use super::{
 };
 use crate::config::{Endpoints, join_path};
 
-/// Scopes a OneDrive personal app asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MsaScope {
-    /// `offline_access`: a refresh token (code flow only).
-    OfflineAccess,
-    /// `onedrive.readonly`.
-    OneDriveReadOnly,
-    /// `onedrive.readwrite`.
-    OneDriveReadWrite,
-    /// `onedrive.appfolder`: the app's own folder only.
-    OneDriveAppFolder,
-}
-
-impl MsaScope {
-    /// Wire form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MsaScope::OfflineAccess => "offline_access",
-            MsaScope::OneDriveReadOnly => "onedrive.readonly",
-            MsaScope::OneDriveReadWrite => "onedrive.readwrite",
-            MsaScope::OneDriveAppFolder => "onedrive.appfolder",
-        }
-    }
-}
-
-fn scope_string(scopes: &[MsaScope]) -> String {
-    scopes
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `response_type` of the authorize request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseType {
-    /// Code flow: a code in the query, redeemed server-side.
-    Code,
-    /// Token flow: an access token in the fragment, no refresh token.
-    Token,
-}
-
 /// A Microsoft account app.
 #[derive(Debug, Clone)]
 pub struct MsaApp {
@@ -63,32 +21,22 @@ pub struct MsaApp {
     pub secret: Option<ClientSecret>,
 }
 
-/// `{live}/oauth20_authorize.srf?client_id&scope&response_type&redirect_uri[&state]`.
+/// `{live}/oauth20_authorize.srf?client_id&scope&response_type=code&redirect_uri&state`: the
+/// code flow (the token flow's fragment token cannot be refreshed, so spbridge never asks for it).
 pub fn authorize_url(
     endpoints: &Endpoints,
     client_id: &str,
-    scopes: &[MsaScope],
-    response_type: ResponseType,
+    scopes: &[&str],
     redirect_uri: &Url,
-    state: Option<&str>,
+    state: &str,
 ) -> Url {
     let mut url = join_path(&endpoints.live, "oauth20_authorize.srf");
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("client_id", client_id)
-            .append_pair("scope", &scope_string(scopes))
-            .append_pair(
-                "response_type",
-                match response_type {
-                    ResponseType::Code => "code",
-                    ResponseType::Token => "token",
-                },
-            )
-            .append_pair("redirect_uri", redirect_uri.as_str());
-        if let Some(s) = state {
-            q.append_pair("state", s);
-        }
-    }
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("scope", &scopes.join(" "))
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", redirect_uri.as_str())
+        .append_pair("state", state);
     url
 }
 
@@ -220,14 +168,13 @@ mod tests {
     }
 
     #[test]
-    fn authorize_urls_for_both_flows() {
+    fn authorize_url_is_the_code_flow() {
         let url = authorize_url(
             &eps(),
             "cid",
-            &[MsaScope::OneDriveReadWrite, MsaScope::OfflineAccess],
-            ResponseType::Code,
+            &["onedrive.readwrite", "offline_access"],
             &cb(),
-            Some("st"),
+            "st",
         );
         assert_eq!(url.origin().ascii_serialization(), "https://login.live.com");
         assert_eq!(url.path(), "/oauth20_authorize.srf");
@@ -239,23 +186,6 @@ mod tests {
                 ("response_type", "code"),
                 ("redirect_uri", "https://app.example/cb"),
                 ("state", "st")
-            ])
-        );
-        let url = authorize_url(
-            &eps(),
-            "cid",
-            &[MsaScope::OneDriveReadOnly, MsaScope::OneDriveAppFolder],
-            ResponseType::Token,
-            &cb(),
-            None,
-        );
-        assert_eq!(
-            pairs(&url),
-            owned(&[
-                ("client_id", "cid"),
-                ("scope", "onedrive.readonly onedrive.appfolder"),
-                ("response_type", "token"),
-                ("redirect_uri", "https://app.example/cb")
             ])
         );
     }

@@ -5,7 +5,9 @@
 
 use std::fmt;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 macro_rules! secret_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -59,6 +61,73 @@ secret_type!(
     /// A signed JWT client assertion.
     ClientAssertion
 );
+
+/// A PKCE code verifier (RFC 7636): the one verifier type of the codebase. Single use: not
+/// `Clone`; `Debug` prints `[redacted]`; exposed only for the token request's `code_verifier`.
+///
+/// ```compile_fail
+/// fn needs_clone<T: Clone>() {}
+/// needs_clone::<shared::identity::PkceVerifier>();
+/// ```
+pub struct PkceVerifier(SecretString);
+
+impl PkceVerifier {
+    /// 32 random bytes, base64url: 43 characters (RFC 7636 §4.1).
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        PkceVerifier(SecretString::from(URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    /// Accepts an existing verifier: 43–128 characters of `[A-Za-z0-9-._~]`.
+    pub fn new(value: String) -> Result<Self, PkceError> {
+        let len = value.len();
+        if !(43..=128).contains(&len) {
+            return Err(PkceError::Length { len });
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            return Err(PkceError::Charset);
+        }
+        Ok(PkceVerifier(SecretString::from(value)))
+    }
+
+    /// A verifier derived by the state signer (base64url of a MAC: always valid).
+    pub(crate) fn derived(value: String) -> Self {
+        PkceVerifier(SecretString::from(value))
+    }
+
+    /// The `S256` challenge: `base64url(SHA-256(verifier))`, no padding.
+    pub fn challenge(&self) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.expose_secret().as_bytes()))
+    }
+
+    /// The verifier itself, for the token request's `code_verifier` form field only.
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for PkceVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PkceVerifier([redacted])")
+    }
+}
+
+/// Why a PKCE verifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PkceError {
+    /// RFC 7636 §4.1 requires 43 to 128 characters.
+    #[error("a PKCE verifier has 43 to 128 characters, not {len}")]
+    Length {
+        /// The length given.
+        len: usize,
+    },
+    /// Only `[A-Za-z0-9-._~]` is allowed.
+    #[error("a PKCE verifier may only use A-Z, a-z, 0-9, '-', '.', '_' and '~'")]
+    Charset,
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,11 +18,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Method};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
+use super::sender::{ReplayKey, Sender};
 use super::{Content, IngestError, Limits, NamePolicy, RawRequest, parse_request};
 use crate::access::{Access, AccessError};
 use crate::api::{ApiError, Kind};
@@ -32,17 +33,14 @@ use crate::jobs::staging::Staging;
 use crate::jobs::{
     DeliveryKey, Job, JobError, JobId, JobStatus, JobStore, NewJob, StatusToken, payload_hash,
 };
-use crate::secrets::schema::{self, UploadOptions};
+use crate::secrets::schema::UploadOptions;
 use crate::secrets::{SecretError, SecretStore};
 use crate::upload::source::{SourceUrlPolicy, check_source_url};
-use crate::webhook::{Verified, WebhookSecret, WebhookVerifier};
 
 /// Time kept back from the Lambda deadline to write the answer.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
 /// The longest `Prefer: wait` honoured (API Gateway cuts a request at 30 s).
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
-/// Longest accepted connection id.
-const MAX_CONNECTION_ID: usize = 128;
 
 /// Where uploads get a connection's access token.
 ///
@@ -230,8 +228,8 @@ fn jobs_error(e: JobError) -> ReceiveError {
 }
 
 /// Who sent a request and what the connection allows.
-struct Sender {
-    verified: Verified,
+struct Accepting {
+    delivery: DeliveryKey,
     options: UploadOptions,
     callback_url: Option<url::Url>,
 }
@@ -346,13 +344,6 @@ impl Receiver {
             }
         }
         let hash = payload_hash(&req.body);
-        let delivery = match &sender.verified {
-            Verified::StandardWebhooks { webhook_id, .. } => DeliveryKey::webhook_id(webhook_id),
-            // GitHub signs neither the delivery id nor a timestamp: only the body identifies
-            // a delivery, so a replay under a new X-GitHub-Delivery still finds the job.
-            Verified::GitHub { .. } => DeliveryKey::github_body(&hash),
-            Verified::Unsigned => DeliveryKey::unkeyed(),
-        };
         let bytes_total = files
             .iter()
             .map(|f| match &f.content {
@@ -362,7 +353,7 @@ impl Receiver {
             .sum();
         let new = NewJob {
             connection: connection.clone(),
-            delivery,
+            delivery: sender.delivery,
             payload_hash: hash,
             bytes_total,
             retention: self.retention,
@@ -371,7 +362,7 @@ impl Receiver {
         // A job still `accepted` may have been recorded by a delivery that failed to enqueue
         // it: send again (a duplicate message is harmless, the worker's lease sorts it out).
         if !created.existed || created.job.status == JobStatus::Accepted {
-            let msg = JobMessage::build(
+            let mut msg = JobMessage::build(
                 created.job.id.clone(),
                 &connection,
                 files,
@@ -380,6 +371,7 @@ impl Receiver {
             )
             .await
             .map_err(|e| ReceiveError::Jobs(e.to_string()))?;
+            msg.max_file_bytes = sender.options.max_file_bytes;
             self.queue
                 .send(&msg)
                 .await
@@ -461,77 +453,29 @@ impl Receiver {
         }
     }
 
-    /// Checks the sender against the connection's secrets. An unknown connection is revealed
-    /// only to a sender that signs correctly.
+    /// Checks the sender against the connection's sender secret (never its Microsoft
+    /// credentials). An unknown connection refuses like a wrong signature.
     async fn authenticate(
         &self,
         connection: &str,
         req: &IngestRequest<'_>,
         now: OffsetDateTime,
-    ) -> Result<Sender, ReceiveError> {
-        let conn = self.load_connection(connection).await;
-        let options = conn
-            .as_ref()
-            .ok()
-            .map(|c| c.upload.clone())
-            .unwrap_or_default();
-        let verifier = self.verifier(&options).await?;
-        let verified = verifier
+    ) -> Result<Accepting, ReceiveError> {
+        let sender = Sender::load(self.store.as_ref(), &self.config, connection).await?;
+        let verified = sender
             .verify(req.headers, &req.body, now)
             .map_err(IngestError::from)?;
-        let _ = conn?;
-        Ok(Sender {
-            verified,
-            // Until the sender secret carries it (the connection split).
-            callback_url: None,
-            options,
+        Ok(Accepting {
+            delivery: match sender.replay_key(&verified, &req.body) {
+                Some(ReplayKey::WebhookId(id)) => DeliveryKey::webhook_id(&id),
+                // GitHub signs neither its delivery id nor a time: the body alone names the
+                // delivery, so a replay under a new X-GitHub-Delivery finds the same job.
+                Some(ReplayKey::Body { sha256, .. }) => DeliveryKey::github_body(&sha256),
+                None => DeliveryKey::unkeyed(),
+            },
+            options: sender.options(),
+            callback_url: sender.secret().and_then(|s| s.callback_url.clone()),
         })
-    }
-
-    async fn load_connection(
-        &self,
-        id: &str,
-    ) -> Result<schema::ConnectionSecret, ReceiveError> {
-        let valid = !id.is_empty()
-            && id.len() <= MAX_CONNECTION_ID
-            && !id.starts_with('.')
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if !valid {
-            return Err(ReceiveError::UnknownConnection(
-                id.chars().take(64).collect(),
-            ));
-        }
-        match schema::connection(self.store.as_ref(), &self.config.secrets, id).await {
-            Ok(c) => Ok(c.value),
-            Err(SecretError::NotFound { .. }) => Err(ReceiveError::UnknownConnection(id.into())),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn verifier(&self, options: &UploadOptions) -> Result<WebhookVerifier, ReceiveError> {
-        let secrets = match schema::webhook_secrets(self.store.as_ref(), &self.config.secrets).await
-        {
-            Ok(s) => s.value.secrets,
-            // A connection that allows unsigned requests works without any signing secret.
-            Err(SecretError::NotFound { .. }) if options.allow_unsigned => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let standard: Vec<WebhookSecret> = secrets
-            .iter()
-            .filter_map(|s| WebhookSecret::from_whsec(s.expose_secret()).ok())
-            .collect();
-        let mut verifier =
-            WebhookVerifier::standard(standard).allow_unsigned(options.allow_unsigned);
-        if options.github_signature {
-            let github = secrets
-                .iter()
-                .filter_map(|s| WebhookSecret::from_raw(s.expose_secret().as_bytes().to_vec()).ok())
-                .collect();
-            verifier = verifier.with_github(github);
-        }
-        Ok(verifier)
     }
 }
 

@@ -113,6 +113,9 @@ pub struct JobMessage {
     /// Where to POST the final result, if the connection asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<Url>,
+    /// The connection's `max_file_bytes`, which also bounds a `source_url` download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
 }
 
 impl JobMessage {
@@ -158,6 +161,7 @@ impl JobMessage {
             connection: connection.to_owned(),
             files: out,
             callback_url,
+            max_file_bytes: None,
         })
     }
 
@@ -296,6 +300,7 @@ mod tests {
                 },
             }],
             callback_url: None,
+            max_file_bytes: None,
         };
         let text = serde_json::to_string(&msg).unwrap();
         assert!(text.contains(r#""kind":"inline""#));

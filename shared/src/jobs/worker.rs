@@ -247,7 +247,7 @@ impl Worker {
                 answers.push(answer.clone());
                 continue;
             }
-            let source = self.open(&file.body).await?;
+            let source = self.open(&file.body, msg.max_file_bytes).await?;
             let stored = self
                 .uploader
                 .upload(&msg.connection, &conn, file, source)
@@ -276,7 +276,8 @@ impl Worker {
         })
     }
 
-    async fn open(&self, body: &JobBody) -> Result<UploadSource, Attempt> {
+    async fn open(&self, body: &JobBody, max: Option<u64>) -> Result<UploadSource, Attempt> {
+        let max = max.map_or(self.max_source_bytes, |m| m.min(self.max_source_bytes));
         match body {
             JobBody::Inline { base64 } => inline_bytes(base64)
                 .map(UploadSource::from_bytes)
@@ -303,12 +304,11 @@ impl Worker {
                             super::upload::upload_attempt(&e)
                         }
                     })?;
-                if source.len().is_some_and(|l| l > self.max_source_bytes) {
+                if source.len().is_some_and(|l| l > max) {
                     return Err(Attempt::permanent(
                         Kind::PayloadTooLarge,
                         format!(
-                            "the file at source_url is larger than the limit of {} bytes",
-                            self.max_source_bytes
+                            "the file at source_url is larger than the limit of {max} bytes"
                         ),
                     ));
                 }

@@ -7,7 +7,7 @@
 //! - [`state`]: the signed `state` parameter, its browser cookie, the stateless PKCE verifier and
 //!   the bounded replay set.
 //! - [`redirect`]: the redirect URI and the callback's query parameters.
-//! - [`pages`]: the HTML/JSON result pages and the Microsoft-account fragment relay page.
+//! - [`pages`]: the HTML/JSON result and error pages.
 //! - [`refresh_policy`]: when token-refresh acts, how its failures are classified, and a
 //!   bounded-concurrency runner.
 
@@ -29,11 +29,12 @@ mod flow_tests {
     use time::{Duration, OffsetDateTime};
 
     use super::Provider;
-    use super::pages::{self, ErrorInfo, Format, SuccessInfo};
+    use super::pages::{self, Format, SuccessInfo};
     use super::redirect::{self, Callback, CallbackParams, RedirectSettings, RequestOrigin};
     use super::state::{
         ConsumedStates, CookieSettings, Flow, StateError, StateKey, StateRequest, StateSigner,
     };
+    use crate::api::{ApiError, Kind};
 
     const NOW: OffsetDateTime = datetime!(2026-11-22 06:00 UTC);
 
@@ -64,14 +65,15 @@ mod flow_tests {
                 NOW,
             )
             .unwrap();
-        let mut authorize =
-            url::Url::parse("https://login.microsoftonline.com/common/oauth2/v2.0/authorize")
-                .unwrap();
-        authorize
-            .query_pairs_mut()
-            .append_pair("state", &issued.state)
-            .append_pair("code_challenge", issued.code_challenge.as_deref().unwrap())
-            .append_pair("code_challenge_method", "S256");
+        let authorize = crate::identity::entra::authorize_url(
+            &crate::config::Endpoints::for_cloud(crate::config::Cloud::Global),
+            &crate::identity::entra::Authority::Common,
+            "client",
+            &redirect_uri,
+            &["offline_access"],
+            &issued.state,
+            issued.code_challenge.as_deref().unwrap(),
+        );
         let set_cookie = cookies.set_cookie(&issued.nonce);
         let connect = pages::connect_response(&authorize, &set_cookie, Format::Html);
         assert_eq!(connect.status(), StatusCode::FOUND);
@@ -95,10 +97,12 @@ mod flow_tests {
             };
             let nonce = cookies.find_nonce(event_cookies.iter().map(String::as_str))?;
             let mut verified = signer.verify(&state, nonce.as_ref(), None, now)?;
-            consumed.record(&verified.replay_key(), now)?;
+            consumed
+                .record(&verified.replay_key(), now)
+                .map_err(|_| StateError::Replayed)?;
             let verifier = verified.take_pkce_verifier().unwrap();
             assert_eq!(verified.claims.redirect_uri, redirect_uri.as_str());
-            Ok(format!("{}|{}", code.secret(), verifier.challenge_s256()))
+            Ok(format!("{}|{}", code.expose_secret(), verifier.challenge()))
         };
         let first = callback(&mut consumed).unwrap();
         assert_eq!(
@@ -124,7 +128,10 @@ mod flow_tests {
         // The same callback again: refused with 409 before anything is written.
         let replay = callback(&mut consumed).unwrap_err();
         assert_eq!(replay, StateError::Replayed);
-        let page = pages::error_page(&ErrorInfo::from(&replay), Format::Json);
+        let page = pages::error_page(
+            &ApiError::new(Kind::Replayed, replay.to_string()),
+            Format::Json,
+        );
         assert_eq!(page.status(), StatusCode::CONFLICT);
         assert_eq!(
             page.headers().get(header::CONTENT_TYPE).unwrap(),

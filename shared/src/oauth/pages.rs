@@ -1,9 +1,8 @@
 //! What the browser sees at the end of a sign-in: a result page (HTML, or JSON when the `Accept`
-//! header prefers it), an error page, and the relay page of the Microsoft-account token flow.
+//! header prefers it) and an error page showing an [`ApiError`].
 //!
 //! Every value interpolated into HTML is escaped. Every page carries a `Content-Security-Policy`
-//! with a fresh per-response nonce; only the relay page has a script, and only that nonce lets it
-//! run. Pages are `no-store` and `Referrer-Policy: no-referrer`, so the callback URL (which held the
+//! with a fresh per-response style nonce and no script. Pages are `no-store` and `Referrer-Policy: no-referrer`, so the callback URL (which held the
 //! code) is neither cached nor leaked to the next site.
 
 use std::fmt::Write as _;
@@ -11,17 +10,12 @@ use std::fmt::Write as _;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderValue, Response, StatusCode, header};
-use secrecy::SecretString;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Provider;
-use super::redirect::{CallbackError, ProviderError, RedirectError};
-use super::state::StateError;
-
-/// Longest `POST /callback` body the fragment parser reads.
-pub const MAX_FRAGMENT_BODY: usize = 64 * 1024;
+use crate::api::{ApiError, Kind};
 
 /// The representation a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,9 +133,8 @@ pub fn connect_response(
             // A `Url` is always ASCII, so it is always a valid header value.
             let Ok(location) = HeaderValue::from_str(authorize_url.as_str()) else {
                 return error_page(
-                    &ErrorInfo::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "bad_authorize_url",
+                    &ApiError::new(
+                        Kind::Internal,
                         "the authorize URL could not be sent as a redirect",
                     ),
                     format,
@@ -238,328 +231,55 @@ pub fn success_page(info: &SuccessInfo, format: Format) -> Response<String> {
                 "<h1>Connected</h1><p>The connection <strong>{}</strong> is ready. You can close this window.</p><table>{rows}</table>",
                 escape_html(&info.connection)
             );
-            html_response(StatusCode::OK, "Connected", &body, None)
+            html_response(StatusCode::OK, "Connected", &body)
         }
     }
 }
 
-/// What an error page says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorInfo {
-    /// The status to answer with (4xx or 5xx).
-    pub status: StatusCode,
-    /// A short code, e.g. `access_denied` or `state_expired`.
-    pub error: String,
-    /// A sentence for a person.
-    pub message: String,
-    /// Microsoft's `error_description`, when the provider reported the error.
-    pub provider_description: Option<String>,
-    /// The connection, when known.
-    pub connection: Option<String>,
-}
-
-impl ErrorInfo {
-    /// An error of our own.
-    pub fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Self {
-        ErrorInfo {
-            status,
-            error: error.to_owned(),
-            message: message.into(),
-            provider_description: None,
-            connection: None,
-        }
-    }
-
-    /// Names the connection on the page.
-    pub fn with_connection(mut self, connection: impl Into<String>) -> Self {
-        self.connection = Some(connection.into());
-        self
-    }
-
-    /// An error the provider redirected back with.
-    pub fn from_provider(error: &ProviderError) -> Self {
-        let message = match error.error.as_str() {
-            "access_denied" => "Sign-in was cancelled or consent was declined.",
-            "consent_required" | "interaction_required" | "login_required" => {
-                "Microsoft needs the user (or an administrator) to sign in and consent again."
-            }
-            "temporarily_unavailable" | "server_error" => {
-                "Microsoft could not complete the sign-in right now; try again in a few minutes."
-            }
-            _ => {
-                "Microsoft refused the sign-in request; the app registration or connection settings need attention."
-            }
-        };
-        ErrorInfo {
-            status: error.status(),
-            error: error.error.clone(),
-            message: message.to_owned(),
-            provider_description: error.description.clone(),
-            connection: None,
-        }
-    }
-}
-
-impl From<&StateError> for ErrorInfo {
-    fn from(e: &StateError) -> Self {
-        ErrorInfo::new(e.status(), e.code(), e.to_string())
-    }
-}
-
-impl From<&CallbackError> for ErrorInfo {
-    fn from(e: &CallbackError) -> Self {
-        ErrorInfo::new(e.status(), "bad_callback", e.to_string())
-    }
-}
-
-impl From<&RedirectError> for ErrorInfo {
-    fn from(e: &RedirectError) -> Self {
-        ErrorInfo::new(e.status(), "bad_redirect", e.to_string())
-    }
-}
-
-impl From<&FragmentError> for ErrorInfo {
-    fn from(e: &FragmentError) -> Self {
-        ErrorInfo::new(e.status(), "bad_fragment", e.to_string())
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorJson<'a> {
-    error: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_description: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connection: Option<&'a str>,
-}
-
-/// The error page, with `info.status`. The JSON shape is `{"error", "message",
-/// "error_description"?, "connection"?}`, like every other spbridge error body.
-pub fn error_page(info: &ErrorInfo, format: Format) -> Response<String> {
+/// The error page: [`ApiError::to_response`] for JSON clients, an HTML page showing the same
+/// code, sentence and details to browsers.
+pub fn error_page(e: &ApiError, format: Format) -> Response<String> {
     match format {
-        Format::Json => json_response(
-            info.status,
-            &ErrorJson {
-                error: &info.error,
-                message: &info.message,
-                error_description: info.provider_description.as_deref(),
-                connection: info.connection.as_deref(),
-            },
-        ),
+        Format::Json => common_headers(e.to_response()),
         Format::Html => {
             let mut body = format!(
                 "<h1>Sign-in failed</h1><p>{}</p><table><tr><th>Error</th><td><code>{}</code></td></tr>",
-                escape_html(&info.message),
-                escape_html(&info.error)
+                escape_html(&e.message),
+                escape_html(e.code())
             );
-            if let Some(c) = &info.connection {
+            for (k, v) in &e.details {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
                 let _ = write!(
                     body,
-                    "<tr><th>Connection</th><td>{}</td></tr>",
-                    escape_html(c)
-                );
-            }
-            if let Some(d) = &info.provider_description {
-                let _ = write!(
-                    body,
-                    "<tr><th>Microsoft says</th><td>{}</td></tr>",
-                    escape_html(d)
+                    "<tr><th>{}</th><td>{}</td></tr>",
+                    escape_html(&detail_label(k)),
+                    escape_html(&v)
                 );
             }
             body.push_str("</table>");
-            html_response(info.status, "Sign-in failed", &body, None)
+            let mut resp = html_response(e.status(), "Sign-in failed", &body);
+            if let Some(wait) = e.retry_after {
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            resp
         }
     }
 }
 
-/// The page `GET /callback` serves when the query is empty: in the Microsoft-account token flow
-/// the answer is in the URL fragment, which browsers never send to a server. Its one inline
-/// script (allowed by this response's CSP nonce only) removes the fragment from the address bar
-/// and history and posts it to `action` (the callback path, e.g. `/callback`) as the form field
-/// `fragment`; [`parse_fragment_post`] reads that.
-pub fn fragment_relay_page(action: &str) -> Response<String> {
-    let nonce = csp_nonce();
-    let body = format!(
-        concat!(
-            "<h1>Finishing sign-in…</h1>",
-            "<p id=\"msg\">Sending the sign-in result to spbridge.</p>",
-            "<form id=\"relay\" method=\"post\" action=\"{action}\">",
-            "<input type=\"hidden\" name=\"fragment\" value=\"\">",
-            "<noscript><p>JavaScript is needed to finish this sign-in.</p></noscript>",
-            "</form>",
-            "<script nonce=\"{nonce}\">",
-            "(function(){{",
-            "var h=window.location.hash;",
-            "if(h.length<2){{document.getElementById('msg').textContent=",
-            "'There is no sign-in result on this page. Start again from /connect.';return;}}",
-            "history.replaceState(null,'',window.location.pathname+window.location.search);",
-            "var f=document.getElementById('relay');",
-            "f.elements.fragment.value=h.substring(1);",
-            "f.submit();",
-            "}})();",
-            "</script>"
-        ),
-        action = escape_html(action),
-        nonce = nonce,
-    );
-    html_response(StatusCode::OK, "Finishing sign-in", &body, Some(&nonce))
-}
-
-/// An access token from the Microsoft-account token flow. `Debug` redacts the token.
-#[derive(Debug)]
-pub struct FragmentToken {
-    /// `access_token`.
-    pub access_token: SecretString,
-    /// `token_type` (always `bearer`).
-    pub token_type: String,
-    /// `expires_in`, seconds.
-    pub expires_in: Option<u64>,
-    /// `scope`, split on spaces.
-    pub scope: Vec<String>,
-    /// `user_id`.
-    pub user_id: Option<String>,
-    /// `state`.
-    pub state: String,
-}
-
-/// What the relay page posted.
-#[derive(Debug)]
-pub enum FragmentResponse {
-    /// A token.
-    Token(FragmentToken),
-    /// The provider's error.
-    Error {
-        /// What it said.
-        error: ProviderError,
-        /// The state, if it came back.
-        state: Option<String>,
-    },
-}
-
-/// Why a relayed fragment was refused. All 400.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FragmentError {
-    /// Longer than [`MAX_FRAGMENT_BODY`].
-    #[error("the posted sign-in result is too large")]
-    TooLong,
-    /// No `fragment` form field.
-    #[error("the request has no fragment field")]
-    MissingFragment,
-    /// A parameter appeared twice.
-    #[error("the sign-in result has the parameter {0:?} more than once")]
-    DuplicateParameter(&'static str),
-    /// A required field is absent.
-    #[error("the sign-in result has no {0}")]
-    MissingField(&'static str),
-    /// `expires_in` is not a whole number.
-    #[error("the sign-in result's expires_in is not a number of seconds")]
-    BadExpiresIn,
-    /// `token_type` is not `bearer`.
-    #[error("the sign-in result has token type {0:?}, expected bearer")]
-    UnsupportedTokenType(String),
-}
-
-impl FragmentError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
+/// `microsoft_code` → `Microsoft code`.
+fn detail_label(key: &str) -> String {
+    let spaced = key.replace('_', " ");
+    let mut chars = spaced.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => spaced,
     }
-}
-
-#[derive(Default)]
-struct FragmentFields {
-    access_token: Option<String>,
-    token_type: Option<String>,
-    expires_in: Option<String>,
-    scope: Option<String>,
-    user_id: Option<String>,
-    state: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
-    error_uri: Option<String>,
-}
-
-/// Reads the relay page's `application/x-www-form-urlencoded` body: `fragment=<the URL fragment>`,
-/// itself `access_token=…&token_type=bearer&expires_in=…&scope=…&user_id=…&state=…` or
-/// `error=…&error_description=…&state=…`.
-pub fn parse_fragment_post(body: &[u8]) -> Result<FragmentResponse, FragmentError> {
-    if body.len() > MAX_FRAGMENT_BODY {
-        return Err(FragmentError::TooLong);
-    }
-    let mut fragment = None;
-    for (name, value) in url::form_urlencoded::parse(body) {
-        if name == "fragment" {
-            once(&mut fragment, value.into_owned(), "fragment")?;
-        }
-    }
-    let fragment = fragment.ok_or(FragmentError::MissingFragment)?;
-    let fragment = fragment.strip_prefix('#').unwrap_or(&fragment);
-    let mut f = FragmentFields::default();
-    for (name, value) in url::form_urlencoded::parse(fragment.as_bytes()) {
-        let value = value.into_owned();
-        let (slot, name) = match name.as_ref() {
-            "access_token" => (&mut f.access_token, "access_token"),
-            "token_type" => (&mut f.token_type, "token_type"),
-            "expires_in" => (&mut f.expires_in, "expires_in"),
-            "scope" => (&mut f.scope, "scope"),
-            "user_id" => (&mut f.user_id, "user_id"),
-            "state" => (&mut f.state, "state"),
-            "error" => (&mut f.error, "error"),
-            "error_description" => (&mut f.error_description, "error_description"),
-            "error_uri" => (&mut f.error_uri, "error_uri"),
-            _ => continue,
-        };
-        once(slot, value, name)?;
-    }
-    let state = f.state.filter(|s| !s.is_empty());
-    if let Some(error) = f.error {
-        return Ok(FragmentResponse::Error {
-            error: ProviderError {
-                error,
-                description: f.error_description,
-                uri: f.error_uri,
-            },
-            state,
-        });
-    }
-    let access_token = f
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or(FragmentError::MissingField("access_token"))?;
-    let token_type = f
-        .token_type
-        .ok_or(FragmentError::MissingField("token_type"))?;
-    if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(FragmentError::UnsupportedTokenType(token_type));
-    }
-    let expires_in = f
-        .expires_in
-        .map(|e| {
-            e.trim()
-                .parse::<u64>()
-                .map_err(|_| FragmentError::BadExpiresIn)
-        })
-        .transpose()?;
-    Ok(FragmentResponse::Token(FragmentToken {
-        access_token: SecretString::from(access_token),
-        token_type,
-        expires_in,
-        scope: f
-            .scope
-            .map(|s| s.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default(),
-        user_id: f.user_id,
-        state: state.ok_or(FragmentError::MissingField("state"))?,
-    }))
-}
-
-fn once(slot: &mut Option<String>, value: String, name: &'static str) -> Result<(), FragmentError> {
-    if slot.is_some() {
-        return Err(FragmentError::DuplicateParameter(name));
-    }
-    *slot = Some(value);
-    Ok(())
 }
 
 fn provider_label(p: Provider) -> &'static str {
@@ -580,12 +300,7 @@ fn csp_nonce() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>())
 }
 
-fn html_response(
-    status: StatusCode,
-    title: &str,
-    body: &str,
-    script_nonce: Option<&str>,
-) -> Response<String> {
+fn html_response(status: StatusCode, title: &str, body: &str) -> Response<String> {
     let style_nonce = csp_nonce();
     let page = format!(
         concat!(
@@ -602,12 +317,8 @@ fn html_response(
         style_nonce = style_nonce,
         body = body,
     );
-    let script = match script_nonce {
-        Some(n) => format!("script-src 'nonce-{n}'; "),
-        None => String::new(),
-    };
     let csp = format!(
-        "default-src 'none'; {script}style-src 'nonce-{style_nonce}'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+        "default-src 'none'; style-src 'nonce-{style_nonce}'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     );
     let mut resp = Response::new(page);
     *resp.status_mut() = status;
@@ -656,7 +367,6 @@ fn common_headers(mut resp: Response<String>) -> Response<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
     use time::macros::datetime;
 
     const HOSTILE: &str = "<script>alert('x')</script>\"><img src=x onerror=alert(1)>&amp;";
@@ -754,70 +464,43 @@ mod tests {
     }
 
     #[test]
-    fn provider_error_page_escapes_the_description() {
-        let e = ProviderError {
-            error: "access_denied".into(),
-            description: Some(format!("AADSTS65004: User declined. {HOSTILE}")),
-            uri: None,
-        };
-        let info = ErrorInfo::from_provider(&e).with_connection("contoso-docs");
-        let r = error_page(&info, Format::Html);
+    fn error_pages_show_code_message_and_escaped_details() {
+        let e = ApiError::new(
+            Kind::Forbidden,
+            "Sign-in was cancelled or consent was declined.",
+        )
+        .with_detail("microsoft_code", "access_denied")
+        .with_detail(
+            "error_description",
+            format!("AADSTS65004: User declined. {HOSTILE}"),
+        )
+        .with_detail("connection", "contoso-docs");
+        let r = error_page(&e, Format::Html);
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert!(!r.body().contains("<script"));
         assert!(!r.body().contains("<img"));
         assert!(r.body().contains("AADSTS65004: User declined."));
         assert!(r.body().contains("contoso-docs"));
+        assert!(r.body().contains("<code>forbidden</code>"));
         assert!(r.body().contains("cancelled or consent was declined"));
+        assert!(!header(&r, header::CONTENT_SECURITY_POLICY).contains("script-src"));
 
-        let j = error_page(&info, Format::Json);
+        let j = error_page(&e, Format::Json);
         assert_eq!(j.status(), StatusCode::FORBIDDEN);
+        assert_eq!(header(&j, header::CACHE_CONTROL), "no-store");
         let v: serde_json::Value = serde_json::from_str(j.body()).unwrap();
-        assert_eq!(v["error"], "access_denied");
+        assert_eq!(v["error"], "forbidden");
+        assert_eq!(v["microsoft_code"], "access_denied");
         assert!(v["error_description"].as_str().unwrap().contains(HOSTILE));
         assert_eq!(v["connection"], "contoso-docs");
-    }
 
-    #[test]
-    fn our_own_errors_keep_their_status_and_code() {
-        let info = ErrorInfo::from(&StateError::Replayed);
-        let j = error_page(&info, Format::Json);
-        assert_eq!(j.status(), StatusCode::CONFLICT);
-        let v: serde_json::Value = serde_json::from_str(j.body()).unwrap();
-        assert_eq!(v["error"], "state_replayed");
-        assert!(v["message"].as_str().unwrap().contains("already used"));
-        assert!(v.get("error_description").is_none());
-
-        let wrong = StateError::WrongConnection {
-            expected: HOSTILE.into(),
-            in_state: "a".into(),
-        };
-        let h = error_page(&ErrorInfo::from(&wrong), Format::Html);
-        assert_eq!(h.status(), StatusCode::FORBIDDEN);
-        assert!(!h.body().contains("<script"));
-    }
-
-    #[test]
-    fn relay_page_has_a_nonced_script_and_strict_csp() {
-        let r = fragment_relay_page("/prod/callback\"><script>x</script>");
-        let csp = header(&r, header::CONTENT_SECURITY_POLICY).to_owned();
-        let nonce = csp
-            .split("script-src 'nonce-")
-            .nth(1)
-            .and_then(|rest| rest.split('\'').next())
-            .unwrap();
-        assert!(nonce.len() >= 22, "{csp}");
-        assert!(csp.contains("default-src 'none'"));
-        assert!(csp.contains("form-action 'self'"));
-        assert!(!csp.contains("unsafe-inline"));
-        let body = r.body();
-        // Exactly one script, carrying this response's nonce; the hostile action is escaped.
-        assert_eq!(body.matches("<script").count(), 1, "{body}");
-        assert!(body.contains(&format!("<script nonce=\"{nonce}\">")));
-        assert!(body.contains("action=\"/prod/callback&quot;&gt;&lt;script&gt;"));
-        assert!(body.contains("name=\"fragment\""));
-        // A new nonce per response.
-        let again = fragment_relay_page("/callback");
-        assert_ne!(header(&again, header::CONTENT_SECURITY_POLICY), csp);
+        let busy = ApiError::new(Kind::Unavailable, "try again")
+            .with_retry_after(Some(std::time::Duration::from_secs(7)));
+        for f in [Format::Html, Format::Json] {
+            let r = error_page(&busy, f);
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(header(&r, header::RETRY_AFTER), "7");
+        }
     }
 
     #[test]
@@ -853,87 +536,5 @@ mod tests {
         append_set_cookie(&mut page, "b=; Max-Age=0");
         let all: Vec<_> = page.headers().get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(all, ["a=; Max-Age=0", "b=; Max-Age=0"]);
-    }
-
-    fn post(fragment: &str) -> Vec<u8> {
-        url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("fragment", fragment)
-            .finish()
-            .into_bytes()
-    }
-
-    #[test]
-    fn relayed_token_fragment_parses() {
-        let body = post(
-            "#access_token=EwBgAq%2Bsecret&authentication_token=eyJ0.e30.x&token_type=bearer&expires_in=3600&scope=onedrive.readwrite%20offline_access&user_id=AAAAAA-bbb&state=abc.def",
-        );
-        let FragmentResponse::Token(t) = parse_fragment_post(&body).unwrap() else {
-            panic!("expected a token");
-        };
-        assert_eq!(t.access_token.expose_secret(), "EwBgAq+secret");
-        assert_eq!(t.expires_in, Some(3600));
-        assert_eq!(t.scope, ["onedrive.readwrite", "offline_access"]);
-        assert_eq!(t.user_id.as_deref(), Some("AAAAAA-bbb"));
-        assert_eq!(t.state, "abc.def");
-        assert!(!format!("{t:?}").contains("EwBgAq"));
-    }
-
-    #[test]
-    fn relayed_error_and_bad_fragments() {
-        let body = post("error=access_denied&error_description=The+user+has+denied+access&state=s");
-        let FragmentResponse::Error { error, state } = parse_fragment_post(&body).unwrap() else {
-            panic!("expected an error");
-        };
-        assert_eq!(error.error, "access_denied");
-        assert_eq!(
-            error.description.as_deref(),
-            Some("The user has denied access")
-        );
-        assert_eq!(state.as_deref(), Some("s"));
-
-        let cases: &[(Vec<u8>, FragmentError)] = &[
-            (b"other=1".to_vec(), FragmentError::MissingFragment),
-            (
-                b"fragment=a&fragment=b".to_vec(),
-                FragmentError::DuplicateParameter("fragment"),
-            ),
-            (
-                post("token_type=bearer&state=s"),
-                FragmentError::MissingField("access_token"),
-            ),
-            (
-                post("access_token=t&token_type=bearer"),
-                FragmentError::MissingField("state"),
-            ),
-            (
-                post("access_token=t&state=s"),
-                FragmentError::MissingField("token_type"),
-            ),
-            (
-                post("access_token=t&token_type=mac&state=s"),
-                FragmentError::UnsupportedTokenType("mac".into()),
-            ),
-            (
-                post("access_token=t&token_type=bearer&state=s&expires_in=soon"),
-                FragmentError::BadExpiresIn,
-            ),
-            (
-                post("access_token=t&access_token=u&token_type=bearer&state=s"),
-                FragmentError::DuplicateParameter("access_token"),
-            ),
-            (vec![b'a'; MAX_FRAGMENT_BODY + 1], FragmentError::TooLong),
-        ];
-        for (body, want) in cases {
-            assert_eq!(
-                parse_fragment_post(body).unwrap_err(),
-                *want,
-                "{}",
-                String::from_utf8_lossy(&body[..body.len().min(80)])
-            );
-        }
-        assert_eq!(
-            ErrorInfo::from(&FragmentError::MissingFragment).status,
-            StatusCode::BAD_REQUEST
-        );
     }
 }

@@ -1,10 +1,6 @@
 //! The redirect URI sign-in flows send to Microsoft, and the query parameters Microsoft sends back
 //! to `GET /callback`.
 
-use std::fmt;
-
-use http::StatusCode;
-use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::config::join_path;
@@ -63,13 +59,6 @@ pub enum RedirectError {
     /// `X-Forwarded-Proto` is neither `https` nor (for loopback hosts) `http`.
     #[error("the sign-in callback must use https, not {0:?}")]
     InsecureScheme(String),
-}
-
-impl RedirectError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
-    }
 }
 
 /// The redirect URI: `{public_base_url}/callback` if configured, else built from the request's
@@ -139,26 +128,7 @@ pub fn redirect_uri(
     Ok(url)
 }
 
-/// An authorization code. `Debug` prints `[redacted]`; exposed only for the token request.
-pub struct AuthCode(SecretString);
-
-impl AuthCode {
-    /// Wraps a code.
-    pub fn new(code: String) -> Self {
-        AuthCode(SecretString::from(code))
-    }
-
-    /// The code, for the token request's `code` form field only.
-    pub fn secret(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for AuthCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthCode([redacted])")
-    }
-}
+pub use crate::identity::AuthCode;
 
 /// An OAuth error the provider redirected back with (RFC 6749 §4.1.2.1), e.g. `access_denied`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,21 +139,6 @@ pub struct ProviderError {
     pub description: Option<String>,
     /// `error_uri`.
     pub uri: Option<String>,
-}
-
-impl ProviderError {
-    /// The status our answer carries: the user declining is 403, a misconfigured request 400,
-    /// Microsoft being down 502/503.
-    pub fn status(&self) -> StatusCode {
-        match self.error.as_str() {
-            "access_denied" | "consent_required" | "interaction_required" | "login_required" => {
-                StatusCode::FORBIDDEN
-            }
-            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            "server_error" => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
 }
 
 /// The query parameters of `GET /callback`. `Debug` never shows the code.
@@ -224,13 +179,6 @@ pub enum CallbackError {
     MissingCode,
 }
 
-impl CallbackError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
-    }
-}
-
 /// What the callback received, once classified.
 #[derive(Debug)]
 pub enum Callback {
@@ -260,7 +208,7 @@ pub enum Callback {
         state: String,
     },
     /// No parameters at all: the answer may be in the URL fragment (Microsoft-account token
-    /// flow), so serve the relay page ([`super::pages::fragment_relay_page`]).
+    /// flow), which spbridge refuses: that token cannot be refreshed.
     Empty,
 }
 
@@ -468,10 +416,6 @@ mod tests {
             redirect_uri(&listed, &origin("evil.example")).unwrap_err(),
             RedirectError::HostNotAllowed("evil.example".into())
         );
-        assert_eq!(
-            RedirectError::HostNotAllowed(String::new()).status(),
-            StatusCode::BAD_REQUEST
-        );
     }
 
     #[test]
@@ -488,7 +432,7 @@ mod tests {
                 state,
                 session_state,
             } => {
-                assert_eq!(code.secret(), "M.C507_BAY.2.U.sample-code");
+                assert_eq!(code.expose_secret(), "M.C507_BAY.2.U.sample-code");
                 assert_eq!(state, "abc.def");
                 assert_eq!(session_state.as_deref(), Some("s1"));
                 assert_eq!(format!("{code:?}"), "AuthCode([redacted])");
@@ -515,21 +459,9 @@ mod tests {
                     Some("https://login.microsoftonline.com/error")
                 );
                 assert_eq!(state.as_deref(), Some("x.y"));
-                assert_eq!(error.status(), StatusCode::FORBIDDEN);
             }
             other => panic!("{other:?}"),
         }
-        let err = |e: &str| ProviderError {
-            error: e.into(),
-            description: None,
-            uri: None,
-        };
-        assert_eq!(err("invalid_scope").status(), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            err("temporarily_unavailable").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(err("server_error").status(), StatusCode::BAD_GATEWAY);
     }
 
     #[test]
@@ -648,7 +580,7 @@ mod tests {
         );
         match CallbackParams::parse(raw).unwrap().classify().unwrap() {
             Callback::Code { code, state, .. } => {
-                assert_eq!(code.secret(), "M.C507_BAY.2.U.sample-code");
+                assert_eq!(code.expose_secret(), "M.C507_BAY.2.U.sample-code");
                 assert_eq!(state, "sample.state.value");
             }
             other => panic!("{other:?}"),

@@ -14,13 +14,11 @@
 //!
 //! Wire format: `base64url(json claims) "." base64url(HMAC-SHA256(key, "spbridge-state-v1" 0 payload))`.
 
-use std::collections::VecDeque;
 use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
-use http::StatusCode;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -98,9 +96,7 @@ impl StateKey {
         mac.update(PKCE_DOMAIN);
         mac.update(nonce.0.expose_secret().as_bytes());
         // 32 bytes → 43 base64url characters, all in RFC 7636's unreserved set.
-        PkceVerifier(SecretString::from(
-            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()),
-        ))
+        PkceVerifier::derived(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 }
 
@@ -155,56 +151,7 @@ impl fmt::Debug for Nonce {
     }
 }
 
-/// A PKCE code verifier (RFC 7636). Not `Clone`; `Debug` prints `[redacted]`. Exposed only to
-/// build the token request's `code_verifier` field.
-pub struct PkceVerifier(SecretString);
-
-impl PkceVerifier {
-    /// Accepts an existing verifier: 43–128 characters of `[A-Za-z0-9-._~]`.
-    pub fn new(value: String) -> Result<Self, PkceError> {
-        let len = value.len();
-        if !(43..=128).contains(&len) {
-            return Err(PkceError::Length { len });
-        }
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-        {
-            return Err(PkceError::Charset);
-        }
-        Ok(PkceVerifier(SecretString::from(value)))
-    }
-
-    /// The `S256` challenge: `base64url(SHA-256(verifier))`, no padding.
-    pub fn challenge_s256(&self) -> String {
-        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.expose_secret().as_bytes()))
-    }
-
-    /// The verifier itself, for the token request's `code_verifier` form field only.
-    pub fn secret(&self) -> &str {
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for PkceVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PkceVerifier([redacted])")
-    }
-}
-
-/// Why a PKCE verifier was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PkceError {
-    /// RFC 7636 §4.1 requires 43 to 128 characters.
-    #[error("a PKCE verifier has 43 to 128 characters, not {len}")]
-    Length {
-        /// Length given.
-        len: usize,
-    },
-    /// A character outside `[A-Za-z0-9-._~]`.
-    #[error("a PKCE verifier may only contain A-Z a-z 0-9 - . _ ~")]
-    Charset,
-}
+pub use crate::identity::secret::{PkceError, PkceVerifier};
 
 /// Which response the provider was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,7 +160,7 @@ pub enum Flow {
     /// Authorization code (`response_type=code`), answered on `GET /callback?code=…`.
     Code,
     /// Microsoft-account token flow (`response_type=token`): the token comes back in the URL
-    /// fragment and reaches us through the relay page as `POST /callback`.
+    /// fragment. Never issued: that token cannot be refreshed, so spbridge refuses the flow.
     Token,
     /// Entra admin consent (`/adminconsent`), answered with `admin_consent=True`.
     AdminConsent,
@@ -355,32 +302,6 @@ pub enum StateError {
     Replayed,
 }
 
-impl StateError {
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            StateError::Replayed => StatusCode::CONFLICT,
-            StateError::CookieMismatch | StateError::WrongConnection { .. } => {
-                StatusCode::FORBIDDEN
-            }
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// A short machine-readable code for JSON bodies and logs.
-    pub fn code(&self) -> &'static str {
-        match self {
-            StateError::Missing => "state_missing",
-            StateError::Tampered => "state_invalid",
-            StateError::Expired { .. } => "state_expired",
-            StateError::MissingCookie => "cookie_missing",
-            StateError::CookieMismatch => "cookie_mismatch",
-            StateError::WrongConnection { .. } => "wrong_connection",
-            StateError::Replayed => "state_replayed",
-        }
-    }
-}
-
 /// Signs and verifies `state` with a current key and, during rotation, a previous one.
 #[derive(Debug)]
 pub struct StateSigner {
@@ -446,7 +367,7 @@ impl StateSigner {
         }
         let code_challenge = claims
             .pkce
-            .then(|| self.current.pkce_verifier(&nonce).challenge_s256());
+            .then(|| self.current.pkce_verifier(&nonce).challenge());
         Ok(IssuedState {
             state,
             nonce,
@@ -552,94 +473,12 @@ impl VerifiedState {
     }
 }
 
-/// The id of one sign-in attempt and when its `state` expires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplayKey {
-    /// base64url SHA-256 of the attempt's nonce.
-    pub id: String,
-    /// Unix seconds after which the `state` is refused as expired anyway.
-    #[serde(rename = "exp")]
-    pub expires_at: i64,
-}
-
-/// How many consumed attempts a connection secret remembers.
-pub const MAX_CONSUMED_STATES: usize = 16;
-
-/// The sign-in attempts a connection already completed, newest last, kept in its secret.
-///
-/// Bounded twice: entries whose `state` has expired are dropped (an expired `state` is refused
-/// before this list is consulted), and at most [`MAX_CONSUMED_STATES`] are kept. Serialises as a
-/// JSON array of `{"id": …, "exp": …}`; a longer array read back is trimmed to the newest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Vec<ReplayKey>", into = "Vec<ReplayKey>")]
-pub struct ConsumedStates {
-    entries: VecDeque<ReplayKey>,
-}
-
-impl ConsumedStates {
-    /// An empty list.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Whether `key` was already consumed.
-    pub fn contains(&self, key: &ReplayKey) -> bool {
-        self.entries.iter().any(|e| e.id == key.id)
-    }
-
-    /// Marks `key` consumed at `now`, or says it already was. Drops expired entries and keeps the
-    /// newest [`MAX_CONSUMED_STATES`].
-    pub fn record(&mut self, key: &ReplayKey, now: OffsetDateTime) -> Result<(), StateError> {
-        if self.contains(key) {
-            return Err(StateError::Replayed);
-        }
-        let now = now.unix_timestamp();
-        self.entries.retain(|e| e.expires_at > now);
-        self.entries.push_back(key.clone());
-        self.trim();
-        Ok(())
-    }
-
-    /// Number of remembered attempts.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether none is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The remembered attempts, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &ReplayKey> {
-        self.entries.iter()
-    }
-
-    fn trim(&mut self) {
-        while self.entries.len() > MAX_CONSUMED_STATES {
-            self.entries.pop_front();
-        }
-    }
-}
-
-impl From<Vec<ReplayKey>> for ConsumedStates {
-    fn from(v: Vec<ReplayKey>) -> Self {
-        let mut s = ConsumedStates { entries: v.into() };
-        s.trim();
-        s
-    }
-}
-
-impl From<ConsumedStates> for Vec<ReplayKey> {
-    fn from(s: ConsumedStates) -> Self {
-        s.entries.into()
-    }
-}
+pub use crate::secrets::replay::{ConsumedStates, MAX_CONSUMED_STATES, ReplayKey};
 
 /// The sign-in cookie's name and attributes.
 ///
 /// `SameSite=Lax` lets the cookie ride along on the provider's top-level `GET` redirect to
-/// `/callback` and on the relay page's same-site `POST`, but not on cross-site `POST`s, so
+/// `/callback`, but not on cross-site `POST`s, so
 /// `response_mode=form_post` must not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CookieSettings {
@@ -778,16 +617,20 @@ mod tests {
         assert_eq!(verified.claims.expires_at(), NOW + Duration::minutes(10));
         let verifier = verified.take_pkce_verifier().unwrap();
         assert_eq!(
-            Some(verifier.challenge_s256()),
+            Some(verifier.challenge()),
             issued.code_challenge,
             "the callback recomputes the verifier whose challenge /connect sent"
         );
         // The verifier is nowhere in the state.
-        assert!(!issued.state.contains(verifier.secret()));
+        assert!(!issued.state.contains(verifier.expose_secret()));
         let json = URL_SAFE_NO_PAD
             .decode(issued.state.split('.').next().unwrap())
             .unwrap();
-        assert!(!String::from_utf8(json).unwrap().contains(verifier.secret()));
+        assert!(
+            !String::from_utf8(json)
+                .unwrap()
+                .contains(verifier.expose_secret())
+        );
     }
 
     #[test]
@@ -833,7 +676,6 @@ mod tests {
                 .unwrap_err(),
             StateError::Tampered
         );
-        assert_eq!(StateError::Tampered.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -855,7 +697,6 @@ mod tests {
                 expired_at: NOW + Duration::minutes(10)
             }
         );
-        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         // Exactly at expiry is already too late.
         assert!(
             signer
@@ -879,7 +720,6 @@ mod tests {
                 .unwrap_err(),
             StateError::CookieMismatch
         );
-        assert_eq!(StateError::CookieMismatch.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]
@@ -916,7 +756,7 @@ mod tests {
             .unwrap();
         // The verifier is derived with the key that signed the state.
         assert_eq!(
-            Some(verified.take_pkce_verifier().unwrap().challenge_s256()),
+            Some(verified.take_pkce_verifier().unwrap().challenge()),
             issued.code_challenge
         );
 
@@ -955,15 +795,18 @@ mod tests {
         let nonce = Nonce::parse(&URL_SAFE_NO_PAD.encode([0x42u8; 32])).unwrap();
         let a = signer.current.pkce_verifier(&nonce);
         let b = signer.current.pkce_verifier(&nonce);
-        assert_eq!(a.secret(), b.secret());
+        assert_eq!(a.expose_secret(), b.expose_secret());
         // Pinned: changing the derivation would break attempts in flight during a deploy.
-        assert_eq!(a.secret(), "h6P_adyOymJSU-DgyhOrAxpKtk9F1eFriFTZHdPgVwg");
-        assert_eq!(a.secret().len(), 43);
-        assert!(PkceVerifier::new(a.secret().to_owned()).is_ok());
+        assert_eq!(
+            a.expose_secret(),
+            "h6P_adyOymJSU-DgyhOrAxpKtk9F1eFriFTZHdPgVwg"
+        );
+        assert_eq!(a.expose_secret().len(), 43);
+        assert!(PkceVerifier::new(a.expose_secret().to_owned()).is_ok());
         let other_key = key(2).pkce_verifier(&nonce);
-        assert_ne!(a.secret(), other_key.secret());
+        assert_ne!(a.expose_secret(), other_key.expose_secret());
         let other_nonce = signer.current.pkce_verifier(&Nonce::generate());
-        assert_ne!(a.secret(), other_nonce.secret());
+        assert_ne!(a.expose_secret(), other_nonce.expose_secret());
         assert_eq!(format!("{a:?}"), "PkceVerifier([redacted])");
         assert_eq!(format!("{nonce:?}"), "Nonce([redacted])");
     }
@@ -971,10 +814,7 @@ mod tests {
     #[test]
     fn pkce_s256_matches_rfc7636_appendix_b() {
         let v = PkceVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into()).unwrap();
-        assert_eq!(
-            v.challenge_s256(),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
+        assert_eq!(v.challenge(), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
         assert_eq!(
             PkceVerifier::new("short".into()).unwrap_err(),
             PkceError::Length { len: 5 }
@@ -1027,9 +867,8 @@ mod tests {
         consumed.record(&key1, NOW).unwrap();
         assert_eq!(
             consumed.record(&key1, NOW + Duration::minutes(1)),
-            Err(StateError::Replayed)
+            Err(crate::secrets::replay::AlreadyConsumed)
         );
-        assert_eq!(StateError::Replayed.status(), StatusCode::CONFLICT);
 
         // Many live attempts: never more than the bound, newest kept.
         let mut last = None;

@@ -10,6 +10,7 @@ mod aws;
 mod cache;
 mod error;
 mod file;
+pub mod replay;
 pub mod schema;
 
 use std::{fmt, sync::Arc, time::Duration};

@@ -299,9 +299,9 @@ pub struct ConnectionSecret {
     /// Sign-in attempts already completed, so a replayed callback is refused before any write.
     #[serde(
         default,
-        skip_serializing_if = "crate::oauth::state::ConsumedStates::is_empty"
+        skip_serializing_if = "super::replay::ConsumedStates::is_empty"
     )]
-    pub consumed_states: crate::oauth::state::ConsumedStates,
+    pub consumed_states: super::replay::ConsumedStates,
     /// Azure AD v1: sign in for the Office 365 Discovery resource and record every service
     /// resource the refresh token can be redeemed for (in `resources`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -309,21 +309,86 @@ pub struct ConnectionSecret {
     /// Microsoft's description of the last failure behind `status` (no secrets; for operators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_detail: Option<String>,
-    /// How upload-ingest treats requests for this connection (top-level JSON fields).
+}
+
+/// What upload-ingest needs to accept requests for one connection: `{prefix}senders/{id}`.
+///
+/// Kept apart from the [`ConnectionSecret`] so the internet-facing receiver never reads
+/// Microsoft credentials: upload-ingest reads this secret, never the connection's. A request is
+/// authenticated with this connection's own secrets only, so a request signed for one
+/// connection is refused at every other.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SenderSecret {
+    /// The connection's Standard Webhooks secrets (`whsec_…`), newest first. Any of them
+    /// verifies a request (rolling one has no gap); the newest signs callbacks.
+    #[serde(default, with = "secret_vec_default")]
+    pub webhook_secrets: Vec<SecretString>,
+    /// Also accept the deployment-wide `{prefix}webhook` secret. Off by default: an operator
+    /// turns it on for a connection whose senders share that secret.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_deployment_secret: bool,
+    /// Accept GitHub-style `X-Hub-Signature-256` requests. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub github_signature: bool,
+    /// The GitHub-style secrets, as typed into the sender's settings (raw text), newest first.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "secret_vec_default"
+    )]
+    pub github_secrets: Vec<SecretString>,
+    /// Accept requests that carry no signature at all. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
+    /// Where the upload worker reports the outcome of an accepted request, signed with the
+    /// newest of `webhook_secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<Url>,
+    /// How requests are validated (top-level JSON fields).
     #[serde(default, flatten)]
     pub upload: UploadOptions,
 }
 
-/// Per-connection upload-ingest options, stored as top-level fields of the connection secret
-/// (all optional; the defaults are the safe choice).
+impl SenderSecret {
+    /// Checks what a receiver needs; the reason names the field and never holds a secret.
+    pub fn validate(&self) -> Result<(), String> {
+        use secrecy::ExposeSecret;
+        for (i, s) in self.webhook_secrets.iter().enumerate() {
+            crate::webhook::WebhookSecret::from_whsec(s.expose_secret())
+                .map_err(|e| format!("webhook_secrets[{i}]: {e}"))?;
+        }
+        if self.webhook_secrets.is_empty()
+            && !self.accept_deployment_secret
+            && !self.github_signature
+            && !self.allow_unsigned
+        {
+            return Err("webhook_secrets is empty and no other way in is set \
+                        (accept_deployment_secret, github_signature, allow_unsigned)"
+                .into());
+        }
+        if self.github_signature && self.github_secrets.is_empty() {
+            return Err("github_signature needs github_secrets".into());
+        }
+        if self
+            .github_secrets
+            .iter()
+            .any(|s| s.expose_secret().is_empty())
+        {
+            return Err("github_secrets holds an empty secret".into());
+        }
+        Ok(())
+    }
+
+    /// The secret callbacks are signed with: the newest of `webhook_secrets`.
+    pub fn signing_secret(&self) -> Option<&SecretString> {
+        self.webhook_secrets.first()
+    }
+}
+
+/// How a connection's requests are validated, stored as top-level fields of its
+/// [`SenderSecret`] (all optional; the defaults are the safe choice).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadOptions {
-    /// Accept requests that carry no signature at all. Off by default.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_unsigned: bool,
-    /// Also accept GitHub-style `X-Hub-Signature-256`, keyed with the webhook secret's text.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub github_signature: bool,
     /// Clean illegal file and folder names instead of refusing them with 422.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sanitize_names: bool,
@@ -438,6 +503,20 @@ pub async fn connection(
     get_typed(store, &cfg.connection_secret_name(id)).await
 }
 
+/// Reads the sender secret of connection `id` and checks it ([`SenderSecret::validate`]).
+pub async fn sender(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+    id: &str,
+) -> Result<Versioned<SenderSecret>, SecretError> {
+    let name = cfg.sender_secret_name(id);
+    let s = get_typed::<SenderSecret>(store, &name).await?;
+    s.value
+        .validate()
+        .map_err(|reason| SecretError::InvalidJson { name, reason })?;
+    Ok(s)
+}
+
 /// Writes connection `id` unless the store already holds `conn.generation` or newer.
 ///
 /// The caller sets `conn.generation` to one more than the generation it read before calling
@@ -521,6 +600,23 @@ mod secret_vec_opt {
     ) -> Result<Option<Vec<SecretString>>, D::Error> {
         Ok(Option::<Vec<String>>::deserialize(d)?
             .map(|v| v.into_iter().map(SecretString::from).collect()))
+    }
+}
+
+/// Serde for a `Vec<SecretString>` that may be absent.
+mod secret_vec_default {
+    use secrecy::SecretString;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+        super::secret_vec::serialize(v, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+        Ok(Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(SecretString::from)
+            .collect())
     }
 }
 
