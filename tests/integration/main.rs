@@ -8,4 +8,5 @@ mod lifecycle;
 mod secrets;
 mod signin;
 mod template;
+mod template_iam;
 mod upload_clients;

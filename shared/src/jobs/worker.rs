@@ -354,7 +354,7 @@ impl Worker {
         if job.callback.as_ref().is_some_and(|c| c.delivered) {
             return;
         }
-        let secret = match self.signing_secret().await {
+        let secret = match self.signing_secret(&msg.connection).await {
             Some(s) => s,
             None => {
                 tracing::warn!(job = %job.id, "no webhook secret to sign the callback with; not sent");
@@ -381,7 +381,14 @@ impl Worker {
         }
     }
 
-    async fn signing_secret(&self) -> Option<WebhookSecret> {
+    /// The connection's newest sender secret; the deployment's webhook secret if it has none.
+    async fn signing_secret(&self, connection: &str) -> Option<WebhookSecret> {
+        use secrecy::ExposeSecret as _;
+        if let Ok(sender) = schema::sender(self.store.as_ref(), &self.secrets, connection).await
+            && let Some(s) = sender.value.signing_secret()
+        {
+            return WebhookSecret::from_whsec(s.expose_secret()).ok();
+        }
         let secrets = schema::webhook_secrets(self.store.as_ref(), &self.secrets)
             .await
             .ok()?;
@@ -389,7 +396,7 @@ impl Worker {
             .value
             .secrets
             .iter()
-            .find_map(|s| WebhookSecret::from_whsec(secrecy::ExposeSecret::expose_secret(s)).ok())
+            .find_map(|s| WebhookSecret::from_whsec(s.expose_secret()).ok())
     }
 }
 
