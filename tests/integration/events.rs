@@ -70,7 +70,8 @@ async fn every_event_file_parses_and_routes() {
                     "{name}"
                 );
                 let jobs = shared::jobs::JobsConfig::from_lookup(|k| {
-                    k.starts_with("SPBRIDGE_J").then(|| "spbridge-events".to_owned())
+                    k.starts_with("SPBRIDGE_J")
+                        .then(|| "spbridge-events".to_owned())
                         .or_else(|| (k == "SPBRIDGE_STAGING_BUCKET").then(|| "b".to_owned()))
                 })
                 .expect("jobs config");

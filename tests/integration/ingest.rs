@@ -464,7 +464,11 @@ impl World {
             worker,
             Some(infra.dlq_arn.clone()),
         )));
-        let worker = spbridge_tests::spawn_worker(worker_state, &infra, "arn:aws:sqs:us-east-1:123456789012:jobs");
+        let worker = spbridge_tests::spawn_worker(
+            worker_state,
+            &infra,
+            "arn:aws:sqs:us-east-1:123456789012:jobs",
+        );
         let state = Ok(upload_ingest::State::new(receiver, None));
         World {
             emu,
@@ -486,9 +490,15 @@ impl World {
         answer(upload_ingest::handle(&self.state, req).await).await
     }
 
-    /// Sends `req` as is.
-    pub(crate) async fn send_raw(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
-        answer(upload_ingest::handle(&self.state, req).await).await
+    /// `GET /uploads/{job}?token=`.
+    pub(crate) async fn status(
+        &self,
+        job: &str,
+        token: &str,
+    ) -> (u16, Value, HashMap<String, String>) {
+        let mut r = Request::default();
+        *r.uri_mut() = format!("/uploads/{job}?token={token}").parse().unwrap();
+        answer(upload_ingest::handle(&self.state, r).await).await
     }
 
     pub(crate) fn bytes(&self, path: &str) -> Option<Vec<u8>> {
@@ -1311,7 +1321,7 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
         .await;
     assert_eq!((s, b["error"].as_str()), (409, Some("replayed")));
 
-    // Two deliveries at once: one uploads, the other waits (409 + Retry-After) or replays.
+    // Two deliveries at once: one job, both see its end.
     let id = new_id();
     let data = content(2 * MIB);
     let mk = || {
@@ -1323,16 +1333,8 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
         )
     };
     let (a, b) = tokio::join!(w.send(mk()), w.send(mk()));
-    let statuses = [a.0, b.0];
-    assert!(statuses.contains(&201), "{statuses:?}");
-    for (s, body, h) in [&a, &b] {
-        if *s == 409 {
-            assert_eq!(body["error"], "in_progress");
-            assert!(h.contains_key("retry-after"));
-        } else {
-            assert_eq!(*s, 201, "{body}");
-        }
-    }
+    assert_eq!((a.0, b.0), (201, 201), "{} {}", a.1, b.1);
+    assert_eq!(a.1, b.1, "the same job's result");
     assert!(
         w.bytes(&format!("{SP_LIB}/race 1.bin")).is_none(),
         "no duplicate file"
@@ -1376,9 +1378,16 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
     };
     let (s1, b1, _) = w.send(mk()).await;
     assert_eq!((s1, b1["error"].as_str()), (409, Some("conflict")), "{b1}");
+    assert!(
+        b1["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 earlier file(s) were stored"),
+        "{b1}"
+    );
     assert_eq!(
-        b1["uploaded"][0]["path"],
-        format!("{SP_LIB}/multi/first.txt")
+        w.bytes(&format!("{SP_LIB}/multi/first.txt")).unwrap(),
+        b"one"
     );
     assert_eq!(
         w.bytes(&format!("{SP_LIB}/multi/second.txt")).unwrap(),
@@ -1399,13 +1408,13 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
         1
     );
 
-    // The ledger lives in the secret store under {prefix}idempotency/{connection}.
-    let ledger = w
-        .store
-        .get(&format!("{}idempotency/contoso-docs", w.prefix))
-        .await
-        .unwrap();
-    assert!(ledger.value["entries"].as_object().unwrap().len() >= 2);
+    // Deliveries are remembered in the jobs table: no Secrets Manager ledger is written.
+    assert!(
+        w.store
+            .get(&format!("{}idempotency/contoso-docs", w.prefix))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -1443,16 +1452,19 @@ async fn a_refused_token_is_renewed_once_then_explained() {
 }
 
 #[tokio::test]
-async fn a_deadline_too_close_answers_503_with_retry_after() {
+async fn a_wait_ends_before_the_deadline_with_202_and_the_job_lands_later() {
     let w = World::start(Setup {
         opts: Options {
-            faults: vec![FaultRule::new(
-                "/sites/team/_api",
-                FaultKind::Status {
-                    status: 503,
-                    retry_after: Some(20),
-                },
-            )],
+            faults: vec![
+                FaultRule::new(
+                    "/sites/team/_api",
+                    FaultKind::Status {
+                        status: 503,
+                        retry_after: Some(1),
+                    },
+                )
+                .times(3),
+            ],
             ..Options::default()
         },
         ..Setup::default()
@@ -1461,31 +1473,40 @@ async fn a_deadline_too_close_answers_503_with_retry_after() {
     let id = new_id();
     let req = signed_raw("/upload/contoso-docs", "name=late.txt", &id, b"late");
     let mut ctx = lambda_http::Context::default();
-    ctx.deadline = (SystemTime::now() + Duration::from_secs(8))
+    ctx.deadline = (SystemTime::now() + Duration::from_secs(5))
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let started = std::time::Instant::now();
     let (s, b, h) = w.send(req.with_lambda_context(ctx)).await;
-    assert_eq!(s, 503, "{b}");
-    assert!(h["retry-after"].parse::<u64>().unwrap() >= 1);
+    // Prefer: wait=20 is cut to the deadline less the margin: 202 with the job, in time.
+    assert_eq!(s, 202, "{b}");
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < Duration::from_secs(5),
         "answered before the deadline"
     );
-    assert!(w.bytes(&format!("{SP_LIB}/late.txt")).is_none());
-    // The claim was released: the sender's retry uploads once the service is back.
-    w.emu.clear_faults();
-    let (s, b, _) = w
-        .send(signed_raw(
-            "/upload/contoso-docs",
-            "name=late.txt",
-            &id,
-            b"late",
-        ))
-        .await;
-    assert_eq!(s, 201, "{b}");
+    let url = b["status_url"].as_str().unwrap().to_owned();
+    assert_eq!(h["location"], url);
+    assert_eq!(h["preference-applied"], "wait=20");
+    // The worker keeps going after the answer; the status URL shows the file.
+    let path = url.split("/uploads/").nth(1).unwrap();
+    let (job, token) = path.split_once("?token=").unwrap();
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (s, body, _) = w.status(job, token).await;
+        assert_eq!(s, 200, "{body}");
+        last = body;
+        if last["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["status"], "done", "{last}");
     assert_eq!(w.bytes(&format!("{SP_LIB}/late.txt")).unwrap(), b"late");
+    // Anyone without the token learns nothing, not even that the job exists.
+    let (s1, b1, _) = w.status(job, "wrong").await;
+    let (s2, b2, _) = w.status(&"0".repeat(32), token).await;
+    assert_eq!((s1, &b1), (404, &b2));
 }
 
 /// Every log line of this test binary (a process-wide subscriber: thread-scoped ones miss lines
@@ -1714,10 +1735,22 @@ async fn a_delegated_connection_uploads_then_answers_424_once_consent_is_withdra
     // still work, but the stored status wins: the sender is told to have the user reconnect.
     let access_fresh = Access::new(
         reqwest::Client::new(),
-        w.state.as_ref().unwrap().receiver().config().endpoints.clone(),
+        w.state
+            .as_ref()
+            .unwrap()
+            .receiver()
+            .config()
+            .endpoints
+            .clone(),
         Arc::new(TokenCache::new(Duration::from_secs(300))),
         w.store.clone(),
-        w.state.as_ref().unwrap().receiver().config().secrets.clone(),
+        w.state
+            .as_ref()
+            .unwrap()
+            .receiver()
+            .config()
+            .secrets
+            .clone(),
     );
     let err = access_fresh.bearer("alex", true).await.unwrap_err();
     assert_eq!(err.code(), "needs_consent", "{err}");

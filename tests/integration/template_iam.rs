@@ -53,15 +53,20 @@ fn can_read(function: &str, matches: impl Fn(&str) -> bool) -> bool {
 }
 
 fn can_read_in(template: &str, function: &str, matches: impl Fn(&str) -> bool) -> bool {
-    statements_in(template, function).iter().any(|(actions, resources)| {
-        let reads = actions.iter().any(|a| {
-            a == "*" || a == "secretsmanager:*" || a == "secretsmanager:GetSecretValue"
-        });
-        reads
-            && resources.iter().any(|r| {
-                r == "*" || r.ends_with("secret:*") || r.contains("${SecretPrefix}*") || matches(r)
-            })
-    })
+    statements_in(template, function)
+        .iter()
+        .any(|(actions, resources)| {
+            let reads = actions.iter().any(|a| {
+                a == "*" || a == "secretsmanager:*" || a == "secretsmanager:GetSecretValue"
+            });
+            reads
+                && resources.iter().any(|r| {
+                    r == "*"
+                        || r.ends_with("secret:*")
+                        || r.contains("${SecretPrefix}*")
+                        || matches(r)
+                })
+        })
 }
 
 fn app_secret(r: &str) -> bool {
@@ -74,12 +79,16 @@ fn connection_secrets(r: &str) -> bool {
 
 #[test]
 fn the_receiver_cannot_read_microsoft_credentials_and_the_worker_can() {
-    assert!(!can_read("UploadIngestFunction", app_secret), "receiver reads the app secret");
+    assert!(
+        !can_read("UploadIngestFunction", app_secret),
+        "receiver reads the app secret"
+    );
     assert!(
         !can_read("UploadIngestFunction", connection_secrets),
         "receiver reads connection secrets"
     );
-    assert!(can_read("UploadIngestFunction", |r| r.contains("${SecretPrefix}senders/")));
+    assert!(can_read("UploadIngestFunction", |r| r
+        .contains("${SecretPrefix}senders/")));
     assert!(can_read("UploadIngestFunction", |r| r.contains("WebhookSecret")));
     // Nothing but reads of secrets: no writes, no listing, no other secret actions.
     for (actions, _) in statements("UploadIngestFunction") {
@@ -90,7 +99,8 @@ fn the_receiver_cannot_read_microsoft_credentials_and_the_worker_can() {
 
     assert!(can_read("UploadWorkerFunction", app_secret));
     assert!(can_read("UploadWorkerFunction", connection_secrets));
-    assert!(can_read("UploadWorkerFunction", |r| r.contains("${SecretPrefix}senders/")));
+    assert!(can_read("UploadWorkerFunction", |r| r
+        .contains("${SecretPrefix}senders/")));
 }
 
 #[test]
@@ -101,7 +111,11 @@ fn the_checker_is_not_blind() {
     for widened in ["connections/*", "*"] {
         let t = format!(
             "{head}{}",
-            tail.replacen("${SecretPrefix}senders/*", &format!("${{SecretPrefix}}{widened}"), 1)
+            tail.replacen(
+                "${SecretPrefix}senders/*",
+                &format!("${{SecretPrefix}}{widened}"),
+                1
+            )
         );
         assert!(
             can_read_in(&t, "UploadIngestFunction", connection_secrets),

@@ -96,10 +96,9 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
             Kind::MethodNotAllowed,
             "use GET to read an upload job",
         )),
-        (Some(Route::Upload { .. }), m) if m != "POST" && m != "PUT" => error(ApiError::new(
-            Kind::MethodNotAllowed,
-            "use POST to upload",
-        )),
+        (Some(Route::Upload { .. }), m) if m != "POST" && m != "PUT" => {
+            error(ApiError::new(Kind::MethodNotAllowed, "use POST to upload"))
+        }
         (Some(Route::Upload { connection, prefix }), _) => {
             let context = req.lambda_context_ref();
             let deadline = context.and_then(|c| instant_of(c.deadline(), SystemTime::now()));
@@ -246,7 +245,10 @@ mod tests {
         };
         assert_eq!(route(&req("/upload")), up(None, ""));
         assert_eq!(route(&req("/upload/")), up(None, ""));
-        assert_eq!(route(&req("/upload/contoso-docs")), up(Some("contoso-docs"), ""));
+        assert_eq!(
+            route(&req("/upload/contoso-docs")),
+            up(Some("contoso-docs"), "")
+        );
         assert_eq!(route(&req("/prod/upload/x")), up(Some("x"), "/prod"));
         assert_eq!(
             route(&req("/prod/uploads/abc")),

@@ -446,9 +446,12 @@ impl Receiver {
             Ok(_) | Err(JobError::NotFound) => hidden(),
             Err(e) => {
                 tracing::warn!(job, error = %e, "could not read a job");
-                ApiError::new(Kind::Unavailable, "the job store is unavailable; retry later")
-                    .with_retry_after(Some(Duration::from_secs(2)))
-                    .into()
+                ApiError::new(
+                    Kind::Unavailable,
+                    "the job store is unavailable; retry later",
+                )
+                .with_retry_after(Some(Duration::from_secs(2)))
+                .into()
             }
         }
     }
@@ -543,7 +546,10 @@ mod tests {
             prefer_wait(&h("respond-async, wait=100")),
             Some(Duration::from_secs(25))
         );
-        assert_eq!(prefer_wait(&h("Wait = \"3\"")), Some(Duration::from_secs(3)));
+        assert_eq!(
+            prefer_wait(&h("Wait = \"3\"")),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(prefer_wait(&h("return=minimal")), None);
         assert_eq!(prefer_wait(&h("wait=soon")), None);
         assert_eq!(prefer_wait(&HeaderMap::new()), None);
@@ -561,7 +567,10 @@ mod tests {
         assert_eq!(a.status, 503);
         assert!(!a.body.to_string().contains("arn:"), "{}", a.body);
         let a = Answer::from(ApiError::from(&ReceiveError::IdReused));
-        assert_eq!((a.status, a.body["error"].as_str()), (409, Some("replayed")));
+        assert_eq!(
+            (a.status, a.body["error"].as_str()),
+            (409, Some("replayed"))
+        );
         let a = Answer::from(ApiError::from(&ReceiveError::SourceForbidden("x".into())));
         assert_eq!(a.status, 400);
     }

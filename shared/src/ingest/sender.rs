@@ -16,9 +16,9 @@ use rand::RngCore as _;
 use secrecy::ExposeSecret as _;
 use time::OffsetDateTime;
 
-use crate::jobs::payload_hash as body_digest;
 use super::{Limits, NamePolicy};
 use crate::config::Config;
+use crate::jobs::payload_hash as body_digest;
 use crate::secrets::schema::{self, SenderSecret, UploadOptions};
 use crate::secrets::{SecretError, SecretStore};
 use crate::webhook::{Verified, WebhookError, WebhookSecret, WebhookVerifier};

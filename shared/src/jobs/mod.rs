@@ -215,6 +215,9 @@ pub struct JobFailure {
     /// Microsoft's error code, when Microsoft gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub microsoft_code: Option<String>,
+    /// Why Microsoft refused the token (the doctor's diagnosis), for 401/403 answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Value>,
 }
 
 impl JobFailure {
@@ -224,6 +227,7 @@ impl JobFailure {
             error: kind.code().to_owned(),
             message: message.into(),
             microsoft_code: None,
+            diagnosis: None,
         }
     }
 
@@ -234,11 +238,14 @@ impl JobFailure {
             .copied()
             .find(|k| k.code() == self.error)
             .unwrap_or(Kind::Internal);
-        let e = ApiError::new(kind, self.message.clone());
-        match &self.microsoft_code {
-            Some(c) => e.with_detail("microsoft_code", c.clone()),
-            None => e,
+        let mut e = ApiError::new(kind, self.message.clone());
+        if let Some(c) = &self.microsoft_code {
+            e = e.with_detail("microsoft_code", c.clone());
         }
+        if let Some(d) = &self.diagnosis {
+            e = e.with_detail("diagnosis", d.clone());
+        }
+        e
     }
 }
 

@@ -17,6 +17,7 @@ use super::queue::{Conflict, JobFile};
 use crate::api::{ApiError, Kind};
 use crate::ingest::pipeline::{TokenError, TokenProvider};
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
+use crate::upload::doctor::{self, Service};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
 use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use crate::upload::{
@@ -102,7 +103,10 @@ impl Uploader {
             tokens: self.tokens.clone(),
             connection: connection.to_owned(),
             refused: Mutex::new(None),
+            last: Mutex::new(None),
         });
+        let started = std::time::Instant::now();
+        let mut host = String::new();
         let mut request = UploadRequest {
             folder: String::new(),
             file_name: file.name.clone(),
@@ -138,6 +142,10 @@ impl Uploader {
                         Attempt::permanent(Kind::Misconfigured, format!("connection target: {e}"))
                     })?;
                 request.folder = join(base_folder.trim_matches('/'), &file.folder);
+                host = match site_url.port() {
+                    Some(p) => format!("{}:{p}", site_url.host_str().unwrap_or_default()),
+                    None => site_url.host_str().unwrap_or_default().to_owned(),
+                };
                 let opts = SharePointOptions {
                     chunk_size: self.chunk_size,
                     retry: self.retry.clone(),
@@ -168,9 +176,56 @@ impl Uploader {
             }
         };
         let refused = bearer.refused.lock().ok().and_then(|mut r| r.take());
+        match &result {
+            Ok(o) => tracing::info!(
+                connection,
+                size = o.size,
+                path = %o.path,
+                duration_ms = started.elapsed().as_millis() as u64,
+                chunks = o.chunks,
+                retries = o.retries,
+                "upload"
+            ),
+            Err(e) => tracing::warn!(
+                connection,
+                error = ApiError::from(e).code(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                "upload failed"
+            ),
+        }
         result.map_err(|e| match refused {
             Some(t) => token_attempt(t),
-            None => upload_attempt(&e),
+            None => {
+                let mut attempt = upload_attempt(&e);
+                if let (
+                    UploadError::Unauthorized { diagnostics, .. }
+                    | UploadError::Forbidden { diagnostics, .. },
+                    Attempt::Permanent(f),
+                ) = (&e, &mut attempt)
+                {
+                    let service = if host.is_empty() {
+                        Service::Graph
+                    } else {
+                        Service::SharePoint { host: &host }
+                    };
+                    let token = bearer.last.lock().ok().and_then(|l| l.clone());
+                    let d = doctor::diagnose(
+                        token.as_ref(),
+                        diagnostics,
+                        service,
+                        time::OffsetDateTime::now_utc(),
+                    );
+                    tracing::warn!(
+                        connection,
+                        cause = d.cause.as_str(),
+                        explanation = %d.explanation,
+                        "the service refused the access token"
+                    );
+                    f.message = format!("{e}: {}", d.explanation);
+                    f.diagnosis = serde_json::to_value(&d).ok();
+                }
+                attempt
+            }
         })
     }
 }
@@ -188,6 +243,8 @@ struct JobBearer {
     tokens: Arc<dyn TokenProvider>,
     connection: String,
     refused: Mutex<Option<TokenError>>,
+    // The last token handed out, so the doctor can decode the one that was refused.
+    last: Mutex<Option<SecretString>>,
 }
 
 impl BearerSource for JobBearer {
@@ -196,6 +253,11 @@ impl BearerSource for JobBearer {
             self.tokens
                 .bearer(&self.connection, force_refresh)
                 .await
+                .inspect(|t| {
+                    if let Ok(mut last) = self.last.lock() {
+                        *last = Some(t.clone());
+                    }
+                })
                 .map_err(|e| {
                     let message = format!("getting an access token: {e}");
                     if let Ok(mut slot) = self.refused.lock() {
@@ -232,6 +294,7 @@ pub fn upload_attempt(e: &UploadError) -> Attempt {
         error: api.code().to_owned(),
         message: e.to_string(),
         microsoft_code: code,
+        diagnosis: None,
     };
     if e.is_transient() {
         let retry_after = match e {

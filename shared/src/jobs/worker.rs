@@ -252,7 +252,7 @@ impl Worker {
                 .uploader
                 .upload(&msg.connection, &conn, file, source)
                 .await
-                .map_err(|a| with_earlier(a, answers.len()))?;
+                .map_err(|a| with_earlier(source_too_large(a), answers.len()))?;
             done += stored.size;
             let answer = outcome_json(&stored);
             let progress = Progress { done, total };
@@ -307,12 +307,10 @@ impl Worker {
                 if source.len().is_some_and(|l| l > max) {
                     return Err(Attempt::permanent(
                         Kind::PayloadTooLarge,
-                        format!(
-                            "the file at source_url is larger than the limit of {max} bytes"
-                        ),
+                        format!("the file at source_url is larger than the limit of {max} bytes"),
                     ));
                 }
-                Ok(source)
+                Ok(source.capped(max))
             }
         }
     }
@@ -397,6 +395,19 @@ impl Worker {
             .secrets
             .iter()
             .find_map(|s| WebhookSecret::from_whsec(s.expose_secret()).ok())
+    }
+}
+
+/// A `source_url` body that grew past its cap ([`UploadSource::capped`]) is the sender's
+/// doing: permanent, 413, whatever error the stream's end surfaced as.
+fn source_too_large(a: Attempt) -> Attempt {
+    let (Attempt::Permanent(f) | Attempt::Transient { failure: f, .. }) = &a;
+    match f
+        .message
+        .find("the file at source_url is larger than the limit")
+    {
+        Some(at) => Attempt::permanent(Kind::PayloadTooLarge, f.message[at..].to_owned()),
+        None => a,
     }
 }
 
