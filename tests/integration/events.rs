@@ -70,9 +70,11 @@ async fn every_event_file_parses_and_routes() {
                     "{name}"
                 );
                 let jobs = shared::jobs::JobsConfig::from_lookup(|k| {
-                    k.starts_with("SPBRIDGE_J")
-                        .then(|| "spbridge-events".to_owned())
-                        .or_else(|| (k == "SPBRIDGE_STAGING_BUCKET").then(|| "b".to_owned()))
+                    matches!(
+                        k,
+                        "SPBRIDGE_JOBS_TABLE" | "SPBRIDGE_JOB_QUEUE_URL" | "SPBRIDGE_STAGING_BUCKET"
+                    )
+                    .then(|| "spbridge-events".to_owned())
                 })
                 .expect("jobs config");
                 let sdk = spbridge_tests::moto_sdk_config().await;
