@@ -72,7 +72,9 @@ async fn every_event_file_parses_and_routes() {
                 let jobs = shared::jobs::JobsConfig::from_lookup(|k| {
                     matches!(
                         k,
-                        "SPBRIDGE_JOBS_TABLE" | "SPBRIDGE_JOB_QUEUE_URL" | "SPBRIDGE_STAGING_BUCKET"
+                        "SPBRIDGE_JOBS_TABLE"
+                            | "SPBRIDGE_JOB_QUEUE_URL"
+                            | "SPBRIDGE_STAGING_BUCKET"
                     )
                     .then(|| "spbridge-events".to_owned())
                 })

@@ -1,5 +1,6 @@
 //! Integration tests, one binary made of modules.
 
+mod deliveries;
 mod events;
 mod ingest;
 mod isolation;

@@ -202,6 +202,11 @@ pub struct JobsInfra {
 impl JobsInfra {
     /// Creates them under fresh names; `max_receives` is the queue's redrive `maxReceiveCount`.
     pub async fn create(max_receives: u32) -> JobsInfra {
+        Self::create_with(max_receives, 30).await
+    }
+
+    /// [`JobsInfra::create`] with the queue's visibility timeout (seconds).
+    pub async fn create_with(max_receives: u32, visibility_secs: u32) -> JobsInfra {
         use aws_sdk_dynamodb::types::{
             AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
         };
@@ -255,7 +260,10 @@ impl JobsInfra {
             .create_queue()
             .queue_name(format!("spbridge-jobs-{id}"))
             .attributes(QueueAttributeName::RedrivePolicy, redrive)
-            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_secs.to_string(),
+            )
             .send()
             .await
             .expect("queue created")
