@@ -119,6 +119,7 @@ async fn a_thousand_deliveries_make_one_file_each() {
         .buffer_unordered(32)
         .collect()
         .await;
+    eprintln!("accepted in {:.1} s", started.elapsed().as_secs_f64());
     let mut job_of: HashMap<usize, String> = HashMap::from([(0, first_job.clone())]);
     for (i, repeat, job) in answers.iter().filter(|a| !a.1) {
         assert!(!repeat);

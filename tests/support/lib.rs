@@ -470,9 +470,12 @@ pub fn spawn_worker(
         queue_arn.to_owned(),
     );
     tokio::spawn(async move {
-        loop {
-            let n = pump_once(&state, &sqs, &url, &arn).await
-                + pump_once(&state, &sqs, &dlq_url, &dlq_arn).await;
+        for round in 0u64.. {
+            let mut n = pump_once(&state, &sqs, &url, &arn).await;
+            // Dead letters are rare: look every tenth round.
+            if round % 10 == 0 {
+                n += pump_once(&state, &sqs, &dlq_url, &dlq_arn).await;
+            }
             if n == 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(30)).await;
             }
