@@ -521,6 +521,11 @@ impl World {
         answer(upload_ingest::handle(&self.state, req).await).await
     }
 
+    /// The receiver's configuration.
+    pub(crate) fn state_config(&self) -> Config {
+        self.state.as_ref().unwrap().receiver().config().clone()
+    }
+
     /// The emulator.
     pub(crate) fn emu(&self) -> &RunningEmulator {
         &self.emu
@@ -1670,7 +1675,10 @@ async fn one_log_line_per_upload_and_never_a_token() {
 }
 
 /// A refresh token from the emulator's Entra v2 authorization-code flow (client secret).
-async fn delegated_refresh_token(info: &tenant_emulator::EmulatorInfo, scope: &str) -> String {
+pub(crate) async fn delegated_refresh_token(
+    info: &tenant_emulator::EmulatorInfo,
+    scope: &str,
+) -> String {
     let app = info.entra_app("entra-app").expect("entra-app");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

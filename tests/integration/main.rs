@@ -10,4 +10,5 @@ mod secrets;
 mod signin;
 mod template;
 mod template_iam;
+mod token_writes;
 mod upload_clients;

@@ -335,6 +335,7 @@ mod tests {
     fn retryability_follows_the_upload_error() {
         let throttled = UploadError::Throttled {
             retry_after: Duration::from_secs(7),
+            microsoft: None,
         };
         assert_eq!(
             upload_attempt(&throttled),
