@@ -15,7 +15,12 @@ pub enum ConfigError {
     Missing(&'static str),
     /// A variable is set to something unusable.
     #[error("environment variable {var} is invalid: {reason}")]
-    Invalid { var: &'static str, reason: String },
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// Why its value is unusable.
+        reason: String,
+    },
 }
 
 /// The Microsoft cloud whose endpoints are the defaults.
@@ -109,12 +114,16 @@ pub enum SecretBackend {
     /// AWS Secrets Manager (the default inside Lambda).
     Aws,
     /// One JSON file per secret under a directory (the default for local runs).
-    File { dir: PathBuf },
+    File {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// Secret-store settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretsConfig {
+    /// Where secrets live.
     pub backend: SecretBackend,
     /// Prefix of every secret name spbridge owns, e.g. `spbridge/`.
     pub prefix: String,
@@ -152,7 +161,9 @@ impl SecretsConfig {
 /// Outbound HTTP settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
+    /// Total timeout of one outbound request.
     pub timeout: Duration,
+    /// Connect timeout of one outbound request.
     pub connect_timeout: Duration,
     /// Extra CA certificate (PEM file) to trust, e.g. the tenant emulator's.
     pub extra_ca_pem: Option<PathBuf>,
@@ -161,9 +172,13 @@ pub struct HttpConfig {
 /// Everything a function needs to know at cold start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// The Microsoft cloud, which picks the endpoint defaults.
     pub cloud: Cloud,
+    /// Every Microsoft base URL.
     pub endpoints: Endpoints,
+    /// Secret-store settings.
     pub secrets: SecretsConfig,
+    /// Outbound HTTP settings.
     pub http: HttpConfig,
     /// The connection used when a request names none.
     pub default_connection: Option<String>,
@@ -198,6 +213,8 @@ impl Default for IngestConfig {
 }
 
 /// Names of every variable [`Config::from_env`] reads.
+// Each constant is a variable\'s name; the README\'s configuration table says what it means.
+#[allow(missing_docs)]
 pub mod vars {
     pub const CLOUD: &str = "SPBRIDGE_CLOUD";
     pub const ACS_URL: &str = "SPBRIDGE_ACS_URL";
@@ -377,6 +394,8 @@ pub struct LifecycleConfig {
 }
 
 /// Names of every variable [`LifecycleConfig::from_lookup`] reads.
+// Each constant is a variable\'s name; the README\'s configuration table says what it means.
+#[allow(missing_docs)]
 pub mod lifecycle_vars {
     pub const ALLOWED_HOSTS: &str = "SPBRIDGE_ALLOWED_HOSTS";
     pub const REFRESH_ACCESS_SKEW: &str = "SPBRIDGE_REFRESH_ACCESS_SKEW_SECS";

@@ -13,13 +13,23 @@ use crate::config::HttpConfig;
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpClientError {
+    /// The extra CA file cannot be read.
     #[error("cannot read extra CA file {path}: {source}")]
     ReadCa {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The extra CA file holds no certificate.
     #[error("extra CA file {path} holds no usable PEM certificate: {reason}")]
-    BadCa { path: String, reason: String },
+    BadCa {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// reqwest refused the settings.
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
 }

@@ -26,7 +26,7 @@ use shared::upload::RetryPolicy;
 use tenant_emulator::{Emulator, FaultKind, FaultRule, Options, RunningEmulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// `webhook-timestamp` of the upload samples in `events/`.
 const EVENT_TS: i64 = 1_795_327_200;
 const MIB: usize = 1024 * 1024;
@@ -41,7 +41,7 @@ fn content(len: usize) -> Vec<u8> {
     (0..len as u64).map(byte_at).collect()
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -50,8 +50,13 @@ fn now_secs() -> i64 {
 
 /// Signs like a Standard Webhooks sender (for binary bodies the Python library cannot take).
 fn sign(id: &str, ts: i64, body: &[u8]) -> String {
+    sign_with(WHSEC, id, ts, body)
+}
+
+/// The same with another `whsec_` secret.
+pub(crate) fn sign_with(whsec: &str, id: &str, ts: i64, body: &[u8]) -> String {
     let key = base64::engine::general_purpose::STANDARD
-        .decode(WHSEC.trim_start_matches("whsec_"))
+        .decode(whsec.trim_start_matches("whsec_"))
         .unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.").as_bytes());
@@ -88,7 +93,7 @@ fn python_sign(id: &str, ts: i64, body: &str) -> HashMap<String, String> {
 }
 
 /// An API Gateway v2 event for `POST {path}?{query}` with a base64 body, parsed by lambda_http.
-fn event(path: &str, query: &str, headers: &[(&str, String)], body: &[u8]) -> Request {
+pub(crate) fn event(path: &str, query: &str, headers: &[(&str, String)], body: &[u8]) -> Request {
     let mut h = serde_json::Map::new();
     h.insert(
         "host".into(),
@@ -548,6 +553,19 @@ impl World {
         answer(upload_ingest::handle(&self.state, r).await).await
     }
 
+    /// Every file and folder in the emulated tenant, with its size and version (what a library
+    /// "unchanged" means in the attack tests).
+    pub(crate) fn library(&self) -> Vec<(String, u64, String)> {
+        let mut v: Vec<_> = self
+            .emu
+            .files()
+            .into_iter()
+            .map(|i| (i.path, i.size, i.version_label))
+            .collect();
+        v.sort();
+        v
+    }
+
     pub(crate) fn bytes(&self, path: &str) -> Option<Vec<u8>> {
         self.emu.file_bytes(path)
     }
@@ -827,7 +845,7 @@ async fn python_signed_requests_pass_and_tampered_expired_unsigned_fail() {
     );
 }
 
-fn hex_of(b: &[u8]) -> String {
+pub(crate) fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -1804,7 +1822,11 @@ async fn a_delegated_connection_uploads_then_answers_424_once_consent_is_withdra
             .clone(),
     );
     let err = access_fresh.bearer("alex", true).await.unwrap_err();
-    assert_eq!(err.code(), "needs_consent", "{err}");
+    assert_eq!(
+        shared::api::ApiError::from(&err).code(),
+        "needs_consent",
+        "{err}"
+    );
     let (s, b, _) = w
         .send(signed_raw(
             "/upload/alex",

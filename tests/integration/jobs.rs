@@ -301,6 +301,14 @@ impl Bench {
             async move { store.put(&name, &v, None).await.expect("secret written") }
         };
         put(format!("{prefix}webhook"), json!({"secrets": [WHSEC]})).await;
+        // Callbacks are signed with the newest of the connection's own sender secrets.
+        for id in ["contoso-docs", "lapsed"] {
+            put(
+                format!("{prefix}senders/{id}"),
+                json!({"webhook_secrets": [WHSEC, "whsec_b2xkZXItc2VjcmV0LXN0aWxsLWFjY2VwdGVk"]}),
+            )
+            .await;
+        }
         put(
             format!("{prefix}acs-app"),
             json!({"client_id": acs.client_id, "client_secret": acs.client_secret,

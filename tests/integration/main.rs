@@ -1,10 +1,12 @@
 //! Integration tests, one binary made of modules.
 
+mod attacks;
 mod deliveries;
 mod events;
 mod ingest;
 mod isolation;
 mod jobs;
+mod layering;
 mod lifecycle;
 mod secrets;
 mod signin;

@@ -1,8 +1,9 @@
 //! oauth-callback: starts and completes Microsoft sign-in and consent flows.
 //!
 //! Routes (API Gateway HTTP API), each a call into [`shared::signin`]:
-//! - `GET /connect/{connection}`: 302 to the provider's authorize URL with a signed `state` and
-//!   an HttpOnly nonce cookie (JSON clients get `{"authorize_url"}` instead).
+//! - `GET /connect/{connection}?invite={link}`: with a valid operator-minted link (single use),
+//!   302 to the provider's authorize URL with a signed `state` and an HttpOnly nonce cookie (JSON
+//!   clients get `{"authorize_url"}` instead). Without one, the same 403 for every connection id.
 //! - `GET /callback`: verifies state + cookie, redeems the code, stores the refresh token and
 //!   records the attempt as used (a replay gets 409 `replayed`).
 //! - `POST /callback`: SharePoint's add-in launch (`SPAppToken` form field).
@@ -113,9 +114,11 @@ async fn route(state: &State, req: &Request, format: Format) -> Result<Response<
             };
             let redirect_uri = redirect::redirect_uri(&settings, &request_origin(req))
                 .map_err(|e| api_error(e.into()))?;
-            let started = signin::connect(state, &access().await?, id, redirect_uri)
-                .await
-                .map_err(api_error)?;
+            let invite = query_value(req, "invite");
+            let started =
+                signin::connect(state, &access().await?, id, invite.as_deref(), redirect_uri)
+                    .await
+                    .map_err(api_error)?;
             Ok(pages::connect_response(
                 &started.authorize_url,
                 &started.set_cookie,
@@ -182,6 +185,9 @@ pub fn api_error(e: SignInError) -> ApiError {
         | Reason::NoServices) => ApiError::new(Kind::BadRequest, r.to_string()),
         r @ Reason::ContextTokenInvalid(_) => ApiError::new(Kind::Unauthorized, r.to_string()),
         r @ Reason::ConnectionChanged => ApiError::new(Kind::Conflict, r.to_string()),
+        r @ Reason::AccountMismatch => ApiError::new(Kind::AccountMismatch, r.to_string()),
+        // One answer whatever the connection: no `connection` detail either.
+        r @ Reason::LinkRequired => return ApiError::new(Kind::Forbidden, r.to_string()),
         Reason::Access(a) => {
             let kind = match a.as_ref() {
                 A::NotFound { .. } => Kind::ConnectionNotFound,
@@ -245,23 +251,22 @@ fn state_kind(e: &StateError) -> Kind {
     }
 }
 
-/// An OAuth error Microsoft redirected back with; its word and description are shown.
+/// An OAuth error Microsoft redirected back with; its word and description are shown. What it
+/// means comes from the one Microsoft error table.
 fn provider_error(p: &ProviderError) -> ApiError {
-    let (kind, message) = match p.error.as_str() {
-        "access_denied" => (
-            Kind::Forbidden,
-            "Sign-in was cancelled or consent was declined.",
-        ),
-        "consent_required" | "interaction_required" | "login_required" => (
+    use shared::microsoft::{Action, System, lookup};
+    let row = lookup(System::OAuth, &p.error);
+    let (kind, message) = match row.map(|r| r.action) {
+        Some(Action::NeedsConsent) => (
             Kind::NeedsConsent,
-            "Microsoft needs the user (or an administrator) to sign in and consent again.",
+            "Sign-in did not finish: the user (or an administrator) must sign in and consent.",
         ),
-        "temporarily_unavailable" => (
+        Some(Action::Throttled) => (
+            Kind::Throttled,
+            "Microsoft is throttling sign-ins; try again in a few minutes.",
+        ),
+        Some(Action::Transient) => (
             Kind::Unavailable,
-            "Microsoft could not complete the sign-in right now; try again in a few minutes.",
-        ),
-        "server_error" => (
-            Kind::BadGateway,
             "Microsoft could not complete the sign-in right now; try again in a few minutes.",
         ),
         _ => (
@@ -269,7 +274,10 @@ fn provider_error(p: &ProviderError) -> ApiError {
             "Microsoft refused the sign-in request; the app registration or connection settings need attention.",
         ),
     };
-    let api = ApiError::new(kind, message).with_detail("microsoft_code", p.error.clone());
+    let mut api = ApiError::new(kind, message).with_detail("microsoft_code", p.error.clone());
+    if let Some(r) = row {
+        api = api.with_detail("microsoft_meaning", r.meaning);
+    }
     match &p.description {
         Some(d) => api.with_detail("error_description", d.clone()),
         None => api,

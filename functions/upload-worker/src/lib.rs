@@ -124,7 +124,10 @@ pub async fn poll_locally(state: &Result<State, String>, queue_url: &str, dead_l
         .and_then(|s| s.dead_letter_arn.clone())
         .unwrap_or_default();
     loop {
-        for (url, arn) in [(queue_url, "arn:local:jobs"), (dead_letter_url, dlq_arn.as_str())] {
+        for (url, arn) in [
+            (queue_url, "arn:local:jobs"),
+            (dead_letter_url, dlq_arn.as_str()),
+        ] {
             if let Err(e) = poll_once(state, &sqs, url, arn).await {
                 tracing::warn!(error = %e, "local poll failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -173,7 +176,10 @@ async fn poll_once(
         return Ok(());
     }
     let mut ctx = lambda_runtime::Context::default();
-    ctx.request_id = format!("local-{}", time::OffsetDateTime::now_utc().unix_timestamp_nanos());
+    ctx.request_id = format!(
+        "local-{}",
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
     let answer = handle(state, LambdaEvent::new(event, ctx)).await;
     let failed: Vec<String> = answer
         .batch_item_failures

@@ -4,7 +4,6 @@
 //! The `webhook-id` is `cb_{job}` on every attempt, so a receiver that deduplicates on it sees
 //! one event however often it is delivered.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -12,6 +11,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use super::{CallbackRecord, Job, JobStatus};
+use crate::upload::source::{SourceUrlPolicy, check_source_url};
 use crate::webhook::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
 
 /// How callbacks are sent.
@@ -62,12 +62,15 @@ impl Callbacks {
             delivered: false,
             at: 0,
         };
-        if let Some(ip) = literal_ip(url) {
-            if !crate::upload::source::source_ip_allowed(ip, self.allow_loopback) {
-                tracing::warn!(job = %job.id, "callback_url names a forbidden address; not called");
-                record.at = OffsetDateTime::now_utc().unix_timestamp();
-                return record;
-            }
+        // The same address rules as a source_url: https on 443 (loopback only in tests).
+        let policy = SourceUrlPolicy {
+            allow_http: false,
+            allow_loopback: self.allow_loopback,
+        };
+        if let Err(reason) = check_source_url(url, policy) {
+            tracing::warn!(job = %job.id, %reason, "callback_url refused; not called");
+            record.at = OffsetDateTime::now_utc().unix_timestamp();
+            return record;
         }
         let now = OffsetDateTime::now_utc();
         let body = Self::payload(job, now).to_string();
@@ -117,13 +120,56 @@ impl Callbacks {
     }
 }
 
-fn literal_ip(url: &Url) -> Option<IpAddr> {
-    match url.host()? {
-        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-        url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
-            Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobId, Progress};
+
+    fn job() -> Job {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        Job {
+            id: JobId::parse(&"ab".repeat(16)).unwrap(),
+            connection: "c".into(),
+            delivery: "wh:m".into(),
+            payload_hash: String::new(),
+            status: JobStatus::Failed,
+            attempts: 1,
+            progress: Progress::default(),
+            result: None,
+            error: None,
+            files_done: Vec::new(),
+            callback: None,
+            lease: None,
+            generation: 1,
+            checkpoint: None,
+            created_at: now,
+            updated_at: now,
+            expires_at: 0,
+            token_hashes: vec!["secret-hash".into()],
         }
-        url::Host::Domain(_) => None,
+    }
+
+    #[tokio::test]
+    async fn private_and_plain_http_targets_are_never_called() {
+        let secret = WebhookSecret::from_raw(b"k".to_vec()).unwrap();
+        let cb = Callbacks::new(reqwest::Client::new());
+        for url in [
+            "https://10.0.0.1/hook",
+            "https://169.254.169.254/latest",
+            "http://example.com/hook",
+            "https://127.0.0.1/hook",
+        ] {
+            let r = cb.deliver(&url.parse().unwrap(), &secret, &job()).await;
+            assert_eq!((r.attempts, r.delivered), (0, false), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_payload_names_the_outcome_and_hides_token_hashes() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let p = Callbacks::payload(&job(), now);
+        assert_eq!(p["type"], "upload.failed");
+        assert_eq!(p["data"]["job"], "ab".repeat(16));
+        assert!(!p.to_string().contains("secret-hash"));
     }
 }

@@ -231,6 +231,20 @@ impl JobFailure {
         }
     }
 
+    /// The `{error, message, microsoft_code}` of an API error.
+    pub fn from_api(e: &ApiError) -> Self {
+        JobFailure {
+            error: e.code().to_owned(),
+            message: e.message.clone(),
+            microsoft_code: e
+                .details
+                .get("microsoft_code")
+                .and_then(|c| c.as_str())
+                .map(str::to_owned),
+            diagnosis: e.details.get("diagnosis").cloned(),
+        }
+    }
+
     /// The failure as an [`ApiError`] (what a status read shows).
     pub fn to_api_error(&self) -> ApiError {
         let kind = Kind::ALL

@@ -282,28 +282,15 @@ fn token_attempt(e: TokenError) -> Attempt {
     }
 }
 
-/// The job's view of an upload error: the one API error table's [`Kind`] and Microsoft's code,
-/// and whether it is worth another attempt (the error's own judgement).
+/// The job's view of an upload error: the one error table ([`ApiError`]'s `From<&UploadError>`)
+/// names it, and [`UploadError::is_transient`] says whether another attempt may help.
 pub fn upload_attempt(e: &UploadError) -> Attempt {
     let api = ApiError::from(e);
-    let code = e.microsoft().and_then(|m| m.code.clone()).or(match e {
-        UploadError::Upstream { microsoft_code, .. } => microsoft_code.clone(),
-        _ => None,
-    });
-    let failure = JobFailure {
-        error: api.code().to_owned(),
-        message: e.to_string(),
-        microsoft_code: code,
-        diagnosis: None,
-    };
+    let failure = JobFailure::from_api(&api);
     if e.is_transient() {
-        let retry_after = match e {
-            UploadError::Throttled { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        };
         Attempt::Transient {
             failure,
-            retry_after,
+            retry_after: api.retry_after,
         }
     } else {
         Attempt::Permanent(failure)

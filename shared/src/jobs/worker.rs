@@ -379,13 +379,19 @@ impl Worker {
         }
     }
 
-    /// The connection's newest sender secret; the deployment's webhook secret if it has none.
+    /// The newest of the connection's own sender secrets; the deployment-wide secret only for a
+    /// sender secret that accepts it and holds none of its own.
     async fn signing_secret(&self, connection: &str) -> Option<WebhookSecret> {
         use secrecy::ExposeSecret as _;
-        if let Ok(sender) = schema::sender(self.store.as_ref(), &self.secrets, connection).await
-            && let Some(s) = sender.value.signing_secret()
-        {
-            return WebhookSecret::from_whsec(s.expose_secret()).ok();
+        let sender = schema::sender(self.store.as_ref(), &self.secrets, connection)
+            .await
+            .ok()?
+            .value;
+        if let Some(newest) = sender.signing_secret() {
+            return WebhookSecret::from_whsec(newest.expose_secret()).ok();
+        }
+        if !sender.accept_deployment_secret {
+            return None;
         }
         let secrets = schema::webhook_secrets(self.store.as_ref(), &self.secrets)
             .await

@@ -309,6 +309,50 @@ pub struct ConnectionSecret {
     /// Microsoft's description of the last failure behind `status` (no secrets; for operators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_detail: Option<String>,
+    /// The account this connection is bound to, set by the first sign-in that names one. A
+    /// sign-in bringing another account is refused (`account_mismatch`) unless it started from a
+    /// link minted for re-binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_account: Option<AccountId>,
+    /// Connect links already used (ids and expiry), so each starts one sign-in only.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::secrets::replay::ConsumedStates::is_empty"
+    )]
+    pub consumed_links: crate::secrets::replay::ConsumedStates,
+}
+
+/// Who a delegated connection acts for: the directory tenant and the user's object id (`oid`),
+/// or, for a Microsoft account, its user id (no tenant). Not secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountId {
+    /// Tenant id (Entra, Azure AD v1) or ACS realm; `None` for a Microsoft account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The user's object id, or the Microsoft-account user id.
+    pub object_id: String,
+}
+
+impl AccountId {
+    /// Whether two ids name the same account (ids compared without regard to case).
+    pub fn same_as(&self, other: &AccountId) -> bool {
+        let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        eq(&self.object_id, &other.object_id)
+            && match (&self.tenant_id, &other.tenant_id) {
+                (Some(a), Some(b)) => eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant_id {
+            Some(t) => write!(f, "{}@{t}", self.object_id),
+            None => f.write_str(&self.object_id),
+        }
+    }
 }
 
 /// What upload-ingest needs to accept requests for one connection: `{prefix}senders/{id}`.
