@@ -228,7 +228,7 @@ async fn messages_round_trip_through_sqs_with_large_bodies_staged() {
     let small = content(1024);
     let large = content(300 * 1024);
     let id = new_job("c", b"").id();
-    let msg = JobMessage::build(
+    let msg = shared::ingest::pipeline::job_message(
         id.clone(),
         "c",
         vec![
@@ -400,9 +400,15 @@ impl Bench {
             .create(&new, OffsetDateTime::now_utc())
             .await
             .expect("job");
-        let msg = JobMessage::build(new.id(), connection, files, callback, &self.staging)
-            .await
-            .expect("message");
+        let msg = shared::ingest::pipeline::job_message(
+            new.id(),
+            connection,
+            files,
+            callback,
+            &self.staging,
+        )
+        .await
+        .expect("message");
         self.queue.send(&msg).await.expect("queued");
         new.id()
     }

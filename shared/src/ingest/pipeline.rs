@@ -16,20 +16,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, Method};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::sender::{ReplayKey, Sender};
-use super::{Content, IngestError, Limits, NamePolicy, RawRequest, parse_request};
-use crate::access::{Access, AccessError};
+use super::{
+    ConflictMode, Content, IncomingFile, IngestError, Limits, NamePolicy, RawRequest, parse_request,
+};
 use crate::api::{ApiError, Kind};
 use crate::config::Config;
-use crate::jobs::queue::{JobMessage, JobQueue};
+use crate::jobs::queue::{
+    Conflict, INLINE_LIMIT, JobBody, JobFile, JobMessage, JobQueue, staged_key,
+};
 use crate::jobs::staging::Staging;
+use crate::jobs::staging::StagingError;
+pub use crate::jobs::upload::{TokenError, TokenProvider};
 use crate::jobs::{
     DeliveryKey, Job, JobError, JobId, JobStatus, JobStore, NewJob, StatusToken, payload_hash,
 };
@@ -41,74 +44,6 @@ use crate::upload::source::{SourceUrlPolicy, check_source_url};
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
 /// The longest `Prefer: wait` honoured (API Gateway cuts a request at 30 s).
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
-
-/// Where uploads get a connection's access token.
-///
-/// Production: [`crate::access::Access`] (app-only or delegated, persisting rotated refresh
-/// tokens). `force_refresh` asks for a new token after a 401.
-pub trait TokenProvider: Send + Sync {
-    /// The access token for `connection`'s upload target.
-    fn bearer<'a>(
-        &'a self,
-        connection: &'a str,
-        force_refresh: bool,
-    ) -> BoxFuture<'a, Result<SecretString, TokenError>>;
-}
-
-/// Why no token could be had, in the terms the answer needs.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TokenError {
-    /// A person must sign in or consent again (424).
-    #[error("{0}")]
-    NeedsConsent(String),
-    /// Microsoft throttled the token request (503 with Retry-After).
-    #[error("{message}")]
-    Throttled {
-        /// Server-requested wait.
-        retry_after: Option<Duration>,
-        /// What failed.
-        message: String,
-    },
-    /// A network fault or Microsoft server error outlasted the retries (502).
-    #[error("{0}")]
-    Transient(String),
-    /// The connection or app registration is wrong; an operator must fix it (500).
-    #[error("{0}")]
-    Misconfigured(String),
-}
-
-impl From<AccessError> for TokenError {
-    fn from(e: AccessError) -> Self {
-        let message = e.to_string();
-        match e {
-            AccessError::NeedsConsent { .. } => TokenError::NeedsConsent(message),
-            AccessError::Throttled { retry_after, .. } => TokenError::Throttled {
-                retry_after,
-                message,
-            },
-            AccessError::Transient { .. } => TokenError::Transient(message),
-            AccessError::Store { .. } if e.is_retryable() => TokenError::Transient(message),
-            AccessError::NotFound { .. }
-            | AccessError::Misconfigured { .. }
-            | AccessError::Store { .. } => TokenError::Misconfigured(message),
-        }
-    }
-}
-
-impl TokenProvider for Access {
-    fn bearer<'a>(
-        &'a self,
-        connection: &'a str,
-        force_refresh: bool,
-    ) -> BoxFuture<'a, Result<SecretString, TokenError>> {
-        Box::pin(async move {
-            Access::bearer(self, connection, force_refresh)
-                .await
-                .map(|b| b.token)
-                .map_err(TokenError::from)
-        })
-    }
-}
 
 /// The current time; tests pin it to a recorded event's timestamp.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
@@ -193,6 +128,12 @@ pub enum ReceiveError {
     /// The delivery id was used before with another body.
     #[error("this webhook-id was already used for a different body")]
     IdReused,
+    /// A GitHub-style body already delivered under another (or no) `X-GitHub-Delivery`.
+    #[error(
+        "this body was already delivered with another X-GitHub-Delivery; GitHub-style \
+         signatures carry no timestamp, so a repeat under a new id is refused as a replay"
+    )]
+    GitHubReplay,
     /// The job table, queue or staging bucket failed; the sender's retry finds the same job.
     #[error("{0}")]
     Jobs(String),
@@ -209,7 +150,9 @@ impl From<&ReceiveError> for ApiError {
             ReceiveError::UnknownConnection(_) => ApiError::new(Kind::ConnectionNotFound, message),
             ReceiveError::NoDefaultConnection => ApiError::new(Kind::ConfigurationError, message),
             ReceiveError::SourceForbidden(_) => ApiError::new(Kind::BadRequest, message),
-            ReceiveError::IdReused => ApiError::new(Kind::Replayed, message),
+            ReceiveError::IdReused | ReceiveError::GitHubReplay => {
+                ApiError::new(Kind::Replayed, message)
+            }
             ReceiveError::Jobs(_) => ApiError::new(
                 Kind::Unavailable,
                 "the upload could not be queued; retry later (a retry finds the same job)",
@@ -230,6 +173,10 @@ fn jobs_error(e: JobError) -> ReceiveError {
 /// Who sent a request and what the connection allows.
 struct Accepting {
     delivery: DeliveryKey,
+    /// What a repeat must match: the body's SHA-256, and for GitHub-style senders also the
+    /// `X-GitHub-Delivery` it came with (GitHub's own redelivery keeps it).
+    payload_hash: String,
+    github: bool,
     options: UploadOptions,
     callback_url: Option<url::Url>,
 }
@@ -343,7 +290,6 @@ impl Receiver {
                 check_source_url(url, policy).map_err(ReceiveError::SourceForbidden)?;
             }
         }
-        let hash = payload_hash(&req.body);
         let bytes_total = files
             .iter()
             .map(|f| match &f.content {
@@ -354,15 +300,18 @@ impl Receiver {
         let new = NewJob {
             connection: connection.clone(),
             delivery: sender.delivery,
-            payload_hash: hash,
+            payload_hash: sender.payload_hash.clone(),
             bytes_total,
             retention: self.retention,
         };
-        let created = self.jobs.create(&new, now).await.map_err(jobs_error)?;
+        let created = match self.jobs.create(&new, now).await {
+            Err(JobError::IdReused) if sender.github => return Err(ReceiveError::GitHubReplay),
+            other => other.map_err(jobs_error)?,
+        };
         // A job still `accepted` may have been recorded by a delivery that failed to enqueue
         // it: send again (a duplicate message is harmless, the worker's lease sorts it out).
         if !created.existed || created.job.status == JobStatus::Accepted {
-            let mut msg = JobMessage::build(
+            let mut msg = job_message(
                 created.job.id.clone(),
                 &connection,
                 files,
@@ -468,18 +417,88 @@ impl Receiver {
         let verified = sender
             .verify(req.headers, &req.body, now)
             .map_err(IngestError::from)?;
+        let body_hash = payload_hash(&req.body);
+        let (delivery, payload, github) = match sender.replay_key(&verified, &req.body) {
+            Some(ReplayKey::WebhookId(id)) => (DeliveryKey::webhook_id(&id), body_hash, false),
+            // GitHub signs neither its delivery id nor a time: the body names the delivery, and
+            // a repeat under another (or no) X-GitHub-Delivery is a replay, refused.
+            Some(ReplayKey::Body { sha256, delivery }) => {
+                let salted = format!("{sha256}:{}", delivery.unwrap_or_default());
+                (
+                    DeliveryKey::github_body(&sha256),
+                    payload_hash(salted.as_bytes()),
+                    true,
+                )
+            }
+            None => (DeliveryKey::unkeyed(), body_hash, false),
+        };
         Ok(Accepting {
-            delivery: match sender.replay_key(&verified, &req.body) {
-                Some(ReplayKey::WebhookId(id)) => DeliveryKey::webhook_id(&id),
-                // GitHub signs neither its delivery id nor a time: the body alone names the
-                // delivery, so a replay under a new X-GitHub-Delivery finds the same job.
-                Some(ReplayKey::Body { sha256, .. }) => DeliveryKey::github_body(&sha256),
-                None => DeliveryKey::unkeyed(),
-            },
+            delivery,
+            payload_hash: payload,
+            github,
             options: sender.options(),
             callback_url: sender.secret().and_then(|s| s.callback_url.clone()),
         })
     }
+}
+
+impl From<ConflictMode> for Conflict {
+    fn from(m: ConflictMode) -> Self {
+        match m {
+            ConflictMode::Fail => Conflict::Fail,
+            ConflictMode::Replace => Conflict::Replace,
+            ConflictMode::Rename => Conflict::Rename,
+        }
+    }
+}
+
+/// Builds the job message for checked `files`, staging bodies in `staging` once the inline
+/// budget is spent (key `{job}/{index}`).
+pub async fn job_message(
+    job: JobId,
+    connection: &str,
+    files: Vec<IncomingFile>,
+    callback_url: Option<url::Url>,
+    staging: &dyn Staging,
+) -> Result<JobMessage, StagingError> {
+    let mut budget = INLINE_LIMIT;
+    let mut out = Vec::with_capacity(files.len());
+    for (i, f) in files.into_iter().enumerate() {
+        let body = match f.content {
+            Content::SourceUrl(url) => JobBody::SourceUrl { url },
+            Content::Bytes(b) => {
+                let encoded = base64::encoded_len(b.len(), true).unwrap_or(usize::MAX);
+                if encoded <= budget {
+                    budget -= encoded;
+                    JobBody::Inline {
+                        base64: base64::Engine::encode(
+                            &base64::engine::general_purpose::STANDARD,
+                            &b,
+                        ),
+                    }
+                } else {
+                    let key = staged_key(&job, i);
+                    let size = b.len() as u64;
+                    staging.put(&key, b).await?;
+                    JobBody::Staged { key, size }
+                }
+            }
+        };
+        out.push(JobFile {
+            name: f.name.as_str().to_owned(),
+            folder: f.folder.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            conflict: f.conflict.into(),
+            metadata: f.metadata,
+            body,
+        });
+    }
+    Ok(JobMessage {
+        job,
+        connection: connection.to_owned(),
+        files: out,
+        callback_url,
+        max_file_bytes: None,
+    })
 }
 
 /// The answer for a job that ended during `Prefer: wait`: 201 with the result, or the

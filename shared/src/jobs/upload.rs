@@ -14,8 +14,8 @@ use url::Url;
 
 use super::JobFailure;
 use super::queue::{Conflict, JobFile};
+use crate::access::{Access, AccessError};
 use crate::api::{ApiError, Kind};
-use crate::ingest::pipeline::{TokenError, TokenProvider};
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
 use crate::upload::doctor::{self, Service};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
@@ -55,6 +55,74 @@ impl Attempt {
             failure: JobFailure::new(kind, message),
             retry_after,
         }
+    }
+}
+
+/// Where uploads get a connection's access token.
+///
+/// Production: [`crate::access::Access`] (app-only or delegated, persisting rotated refresh
+/// tokens). `force_refresh` asks for a new token after a 401.
+pub trait TokenProvider: Send + Sync {
+    /// The access token for `connection`'s upload target.
+    fn bearer<'a>(
+        &'a self,
+        connection: &'a str,
+        force_refresh: bool,
+    ) -> BoxFuture<'a, Result<SecretString, TokenError>>;
+}
+
+/// Why no token could be had, in the terms the answer needs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// A person must sign in or consent again (424).
+    #[error("{0}")]
+    NeedsConsent(String),
+    /// Microsoft throttled the token request (503 with Retry-After).
+    #[error("{message}")]
+    Throttled {
+        /// Server-requested wait.
+        retry_after: Option<Duration>,
+        /// What failed.
+        message: String,
+    },
+    /// A network fault or Microsoft server error outlasted the retries (502).
+    #[error("{0}")]
+    Transient(String),
+    /// The connection or app registration is wrong; an operator must fix it (500).
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl From<AccessError> for TokenError {
+    fn from(e: AccessError) -> Self {
+        let message = e.to_string();
+        match e {
+            AccessError::NeedsConsent { .. } => TokenError::NeedsConsent(message),
+            AccessError::Throttled { retry_after, .. } => TokenError::Throttled {
+                retry_after,
+                message,
+            },
+            AccessError::Transient { .. } => TokenError::Transient(message),
+            AccessError::Store { .. } if e.is_retryable() => TokenError::Transient(message),
+            AccessError::NotFound { .. }
+            | AccessError::Misconfigured { .. }
+            | AccessError::Store { .. } => TokenError::Misconfigured(message),
+        }
+    }
+}
+
+impl TokenProvider for Access {
+    fn bearer<'a>(
+        &'a self,
+        connection: &'a str,
+        force_refresh: bool,
+    ) -> BoxFuture<'a, Result<SecretString, TokenError>> {
+        Box::pin(async move {
+            Access::bearer(self, connection, force_refresh)
+                .await
+                .map(|b| b.token)
+                .map_err(TokenError::from)
+        })
     }
 }
 
