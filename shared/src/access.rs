@@ -431,7 +431,9 @@ impl Access {
         connection: &str,
         force_refresh: bool,
     ) -> Result<BearerToken, AccessError> {
-        let (bearer, persisted) = self.obtain(connection, force_refresh).await?;
+        let (bearer, persisted) = self
+            .obtain(connection, force_refresh, Writer::Upload)
+            .await?;
         if let Some(Err(e)) = persisted {
             // The access token is good; the old refresh token still is too. Say so loudly.
             tracing::error!(connection, error = %e, "could not store the rotated refresh token");
@@ -445,7 +447,7 @@ impl Access {
     /// App-only connections get a fresh token too (a credential check); nothing is stored.
     #[tracing::instrument(skip(self), fields(connection = %connection))]
     pub async fn refresh(&self, connection: &str) -> Result<RefreshOutcome, AccessError> {
-        let (bearer, persisted) = self.obtain(connection, true).await?;
+        let (bearer, persisted) = self.obtain(connection, true, Writer::OfRecord).await?;
         let (persisted, rotated, account) = match persisted {
             Some(Ok(p)) => (p.persisted, p.rotated, p.account),
             Some(Err(e)) => return Err(e),
@@ -498,6 +500,7 @@ impl Access {
         &self,
         id: &str,
         force: bool,
+        writer: Writer,
     ) -> Result<(BearerToken, Option<Result<Stored, AccessError>>), AccessError> {
         for round in 1..=SUPERSEDED_ROUNDS {
             let current = self.connection(id).await?;
@@ -548,7 +551,21 @@ impl Access {
                     let token = self
                         .token_with_fallback(id, &fresh, &plan, secondary.as_ref(), true)
                         .await?;
-                    let outcome = self.persist(id, &conn, &token).await;
+                    let outcome = if writer == Writer::OfRecord
+                        || must_store(&conn, &token, OffsetDateTime::now_utc())
+                    {
+                        self.persist(id, &conn, &token).await
+                    } else {
+                        tracing::debug!(
+                            connection = id,
+                            "token kept in memory; token-refresh stores it"
+                        );
+                        Ok(Stored {
+                            persisted: Persisted::Cached,
+                            rotated: false,
+                            account: token.user.clone().or_else(|| conn.account.clone()),
+                        })
+                    };
                     if let Ok(mut slot) = stored.lock() {
                         *slot = Some(outcome);
                     }
@@ -724,6 +741,49 @@ enum Marked {
     Marked,
     /// A newer refresh token was stored meanwhile.
     Superseded,
+}
+
+/// Who asks for a token: an upload (writes only what [`must_store`] says) or token-refresh,
+/// the writer of record (stores every fresh response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Upload,
+    OfRecord,
+}
+
+/// How old the stored refresh token may get before an upload stores a rotated one anyway
+/// (token-refresh normally stores well within it). AWS advises against writing one secret
+/// more often than every 10 minutes; a day keeps uploads far below that.
+pub const STORE_ROTATED_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// The token-write policy of uploads: in steady state an upload writes nothing. A fresh
+/// response is stored only when
+/// - the provider revokes the old refresh token on rotation (Microsoft accounts and ACS: the
+///   stored one would stop working) and the token did rotate, or
+/// - it rotated and the stored refresh token was issued more than [`STORE_ROTATED_AFTER`] ago
+///   (or when is unknown), so the stored one never ages towards its expiry, or
+/// - the connection has no refresh token stored yet.
+///
+/// Entra and Azure AD v1 keep the old refresh token valid after rotation, so their rotated
+/// tokens are left to token-refresh.
+pub fn must_store(conn: &ConnectionSecret, token: &Token, now: OffsetDateTime) -> bool {
+    let Some(new) = &token.refresh_token else {
+        return false;
+    };
+    let Some(old) = &conn.refresh_token else {
+        return true;
+    };
+    if new.expose_secret() == old.expose_secret() {
+        return false;
+    }
+    if matches!(
+        conn.provider,
+        crate::secrets::schema::Provider::Msa | crate::secrets::schema::Provider::Acs
+    ) {
+        return true;
+    }
+    conn.refresh_token_issued_at
+        .is_none_or(|at| now - at > STORE_ROTATED_AFTER)
 }
 
 struct Stored {

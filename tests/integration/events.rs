@@ -69,7 +69,18 @@ async fn every_event_file_parses_and_routes() {
                     matches!(req.body(), Body::Binary(b) if !b.is_empty()),
                     "{name}"
                 );
-                let state = upload_ingest::init_with(test_config());
+                let jobs = shared::jobs::JobsConfig::from_lookup(|k| {
+                    matches!(
+                        k,
+                        "SPBRIDGE_JOBS_TABLE"
+                            | "SPBRIDGE_JOB_QUEUE_URL"
+                            | "SPBRIDGE_STAGING_BUCKET"
+                    )
+                    .then(|| "spbridge-events".to_owned())
+                })
+                .expect("jobs config");
+                let sdk = spbridge_tests::moto_sdk_config().await;
+                let state = upload_ingest::init_with(test_config(), &jobs, &sdk, None).await;
                 let resp = upload_ingest::handle(&state, req).await;
                 assert_ne!(resp.status(), 404, "{name} is not routed by upload-ingest");
             }

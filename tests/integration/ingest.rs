@@ -17,7 +17,10 @@ use shared::access::Access;
 use shared::config::Config;
 use shared::identity::TokenCache;
 use shared::ingest::Limits;
-use shared::ingest::pipeline::{Pipeline, TokenError, TokenProvider};
+use shared::ingest::pipeline::{Receiver, TokenError, TokenProvider};
+use shared::jobs::callback::Callbacks;
+use shared::jobs::upload::Uploader;
+use shared::jobs::worker::{Worker, WorkerSettings};
 use shared::secrets::SecretStore;
 use shared::upload::RetryPolicy;
 use tenant_emulator::{Emulator, FaultKind, FaultRule, Options, RunningEmulator};
@@ -270,14 +273,38 @@ pub(crate) struct World {
     tokens: Arc<EmulatorTokens>,
     pub(crate) store: Arc<dyn SecretStore>,
     pub(crate) prefix: String,
+    pub(crate) infra: spbridge_tests::JobsInfra,
+    pub(crate) worker_state: Arc<Result<upload_worker::State, String>>,
+    workers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(workers) = self.workers.lock() {
+            for w in workers.iter() {
+                w.abort();
+            }
+        }
+    }
+}
+
+/// The ARN the test workers give job-queue records (the DLQ's is its real one).
+pub(crate) const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:jobs";
 
 #[derive(Default)]
 pub(crate) struct Setup {
-    opts: Options,
-    env: Vec<(&'static str, String)>,
-    limits: Limits,
-    clock: Option<i64>,
+    pub(crate) opts: Options,
+    pub(crate) env: Vec<(&'static str, String)>,
+    pub(crate) limits: Limits,
+    pub(crate) clock: Option<i64>,
+    /// Worker loops polling the queue (default 1).
+    pub(crate) workers: usize,
+    /// Queue visibility timeout and worker lease in seconds (default 30 and 60).
+    pub(crate) visibility_secs: Option<u32>,
+    /// maxReceiveCount (default 3).
+    pub(crate) max_receives: Option<u32>,
+    /// Start no worker loop (the test runs its own).
+    pub(crate) no_workers: bool,
 }
 
 fn fast_retries() -> RetryPolicy {
@@ -414,28 +441,116 @@ impl World {
             forced: AtomicU32::new(0),
             issued: std::sync::Mutex::new(Vec::new()),
         });
-        let mut pipeline =
-            Pipeline::new(config.clone(), http.clone(), store.clone(), tokens.clone())
-                .expect("pipeline")
-                .with_limits(setup.limits)
-                .with_retry(fast_retries());
+        let max_receives = setup.max_receives.unwrap_or(3);
+        let visibility = setup.visibility_secs.unwrap_or(30);
+        let infra = spbridge_tests::JobsInfra::create_with(max_receives, visibility).await;
+        let (jobs, queue, staging) = infra.adapters();
+        let mut receiver = Receiver::new(
+            config.clone(),
+            store.clone(),
+            Arc::new(jobs.clone()),
+            Arc::new(queue.clone()),
+            Arc::new(staging.clone()),
+            shared::jobs::DEFAULT_RETENTION,
+        )
+        .with_limits(setup.limits);
         if let Some(ts) = setup.clock {
-            pipeline = pipeline.with_clock(Arc::new(move || {
+            receiver = receiver.with_clock(Arc::new(move || {
                 time::OffsetDateTime::from_unix_timestamp(ts).unwrap()
             }));
         }
-        let state = Ok(upload_ingest::State::with_pipeline(config, http, pipeline));
+        let uploader = Uploader::new(
+            http.clone(),
+            config.endpoints.graph.clone(),
+            config.ingest.chunk_bytes,
+            tokens.clone(),
+        )
+        .with_retry(fast_retries());
+        let worker = Worker {
+            jobs: Arc::new(jobs),
+            queue: Arc::new(queue),
+            staging: Arc::new(staging),
+            store: store.clone(),
+            secrets: config.secrets.clone(),
+            uploader,
+            callbacks: Callbacks::new(http.clone()),
+            sources: shared::jobs::fetch::source_client(&config.http, true).expect("client"),
+            max_source_bytes: config.ingest.max_source_bytes,
+            settings: WorkerSettings {
+                max_receives,
+                // Shorter than the visibility, so a killed worker's lease has lapsed when its
+                // message comes back.
+                lease: Duration::from_secs(u64::from(visibility) * 2 / 3),
+                base_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(2),
+            },
+            clock: Arc::new(time::OffsetDateTime::now_utc),
+        };
+        let worker_state = Arc::new(Ok(upload_worker::State::new(
+            worker,
+            Some(infra.dlq_arn.clone()),
+        )));
+        let count = if setup.no_workers {
+            0
+        } else {
+            setup.workers.max(1)
+        };
+        let workers = (0..count)
+            .map(|_| spbridge_tests::spawn_worker(worker_state.clone(), &infra, QUEUE_ARN))
+            .collect();
+        let state = Ok(upload_ingest::State::new(receiver, None));
         World {
             emu,
             state,
             tokens,
             store,
             prefix,
+            infra,
+            worker_state,
+            workers: std::sync::Mutex::new(workers),
         }
     }
 
-    pub(crate) async fn send(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
+    /// Sends `req` as is.
+    pub(crate) async fn send_raw(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
         answer(upload_ingest::handle(&self.state, req).await).await
+    }
+
+    /// Sends `req` with `Prefer: wait=20` (unless it has a `Prefer`), so the answer is the
+    /// job's end: 201 with the result, or the failure.
+    pub(crate) async fn send(&self, mut req: Request) -> (u16, Value, HashMap<String, String>) {
+        if !req.headers().contains_key("prefer") {
+            req.headers_mut()
+                .insert("prefer", http::HeaderValue::from_static("wait=20"));
+        }
+        answer(upload_ingest::handle(&self.state, req).await).await
+    }
+
+    /// The receiver's configuration.
+    pub(crate) fn state_config(&self) -> Config {
+        self.state.as_ref().unwrap().receiver().config().clone()
+    }
+
+    /// The emulator.
+    pub(crate) fn emu(&self) -> &RunningEmulator {
+        &self.emu
+    }
+
+    /// Starts one more worker loop, stopped with the world.
+    pub(crate) fn add_worker(&self) {
+        let h = spbridge_tests::spawn_worker(self.worker_state.clone(), &self.infra, QUEUE_ARN);
+        self.workers.lock().unwrap().push(h);
+    }
+
+    /// `GET /uploads/{job}?token=`.
+    pub(crate) async fn status(
+        &self,
+        job: &str,
+        token: &str,
+    ) -> (u16, Value, HashMap<String, String>) {
+        let mut r = Request::default();
+        *r.uri_mut() = format!("/uploads/{job}?token={token}").parse().unwrap();
+        answer(upload_ingest::handle(&self.state, r).await).await
     }
 
     /// Every file and folder in the emulated tenant, with its size and version (what a library
@@ -1271,7 +1386,7 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
         .await;
     assert_eq!((s, b["error"].as_str()), (409, Some("replayed")));
 
-    // Two deliveries at once: one uploads, the other waits (409 + Retry-After) or replays.
+    // Two deliveries at once: one job, both see its end.
     let id = new_id();
     let data = content(2 * MIB);
     let mk = || {
@@ -1283,16 +1398,8 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
         )
     };
     let (a, b) = tokio::join!(w.send(mk()), w.send(mk()));
-    let statuses = [a.0, b.0];
-    assert!(statuses.contains(&201), "{statuses:?}");
-    for (s, body, h) in [&a, &b] {
-        if *s == 409 {
-            assert_eq!(body["error"], "in_progress");
-            assert!(h.contains_key("retry-after"));
-        } else {
-            assert_eq!(*s, 201, "{body}");
-        }
-    }
+    assert_eq!((a.0, b.0), (201, 201), "{} {}", a.1, b.1);
+    assert_eq!(a.1, b.1, "the same job's result");
     assert!(
         w.bytes(&format!("{SP_LIB}/race 1.bin")).is_none(),
         "no duplicate file"
@@ -1336,9 +1443,16 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
     };
     let (s1, b1, _) = w.send(mk()).await;
     assert_eq!((s1, b1["error"].as_str()), (409, Some("conflict")), "{b1}");
+    assert!(
+        b1["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 earlier file(s) were stored"),
+        "{b1}"
+    );
     assert_eq!(
-        b1["uploaded"][0]["path"],
-        format!("{SP_LIB}/multi/first.txt")
+        w.bytes(&format!("{SP_LIB}/multi/first.txt")).unwrap(),
+        b"one"
     );
     assert_eq!(
         w.bytes(&format!("{SP_LIB}/multi/second.txt")).unwrap(),
@@ -1359,13 +1473,13 @@ async fn a_repeated_webhook_id_returns_the_first_answer_and_one_file() {
         1
     );
 
-    // The ledger lives in the secret store under {prefix}idempotency/{connection}.
-    let ledger = w
-        .store
-        .get(&format!("{}idempotency/contoso-docs", w.prefix))
-        .await
-        .unwrap();
-    assert!(ledger.value["entries"].as_object().unwrap().len() >= 2);
+    // Deliveries are remembered in the jobs table: no Secrets Manager ledger is written.
+    assert!(
+        w.store
+            .get(&format!("{}idempotency/contoso-docs", w.prefix))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -1403,16 +1517,19 @@ async fn a_refused_token_is_renewed_once_then_explained() {
 }
 
 #[tokio::test]
-async fn a_deadline_too_close_answers_503_with_retry_after() {
+async fn a_wait_ends_before_the_deadline_with_202_and_the_job_lands_later() {
     let w = World::start(Setup {
         opts: Options {
-            faults: vec![FaultRule::new(
-                "/sites/team/_api",
-                FaultKind::Status {
-                    status: 503,
-                    retry_after: Some(20),
-                },
-            )],
+            faults: vec![
+                FaultRule::new(
+                    "/sites/team/_api",
+                    FaultKind::Status {
+                        status: 503,
+                        retry_after: Some(1),
+                    },
+                )
+                .times(3),
+            ],
             ..Options::default()
         },
         ..Setup::default()
@@ -1421,31 +1538,41 @@ async fn a_deadline_too_close_answers_503_with_retry_after() {
     let id = new_id();
     let req = signed_raw("/upload/contoso-docs", "name=late.txt", &id, b"late");
     let mut ctx = lambda_http::Context::default();
-    ctx.deadline = (SystemTime::now() + Duration::from_secs(8))
+    ctx.deadline = (SystemTime::now() + Duration::from_secs(5))
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let started = std::time::Instant::now();
     let (s, b, h) = w.send(req.with_lambda_context(ctx)).await;
-    assert_eq!(s, 503, "{b}");
-    assert!(h["retry-after"].parse::<u64>().unwrap() >= 1);
+    // Prefer: wait=20 is cut to the deadline less the margin: 202 with the job, in time.
+    assert_eq!(s, 202, "{b}");
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < Duration::from_secs(5),
         "answered before the deadline"
     );
-    assert!(w.bytes(&format!("{SP_LIB}/late.txt")).is_none());
-    // The claim was released: the sender's retry uploads once the service is back.
-    w.emu.clear_faults();
-    let (s, b, _) = w
-        .send(signed_raw(
-            "/upload/contoso-docs",
-            "name=late.txt",
-            &id,
-            b"late",
-        ))
-        .await;
-    assert_eq!(s, 201, "{b}");
+    let url = b["status_url"].as_str().unwrap().to_owned();
+    assert_eq!(h["location"], url);
+    assert_eq!(h["preference-applied"], "wait=20");
+    // The worker keeps going after the answer; the status URL shows the file.
+    let path = url.split("/uploads/").nth(1).unwrap();
+    let (job, token) = path.split_once("?token=").unwrap();
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (s, body, _) = w.status(job, token).await;
+        assert_eq!(s, 200, "{body}");
+        last = body;
+        if last["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["status"], "done", "{last}");
     assert_eq!(w.bytes(&format!("{SP_LIB}/late.txt")).unwrap(), b"late");
+    // Anyone without the token learns nothing, not even that the job exists.
+    let (s1, b1, _) = w.status(job, "wrong").await;
+    let (s2, b2, _) = w.status(&"0".repeat(32), token).await;
+    assert_eq!((s1, &b1), (s2, &b2));
+    assert_eq!(s1, 404, "{b1}");
 }
 
 /// Every log line of this test binary (a process-wide subscriber: thread-scoped ones miss lines
@@ -1566,7 +1693,10 @@ async fn one_log_line_per_upload_and_never_a_token() {
 }
 
 /// A refresh token from the emulator's Entra v2 authorization-code flow (client secret).
-async fn delegated_refresh_token(info: &tenant_emulator::EmulatorInfo, scope: &str) -> String {
+pub(crate) async fn delegated_refresh_token(
+    info: &tenant_emulator::EmulatorInfo,
+    scope: &str,
+) -> String {
     let app = info.entra_app("entra-app").expect("entra-app");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -1674,10 +1804,22 @@ async fn a_delegated_connection_uploads_then_answers_424_once_consent_is_withdra
     // still work, but the stored status wins: the sender is told to have the user reconnect.
     let access_fresh = Access::new(
         reqwest::Client::new(),
-        w.state.as_ref().unwrap().config.endpoints.clone(),
+        w.state
+            .as_ref()
+            .unwrap()
+            .receiver()
+            .config()
+            .endpoints
+            .clone(),
         Arc::new(TokenCache::new(Duration::from_secs(300))),
         w.store.clone(),
-        w.state.as_ref().unwrap().config.secrets.clone(),
+        w.state
+            .as_ref()
+            .unwrap()
+            .receiver()
+            .config()
+            .secrets
+            .clone(),
     );
     let err = access_fresh.bearer("alex", true).await.unwrap_err();
     assert_eq!(

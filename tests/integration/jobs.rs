@@ -228,7 +228,7 @@ async fn messages_round_trip_through_sqs_with_large_bodies_staged() {
     let small = content(1024);
     let large = content(300 * 1024);
     let id = new_job("c", b"").id();
-    let msg = JobMessage::build(
+    let msg = shared::ingest::pipeline::job_message(
         id.clone(),
         "c",
         vec![
@@ -362,6 +362,8 @@ impl Bench {
             secrets: config.secrets.clone(),
             uploader,
             callbacks,
+            sources: shared::jobs::fetch::source_client(&config.http, true).expect("client"),
+            max_source_bytes: config.ingest.max_source_bytes,
             settings: WorkerSettings {
                 max_receives,
                 lease: Duration::from_secs(60),
@@ -398,9 +400,15 @@ impl Bench {
             .create(&new, OffsetDateTime::now_utc())
             .await
             .expect("job");
-        let msg = JobMessage::build(new.id(), connection, files, callback, &self.staging)
-            .await
-            .expect("message");
+        let msg = shared::ingest::pipeline::job_message(
+            new.id(),
+            connection,
+            files,
+            callback,
+            &self.staging,
+        )
+        .await
+        .expect("message");
         self.queue.send(&msg).await.expect("queued");
         new.id()
     }

@@ -1,6 +1,7 @@
 //! Integration tests, one binary made of modules.
 
 mod attacks;
+mod deliveries;
 mod events;
 mod ingest;
 mod isolation;
@@ -10,4 +11,6 @@ mod lifecycle;
 mod secrets;
 mod signin;
 mod template;
+mod template_iam;
+mod token_writes;
 mod upload_clients;

@@ -202,6 +202,11 @@ pub struct JobsInfra {
 impl JobsInfra {
     /// Creates them under fresh names; `max_receives` is the queue's redrive `maxReceiveCount`.
     pub async fn create(max_receives: u32) -> JobsInfra {
+        Self::create_with(max_receives, 30).await
+    }
+
+    /// [`JobsInfra::create`] with the queue's visibility timeout (seconds).
+    pub async fn create_with(max_receives: u32, visibility_secs: u32) -> JobsInfra {
         use aws_sdk_dynamodb::types::{
             AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
         };
@@ -255,7 +260,10 @@ impl JobsInfra {
             .create_queue()
             .queue_name(format!("spbridge-jobs-{id}"))
             .attributes(QueueAttributeName::RedrivePolicy, redrive)
-            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_secs.to_string(),
+            )
             .send()
             .await
             .expect("queue created")
@@ -365,4 +373,112 @@ pub fn assert_reveals_nothing(what: &str, body: &str, names: &[&str]) {
         "the answer to {what} reveals {}: {body}",
         found.join(", ")
     );
+}
+
+/// Receives up to 10 messages from `url` and builds the [`SqsEvent`] Lambda's event source
+/// mapping would (`eventSourceARN` = `arn`, `ApproximateReceiveCount` set).
+pub async fn sqs_event(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    arn: &str,
+    wait_secs: i32,
+) -> aws_lambda_events::event::sqs::SqsEvent {
+    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    let out = sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(wait_secs)
+        .message_system_attribute_names(
+            aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+        )
+        .send()
+        .await
+        .expect("receive");
+    let mut event = SqsEvent::default();
+    for m in out.messages.unwrap_or_default() {
+        let mut r = SqsMessage::default();
+        r.message_id = m.message_id;
+        r.receipt_handle = m.receipt_handle;
+        r.body = m.body;
+        r.event_source_arn = Some(arn.to_owned());
+        r.event_source = Some("aws:sqs".into());
+        r.attributes = m
+            .attributes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v))
+            .collect();
+        event.records.push(r);
+    }
+    event
+}
+
+/// One round of Lambda's SQS event source mapping: receive a batch from `url`, run
+/// upload-worker on it, delete every message not named in its batch item failures (the
+/// failed ones come back when their visibility ends). Answers how many messages it ran.
+pub async fn pump_once(
+    state: &Result<upload_worker::State, String>,
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    arn: &str,
+) -> usize {
+    let event = sqs_event(sqs, url, arn, 0).await;
+    let n = event.records.len();
+    if n == 0 {
+        return 0;
+    }
+    let receipts: Vec<(String, String)> = event
+        .records
+        .iter()
+        .filter_map(|r| Some((r.message_id.clone()?, r.receipt_handle.clone()?)))
+        .collect();
+    let mut ctx = lambda_runtime::Context::default();
+    ctx.request_id = uuid::Uuid::new_v4().to_string();
+    let answer = upload_worker::handle(state, lambda_runtime::LambdaEvent::new(event, ctx)).await;
+    let failed: std::collections::HashSet<String> = answer
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    for (id, receipt) in receipts {
+        if !failed.contains(&id) {
+            // A failed delete only means the message comes back; the worker acks it again.
+            let _ = sqs
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(receipt)
+                .send()
+                .await;
+        }
+    }
+    n
+}
+
+/// A worker that polls the job queue and the dead-letter queue until the task is aborted, as
+/// the two event source mappings of the template do.
+pub fn spawn_worker(
+    state: std::sync::Arc<Result<upload_worker::State, String>>,
+    infra: &JobsInfra,
+    queue_arn: &str,
+) -> tokio::task::JoinHandle<()> {
+    let sqs = aws_sdk_sqs::Client::new(&infra.sdk);
+    let (url, dlq_url, dlq_arn, arn) = (
+        infra.queue_url.clone(),
+        infra.dlq_url.clone(),
+        infra.dlq_arn.clone(),
+        queue_arn.to_owned(),
+    );
+    tokio::spawn(async move {
+        for round in 0u64.. {
+            let mut n = pump_once(&state, &sqs, &url, &arn).await;
+            // Dead letters are rare: look every tenth round.
+            if round % 10 == 0 {
+                n += pump_once(&state, &sqs, &dlq_url, &dlq_arn).await;
+            }
+            if n == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            }
+        }
+    })
 }

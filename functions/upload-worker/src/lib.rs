@@ -46,6 +46,8 @@ pub async fn init() -> Result<State, String> {
     );
     let mut callbacks = Callbacks::new(http);
     callbacks.allow_loopback = config.ingest.source_allow_loopback;
+    let sources =
+        shared::jobs::fetch::source_client(&config.http, config.ingest.source_allow_loopback)?;
     let worker = Worker {
         jobs: Arc::new(store),
         queue: Arc::new(queue),
@@ -54,6 +56,8 @@ pub async fn init() -> Result<State, String> {
         secrets: config.secrets.clone(),
         uploader,
         callbacks,
+        sources,
+        max_source_bytes: config.ingest.max_source_bytes,
         settings: jobs.worker.clone(),
         clock: Arc::new(time::OffsetDateTime::now_utc),
     };
@@ -106,4 +110,91 @@ pub async fn handle(
         .collect();
     answer.set_failures(state.worker.run_batch(batch, &owner).await);
     answer
+}
+
+/// `scripts/dev`'s stand-in for Lambda's two event source mappings: long-polls the job queue
+/// and the dead-letter queue, builds the [`SqsEvent`] as Lambda does, runs [`handle`], and deletes
+/// every message the answer does not name as failed. Runs until the process ends.
+pub async fn poll_locally(state: &Result<State, String>, queue_url: &str, dead_letter_url: &str) {
+    let sdk = aws_config::load_from_env().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let dlq_arn = state
+        .as_ref()
+        .ok()
+        .and_then(|s| s.dead_letter_arn.clone())
+        .unwrap_or_default();
+    loop {
+        for (url, arn) in [
+            (queue_url, "arn:local:jobs"),
+            (dead_letter_url, dlq_arn.as_str()),
+        ] {
+            if let Err(e) = poll_once(state, &sqs, url, arn).await {
+                tracing::warn!(error = %e, "local poll failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn poll_once(
+    state: &Result<State, String>,
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    arn: &str,
+) -> Result<(), String> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    let out = sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(2)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut event = SqsEvent::default();
+    let mut receipts = Vec::new();
+    for m in out.messages.unwrap_or_default() {
+        let mut r = SqsMessage::default();
+        r.message_id = m.message_id.clone();
+        r.receipt_handle = m.receipt_handle.clone();
+        r.body = m.body;
+        r.event_source_arn = Some(arn.to_owned());
+        r.event_source = Some("aws:sqs".into());
+        r.attributes = m
+            .attributes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v))
+            .collect();
+        if let (Some(id), Some(receipt)) = (m.message_id, m.receipt_handle) {
+            receipts.push((id, receipt));
+        }
+        event.records.push(r);
+    }
+    if event.records.is_empty() {
+        return Ok(());
+    }
+    let mut ctx = lambda_runtime::Context::default();
+    ctx.request_id = format!(
+        "local-{}",
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
+    let answer = handle(state, LambdaEvent::new(event, ctx)).await;
+    let failed: Vec<String> = answer
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    for (id, receipt) in receipts {
+        if !failed.contains(&id) {
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+        }
+    }
+    Ok(())
 }

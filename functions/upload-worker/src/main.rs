@@ -8,6 +8,14 @@ async fn main() -> Result<(), Error> {
     if let Err(e) = &state {
         tracing::error!(error = %e, "configuration error; every message will be retried until fixed");
     }
+    // scripts/dev: poll the local (moto) queues instead of serving Lambda's runtime API.
+    if let (Ok(queue), Ok(dlq)) = (
+        std::env::var("SPBRIDGE_LOCAL_POLL_QUEUE_URL"),
+        std::env::var("SPBRIDGE_LOCAL_POLL_DLQ_URL"),
+    ) {
+        upload_worker::poll_locally(&state, &queue, &dlq).await;
+        return Ok(());
+    }
     let state = &state;
     run(service_fn(move |event| async move {
         Ok::<_, Error>(upload_worker::handle(state, event).await)

@@ -7,7 +7,6 @@
 
 pub mod body;
 mod error;
-pub mod idempotency;
 pub mod names;
 pub mod pipeline;
 pub mod sender;

@@ -8,7 +8,7 @@
 //! ```ignore
 //! let sender = Sender::load(store, &config, "contoso-docs").await?;
 //! let verified = sender.verify(&headers, &body, now)?;     // 401 on any failure
-//! let key = sender.replay_key(&verified, &body);            // idempotency ledger key
+//! let key = sender.replay_key(&verified, &body);            // the job's delivery key
 //! ```
 
 use http::HeaderMap;
@@ -16,9 +16,9 @@ use rand::RngCore as _;
 use secrecy::ExposeSecret as _;
 use time::OffsetDateTime;
 
-use super::idempotency::body_digest;
 use super::{Limits, NamePolicy};
 use crate::config::Config;
+use crate::jobs::payload_hash as body_digest;
 use crate::secrets::schema::{self, SenderSecret, UploadOptions};
 use crate::secrets::{SecretError, SecretStore};
 use crate::webhook::{Verified, WebhookError, WebhookSecret, WebhookVerifier};

@@ -9,6 +9,7 @@
 
 pub mod callback;
 pub mod dynamo;
+pub mod fetch;
 pub mod queue;
 pub mod settings;
 pub mod staging;
@@ -101,6 +102,20 @@ impl DeliveryKey {
     /// A GitHub `X-GitHub-Delivery` and the body's hex SHA-256.
     pub fn github(delivery: &str, body_sha256: &str) -> Self {
         DeliveryKey(format!("gh:{delivery}:{body_sha256}"))
+    }
+
+    /// A GitHub-style delivery, identified by the body's hex SHA-256 alone: GitHub signs
+    /// neither its delivery id nor a time, so a replay under another id is the same delivery.
+    pub fn github_body(body_sha256: &str) -> Self {
+        DeliveryKey(format!("gh:{body_sha256}"))
+    }
+
+    /// A request that carries no delivery id (an unsigned sender): a fresh random key, so every
+    /// such request is its own job.
+    pub fn unkeyed() -> Self {
+        let mut raw = [0u8; 16];
+        rand::rng().fill_bytes(&mut raw);
+        DeliveryKey(format!("rnd:{}", hex::encode(raw)))
     }
 
     /// The key as stored.
@@ -200,6 +215,9 @@ pub struct JobFailure {
     /// Microsoft's error code, when Microsoft gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub microsoft_code: Option<String>,
+    /// Why Microsoft refused the token (the doctor's diagnosis), for 401/403 answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Value>,
 }
 
 impl JobFailure {
@@ -209,6 +227,7 @@ impl JobFailure {
             error: kind.code().to_owned(),
             message: message.into(),
             microsoft_code: None,
+            diagnosis: None,
         }
     }
 
@@ -222,6 +241,7 @@ impl JobFailure {
                 .get("microsoft_code")
                 .and_then(|c| c.as_str())
                 .map(str::to_owned),
+            diagnosis: e.details.get("diagnosis").cloned(),
         }
     }
 
@@ -232,11 +252,14 @@ impl JobFailure {
             .copied()
             .find(|k| k.code() == self.error)
             .unwrap_or(Kind::Internal);
-        let e = ApiError::new(kind, self.message.clone());
-        match &self.microsoft_code {
-            Some(c) => e.with_detail("microsoft_code", c.clone()),
-            None => e,
+        let mut e = ApiError::new(kind, self.message.clone());
+        if let Some(c) = &self.microsoft_code {
+            e = e.with_detail("microsoft_code", c.clone());
         }
+        if let Some(d) = &self.diagnosis {
+            e = e.with_detail("diagnosis", d.clone());
+        }
+        e
     }
 }
 

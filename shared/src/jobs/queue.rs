@@ -16,8 +16,6 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::JobId;
-use super::staging::{Staging, StagingError};
-use crate::ingest::{ConflictMode, Content, IncomingFile};
 
 /// Most base64 body bytes carried inside one message. SQS takes 256 KiB per message; the rest
 /// is headroom for names, metadata and JSON.
@@ -35,16 +33,6 @@ pub enum Conflict {
     Replace,
     /// Store under a new name.
     Rename,
-}
-
-impl From<ConflictMode> for Conflict {
-    fn from(m: ConflictMode) -> Self {
-        match m {
-            ConflictMode::Fail => Conflict::Fail,
-            ConflictMode::Replace => Conflict::Replace,
-            ConflictMode::Rename => Conflict::Rename,
-        }
-    }
 }
 
 /// Where a file's bytes are.
@@ -113,54 +101,12 @@ pub struct JobMessage {
     /// Where to POST the final result, if the connection asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<Url>,
+    /// The connection's `max_file_bytes`, which also bounds a `source_url` download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
 }
 
 impl JobMessage {
-    /// Builds the message for checked `files`, staging bodies in `staging` once the inline
-    /// budget is spent (key `{job}/{index}`).
-    pub async fn build(
-        job: JobId,
-        connection: &str,
-        files: Vec<IncomingFile>,
-        callback_url: Option<Url>,
-        staging: &dyn Staging,
-    ) -> Result<Self, StagingError> {
-        let mut budget = INLINE_LIMIT;
-        let mut out = Vec::with_capacity(files.len());
-        for (i, f) in files.into_iter().enumerate() {
-            let body = match f.content {
-                Content::SourceUrl(url) => JobBody::SourceUrl { url },
-                Content::Bytes(b) => {
-                    let encoded = base64::encoded_len(b.len(), true).unwrap_or(usize::MAX);
-                    if encoded <= budget {
-                        budget -= encoded;
-                        JobBody::Inline {
-                            base64: base64::engine::general_purpose::STANDARD.encode(&b),
-                        }
-                    } else {
-                        let key = staged_key(&job, i);
-                        let size = b.len() as u64;
-                        staging.put(&key, b).await?;
-                        JobBody::Staged { key, size }
-                    }
-                }
-            };
-            out.push(JobFile {
-                name: f.name.as_str().to_owned(),
-                folder: f.folder.map(|p| p.as_str().to_owned()).unwrap_or_default(),
-                conflict: f.conflict.into(),
-                metadata: f.metadata,
-                body,
-            });
-        }
-        Ok(JobMessage {
-            job,
-            connection: connection.to_owned(),
-            files: out,
-            callback_url,
-        })
-    }
-
     /// The staged object keys this message refers to.
     pub fn staged_keys(&self) -> impl Iterator<Item = &str> {
         self.files.iter().filter_map(|f| match &f.body {
@@ -296,6 +242,7 @@ mod tests {
                 },
             }],
             callback_url: None,
+            max_file_bytes: None,
         };
         let text = serde_json::to_string(&msg).unwrap();
         assert!(text.contains(r#""kind":"inline""#));

@@ -72,7 +72,16 @@ impl JobsConfig {
                 self.retention,
             ),
             SqsQueue::new(aws_sdk_sqs::Client::new(sdk), &self.queue_url),
-            S3Staging::new(aws_sdk_s3::Client::new(sdk), &self.bucket),
+            S3Staging::new(
+                // A custom endpoint (moto in scripts/dev) serves buckets on paths, not on
+                // subdomains of 127.0.0.1.
+                aws_sdk_s3::Client::from_conf(
+                    aws_sdk_s3::config::Builder::from(sdk)
+                        .force_path_style(sdk.endpoint_url().is_some())
+                        .build(),
+                ),
+                &self.bucket,
+            ),
         )
     }
 }

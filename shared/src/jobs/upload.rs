@@ -14,9 +14,10 @@ use url::Url;
 
 use super::JobFailure;
 use super::queue::{Conflict, JobFile};
+use crate::access::{Access, AccessError};
 use crate::api::{ApiError, Kind};
-use crate::ingest::pipeline::{TokenError, TokenProvider};
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
+use crate::upload::doctor::{self, Service};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
 use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use crate::upload::{
@@ -54,6 +55,74 @@ impl Attempt {
             failure: JobFailure::new(kind, message),
             retry_after,
         }
+    }
+}
+
+/// Where uploads get a connection's access token.
+///
+/// Production: [`crate::access::Access`] (app-only or delegated, persisting rotated refresh
+/// tokens). `force_refresh` asks for a new token after a 401.
+pub trait TokenProvider: Send + Sync {
+    /// The access token for `connection`'s upload target.
+    fn bearer<'a>(
+        &'a self,
+        connection: &'a str,
+        force_refresh: bool,
+    ) -> BoxFuture<'a, Result<SecretString, TokenError>>;
+}
+
+/// Why no token could be had, in the terms the answer needs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// A person must sign in or consent again (424).
+    #[error("{0}")]
+    NeedsConsent(String),
+    /// Microsoft throttled the token request (503 with Retry-After).
+    #[error("{message}")]
+    Throttled {
+        /// Server-requested wait.
+        retry_after: Option<Duration>,
+        /// What failed.
+        message: String,
+    },
+    /// A network fault or Microsoft server error outlasted the retries (502).
+    #[error("{0}")]
+    Transient(String),
+    /// The connection or app registration is wrong; an operator must fix it (500).
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl From<AccessError> for TokenError {
+    fn from(e: AccessError) -> Self {
+        let message = e.to_string();
+        match e {
+            AccessError::NeedsConsent { .. } => TokenError::NeedsConsent(message),
+            AccessError::Throttled { retry_after, .. } => TokenError::Throttled {
+                retry_after,
+                message,
+            },
+            AccessError::Transient { .. } => TokenError::Transient(message),
+            AccessError::Store { .. } if e.is_retryable() => TokenError::Transient(message),
+            AccessError::NotFound { .. }
+            | AccessError::Misconfigured { .. }
+            | AccessError::Store { .. } => TokenError::Misconfigured(message),
+        }
+    }
+}
+
+impl TokenProvider for Access {
+    fn bearer<'a>(
+        &'a self,
+        connection: &'a str,
+        force_refresh: bool,
+    ) -> BoxFuture<'a, Result<SecretString, TokenError>> {
+        Box::pin(async move {
+            Access::bearer(self, connection, force_refresh)
+                .await
+                .map(|b| b.token)
+                .map_err(TokenError::from)
+        })
     }
 }
 
@@ -102,7 +171,10 @@ impl Uploader {
             tokens: self.tokens.clone(),
             connection: connection.to_owned(),
             refused: Mutex::new(None),
+            last: Mutex::new(None),
         });
+        let started = std::time::Instant::now();
+        let mut host = String::new();
         let mut request = UploadRequest {
             folder: String::new(),
             file_name: file.name.clone(),
@@ -138,6 +210,10 @@ impl Uploader {
                         Attempt::permanent(Kind::Misconfigured, format!("connection target: {e}"))
                     })?;
                 request.folder = join(base_folder.trim_matches('/'), &file.folder);
+                host = match site_url.port() {
+                    Some(p) => format!("{}:{p}", site_url.host_str().unwrap_or_default()),
+                    None => site_url.host_str().unwrap_or_default().to_owned(),
+                };
                 let opts = SharePointOptions {
                     chunk_size: self.chunk_size,
                     retry: self.retry.clone(),
@@ -168,9 +244,56 @@ impl Uploader {
             }
         };
         let refused = bearer.refused.lock().ok().and_then(|mut r| r.take());
+        match &result {
+            Ok(o) => tracing::info!(
+                connection,
+                size = o.size,
+                path = %o.path,
+                duration_ms = started.elapsed().as_millis() as u64,
+                chunks = o.chunks,
+                retries = o.retries,
+                "upload"
+            ),
+            Err(e) => tracing::warn!(
+                connection,
+                error = ApiError::from(e).code(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                "upload failed"
+            ),
+        }
         result.map_err(|e| match refused {
             Some(t) => token_attempt(t),
-            None => upload_attempt(&e),
+            None => {
+                let mut attempt = upload_attempt(&e);
+                if let (
+                    UploadError::Unauthorized { diagnostics, .. }
+                    | UploadError::Forbidden { diagnostics, .. },
+                    Attempt::Permanent(f),
+                ) = (&e, &mut attempt)
+                {
+                    let service = if host.is_empty() {
+                        Service::Graph
+                    } else {
+                        Service::SharePoint { host: &host }
+                    };
+                    let token = bearer.last.lock().ok().and_then(|l| l.clone());
+                    let d = doctor::diagnose(
+                        token.as_ref(),
+                        diagnostics,
+                        service,
+                        time::OffsetDateTime::now_utc(),
+                    );
+                    tracing::warn!(
+                        connection,
+                        cause = d.cause.as_str(),
+                        explanation = %d.explanation,
+                        "the service refused the access token"
+                    );
+                    f.message = format!("{e}: {}", d.explanation);
+                    f.diagnosis = serde_json::to_value(&d).ok();
+                }
+                attempt
+            }
         })
     }
 }
@@ -188,6 +311,8 @@ struct JobBearer {
     tokens: Arc<dyn TokenProvider>,
     connection: String,
     refused: Mutex<Option<TokenError>>,
+    // The last token handed out, so the doctor can decode the one that was refused.
+    last: Mutex<Option<SecretString>>,
 }
 
 impl BearerSource for JobBearer {
@@ -196,6 +321,11 @@ impl BearerSource for JobBearer {
             self.tokens
                 .bearer(&self.connection, force_refresh)
                 .await
+                .inspect(|t| {
+                    if let Ok(mut last) = self.last.lock() {
+                        *last = Some(t.clone());
+                    }
+                })
                 .map_err(|e| {
                     let message = format!("getting an access token: {e}");
                     if let Ok(mut slot) = self.refused.lock() {

@@ -106,6 +106,10 @@ pub struct Worker {
     pub uploader: Uploader,
     /// The callback sender.
     pub callbacks: Callbacks,
+    /// The `source_url` client ([`super::fetch::source_client`]: SSRF-guarded resolver).
+    pub sources: reqwest::Client,
+    /// Largest `source_url` body fetched.
+    pub max_source_bytes: u64,
     /// Tuning.
     pub settings: WorkerSettings,
     /// Now.
@@ -243,12 +247,12 @@ impl Worker {
                 answers.push(answer.clone());
                 continue;
             }
-            let source = self.open(&file.body).await?;
+            let source = self.open(&file.body, msg.max_file_bytes).await?;
             let stored = self
                 .uploader
                 .upload(&msg.connection, &conn, file, source)
                 .await
-                .map_err(|a| with_earlier(a, answers.len()))?;
+                .map_err(|a| with_earlier(source_too_large(a), answers.len()))?;
             done += stored.size;
             let answer = outcome_json(&stored);
             let progress = Progress { done, total };
@@ -272,7 +276,8 @@ impl Worker {
         })
     }
 
-    async fn open(&self, body: &JobBody) -> Result<UploadSource, Attempt> {
+    async fn open(&self, body: &JobBody, max: Option<u64>) -> Result<UploadSource, Attempt> {
+        let max = max.map_or(self.max_source_bytes, |m| m.min(self.max_source_bytes));
         match body {
             JobBody::Inline { base64 } => inline_bytes(base64)
                 .map(UploadSource::from_bytes)
@@ -285,11 +290,28 @@ impl Worker {
                     Attempt::transient(Kind::Unavailable, e.to_string(), None)
                 }
             }),
-            // The SSRF-guarded fetcher lives in shared::ingest::pipeline and is not public yet.
-            JobBody::SourceUrl { .. } => Err(Attempt::permanent(
-                Kind::Internal,
-                "source_url bodies are not run by the worker yet",
-            )),
+            JobBody::SourceUrl { url } => {
+                let policy = crate::upload::RetryPolicy::default();
+                let source = UploadSource::from_url(&self.sources, url, &policy, None)
+                    .await
+                    .map_err(|e| {
+                        if e.to_string().contains(super::fetch::FORBIDDEN_RESOLUTION) {
+                            Attempt::permanent(
+                                Kind::BadRequest,
+                                "source_url resolves to a forbidden address",
+                            )
+                        } else {
+                            super::upload::upload_attempt(&e)
+                        }
+                    })?;
+                if source.len().is_some_and(|l| l > max) {
+                    return Err(Attempt::permanent(
+                        Kind::PayloadTooLarge,
+                        format!("the file at source_url is larger than the limit of {max} bytes"),
+                    ));
+                }
+                Ok(source.capped(max))
+            }
         }
     }
 
@@ -379,6 +401,19 @@ impl Worker {
             .secrets
             .iter()
             .find_map(|s| WebhookSecret::from_whsec(s.expose_secret()).ok())
+    }
+}
+
+/// A `source_url` body that grew past its cap ([`UploadSource::capped`]) is the sender's
+/// doing: permanent, 413, whatever error the stream's end surfaced as.
+fn source_too_large(a: Attempt) -> Attempt {
+    let (Attempt::Permanent(f) | Attempt::Transient { failure: f, .. }) = &a;
+    match f
+        .message
+        .find("the file at source_url is larger than the limit")
+    {
+        Some(at) => Attempt::permanent(Kind::PayloadTooLarge, f.message[at..].to_owned()),
+        None => a,
     }
 }
 

@@ -128,6 +128,26 @@ impl UploadSource {
         Ok(Self::from_stream(frames, len))
     }
 
+    /// The same source, failing with an error naming `max` once more than `max` bytes have
+    /// come (for bodies whose length was not announced).
+    pub fn capped(self, max: u64) -> Self {
+        let mut seen = 0u64;
+        let stream = self.stream.map(move |r| {
+            let frame = r?;
+            seen += frame.len() as u64;
+            if seen > max {
+                return Err(io::Error::other(format!(
+                    "the file at source_url is larger than the limit of {max} bytes"
+                )));
+            }
+            Ok(frame)
+        });
+        UploadSource {
+            stream: Box::pin(stream),
+            ..self
+        }
+    }
+
     /// The announced total length, if any.
     pub fn len(&self) -> Option<u64> {
         self.len
