@@ -505,7 +505,7 @@ async fn a_context_token_must_match_the_connections_realm_and_site() {
     .await;
     assert_eq!(
         (resp.status().as_u16(), error_code(&resp)),
-        (400, "bad_request".into())
+        (401, "unauthorized".into())
     );
     assert_eq!(env.stored("addin").await.version, before.version);
 

@@ -760,7 +760,7 @@ async fn context_token_post_stores_the_add_in_token_and_rejects_bad_ones() {
     );
     assert_eq!(env.stored("addin").await.value.generation, 0);
 
-    // Missing token, another site: 400.
+    // Missing token: 400; another site: the uniform launch refusal (401).
     let resp = oauth_callback::handle(
         &cb,
         post_form("/callback?connection=addin", &host, &[("SPHostUrl", &site)]),
@@ -781,7 +781,7 @@ async fn context_token_post_stores_the_add_in_token_and_rejects_bad_ones() {
     .await;
     assert_eq!(
         (resp.status().as_u16(), error_code(&resp)),
-        (400, "bad_request".into())
+        (401, "unauthorized".into())
     );
 
     // The genuine launch.
@@ -1309,21 +1309,30 @@ async fn sign_in_errors_use_the_shared_kinds() {
     let resp = oauth_callback::handle(&cb, json_get("/callback?error=access_denied&state=x")).await;
     assert_eq!(answer(resp), (424, "needs_consent".into()));
 
-    // /connect without a valid link is `forbidden` (403) whatever the connection; an unknown
-    // connection on POST /callback is `connection_not_found` (404).
+    // /connect without a valid link is `forbidden` (403) whatever the connection; on POST
+    // /callback an unknown connection, one that is no add-in and a bad token at a real add-in
+    // all get the same 401 body, so a launch cannot probe which connections exist.
     let resp = oauth_callback::handle(&cb, json_get("/connect/nope")).await;
     assert_eq!(answer(resp), (403, "forbidden".into()));
     let host = env.info().sharepoint_host.clone();
-    let resp = oauth_callback::handle(
-        &cb,
-        post_form(
-            "/callback?connection=nope",
-            &host,
-            &[("SPAppToken", "x.y.z")],
-        ),
-    )
-    .await;
-    assert_eq!(answer(resp), (404, "connection_not_found".into()));
+    env.connection("graphy", "entra_app_only").await;
+    let mut bodies = Vec::new();
+    for id in ["nope", "graphy"] {
+        let resp = oauth_callback::handle(
+            &cb,
+            post_form(
+                &format!("/callback?connection={id}"),
+                &host,
+                &[("SPAppToken", "x.y.z")],
+            ),
+        )
+        .await;
+        let mut body = body_json(&resp);
+        assert_eq!(answer(resp), (401, "unauthorized".into()), "{id}");
+        body.as_object_mut().map(|o| o.remove("connection"));
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
 
     // A form over 64 KiB is `payload_too_large` (413).
     let big = "x".repeat(70 * 1024);

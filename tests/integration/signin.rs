@@ -59,8 +59,8 @@ fn every_sign_in_failure_has_one_kind() {
         (provider("invalid_scope"), (400, "bad_request")),
         (Reason::TokenFlowRefused, (400, "bad_request")),
         (Reason::AppOnly, (400, "bad_request")),
-        (Reason::NotAnAddIn, (400, "bad_request")),
-        (Reason::HostMismatch, (400, "bad_request")),
+        (Reason::NotAnAddIn, (401, "unauthorized")),
+        (Reason::HostMismatch, (401, "unauthorized")),
         (Reason::NoServices, (400, "bad_request")),
         (
             Reason::ContextTokenInvalid("expired".into()),

@@ -178,12 +178,15 @@ pub fn api_error(e: SignInError) -> ApiError {
         Reason::Callback(c) => ApiError::new(Kind::BadRequest, c.to_string()),
         Reason::State(s) => ApiError::new(state_kind(&s), s.to_string()),
         Reason::Provider(p) => provider_error(&p),
-        r @ (Reason::TokenFlowRefused
-        | Reason::AppOnly
-        | Reason::NotAnAddIn
-        | Reason::HostMismatch
-        | Reason::NoServices) => ApiError::new(Kind::BadRequest, r.to_string()),
-        r @ Reason::ContextTokenInvalid(_) => ApiError::new(Kind::Unauthorized, r.to_string()),
+        r @ (Reason::TokenFlowRefused | Reason::AppOnly | Reason::NoServices) => {
+            ApiError::new(Kind::BadRequest, r.to_string())
+        }
+        // An add-in launch is unauthenticated until its token verifies: every refusal before
+        // that reads the same, so a caller learns nothing of the connection (why is logged).
+        r @ (Reason::ContextTokenInvalid(_) | Reason::NotAnAddIn | Reason::HostMismatch) => {
+            tracing::info!(reason = %r, "add-in launch refused");
+            return ApiError::new(Kind::Unauthorized, LAUNCH_REFUSED);
+        }
         r @ Reason::ConnectionChanged => ApiError::new(Kind::Conflict, r.to_string()),
         r @ Reason::AccountMismatch => ApiError::new(Kind::AccountMismatch, r.to_string()),
         // One answer whatever the connection: no `connection` detail either.
@@ -250,6 +253,8 @@ fn state_kind(e: &StateError) -> Kind {
         _ => Kind::BadRequest,
     }
 }
+
+const LAUNCH_REFUSED: &str = "the SharePoint launch could not be verified for this connection; open the add-in from SharePoint again";
 
 /// An OAuth error Microsoft redirected back with; its word and description are shown. What it
 /// means comes from the one Microsoft error table.

@@ -276,7 +276,15 @@ pub async fn launch(
     launch: Launch<'_>,
 ) -> Result<SuccessInfo, SignInError> {
     let id = connection_id(launch.connection)?;
-    let current = access.connection(id).await?.value;
+    // An unknown connection answers like a token that does not fit: a launch is unauthenticated
+    // until its token verifies, and must not learn which connections exist.
+    let current = match access.connection(id).await {
+        Err(crate::access::AccessError::NotFound { .. }) => {
+            let why = "no such add-in connection".to_owned();
+            return Err(SignInError::about(id, Reason::ContextTokenInvalid(why)));
+        }
+        other => other?.value,
+    };
     if current.provider != Provider::Acs || current.auth != AuthKind::Delegated {
         return Err(SignInError::about(id, Reason::NotAnAddIn));
     }
