@@ -21,9 +21,7 @@ use shared::{
     config::Config,
     oauth::{
         pages::{self, Format},
-        redirect::{
-            self, Callback, CallbackParams, ProviderError, RedirectSettings, RequestOrigin,
-        },
+        redirect::{self, Callback, CallbackParams, RedirectSettings, RequestOrigin},
         state::{CookieSettings, Nonce, StateError},
     },
     signin::{
@@ -177,7 +175,7 @@ pub fn api_error(e: SignInError) -> ApiError {
         Reason::Redirect(r) => ApiError::new(Kind::BadRequest, r.to_string()),
         Reason::Callback(c) => ApiError::new(Kind::BadRequest, c.to_string()),
         Reason::State(s) => ApiError::new(state_kind(&s), s.to_string()),
-        Reason::Provider(p) => provider_error(&p),
+        Reason::Provider(p) => shared::signin::error::provider_api_error(&p),
         r @ (Reason::TokenFlowRefused | Reason::AppOnly | Reason::NoServices) => {
             ApiError::new(Kind::BadRequest, r.to_string())
         }
@@ -255,39 +253,6 @@ fn state_kind(e: &StateError) -> Kind {
 }
 
 const LAUNCH_REFUSED: &str = "the SharePoint launch could not be verified for this connection; open the add-in from SharePoint again";
-
-/// An OAuth error Microsoft redirected back with; its word and description are shown. What it
-/// means comes from the one Microsoft error table.
-fn provider_error(p: &ProviderError) -> ApiError {
-    use shared::microsoft::{Action, System, lookup};
-    let row = lookup(System::OAuth, &p.error);
-    let (kind, message) = match row.map(|r| r.action) {
-        Some(Action::NeedsConsent) => (
-            Kind::NeedsConsent,
-            "Sign-in did not finish: the user (or an administrator) must sign in and consent.",
-        ),
-        Some(Action::Throttled) => (
-            Kind::Throttled,
-            "Microsoft is throttling sign-ins; try again in a few minutes.",
-        ),
-        Some(Action::Transient) => (
-            Kind::Unavailable,
-            "Microsoft could not complete the sign-in right now; try again in a few minutes.",
-        ),
-        _ => (
-            Kind::BadRequest,
-            "Microsoft refused the sign-in request; the app registration or connection settings need attention.",
-        ),
-    };
-    let mut api = ApiError::new(kind, message).with_detail("microsoft_code", p.error.clone());
-    if let Some(r) = row {
-        api = api.with_detail("microsoft_meaning", r.meaning);
-    }
-    match &p.description {
-        Some(d) => api.with_detail("error_description", d.clone()),
-        None => api,
-    }
-}
 
 fn bad(message: &str) -> ApiError {
     ApiError::new(Kind::BadRequest, message)

@@ -159,3 +159,37 @@ pub(crate) fn redeem_failure(id: &str, e: IdentityError) -> SignInError {
 pub(crate) fn misconfigured(id: &str, reason: impl std::fmt::Display) -> SignInError {
     SignInError::about(id, Reason::Misconfigured(reason.to_string()))
 }
+
+/// An OAuth error Microsoft redirected back with; its word and description are shown. What it
+/// means comes from the one Microsoft error table.
+pub fn provider_api_error(p: &ProviderError) -> crate::api::ApiError {
+    use crate::api::{ApiError, Kind};
+    use crate::microsoft::{Action, System, lookup};
+    let row = lookup(System::OAuth, &p.error);
+    let (kind, message) = match row.map(|r| r.action) {
+        Some(Action::NeedsConsent) => (
+            Kind::NeedsConsent,
+            "Sign-in did not finish: the user (or an administrator) must sign in and consent.",
+        ),
+        Some(Action::Throttled) => (
+            Kind::Throttled,
+            "Microsoft is throttling sign-ins; try again in a few minutes.",
+        ),
+        Some(Action::Transient) => (
+            Kind::Unavailable,
+            "Microsoft could not complete the sign-in right now; try again in a few minutes.",
+        ),
+        _ => (
+            Kind::BadRequest,
+            "Microsoft refused the sign-in request; the app registration or connection settings need attention.",
+        ),
+    };
+    let mut api = ApiError::new(kind, message).with_detail("microsoft_code", p.error.clone());
+    if let Some(r) = row {
+        api = api.with_detail("microsoft_meaning", r.meaning);
+    }
+    match &p.description {
+        Some(d) => api.with_detail("error_description", d.clone()),
+        None => api,
+    }
+}
