@@ -5,7 +5,15 @@ mod ingest;
 mod isolation;
 mod layering;
 mod lifecycle;
+mod log_scan;
 mod secrets;
 mod signin;
 mod template;
 mod upload_clients;
+
+/// The log scan's subscriber, installed before any test runs so that every line is scanned
+/// (`tests/support/secret_values.rs`).
+#[ctor::ctor(unsafe)]
+fn capture_every_log_line() {
+    spbridge_tests::secret_values::capture();
+}
