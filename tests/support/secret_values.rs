@@ -220,7 +220,11 @@ extern "C" fn at_exit() {
     let leaks = std::panic::catch_unwind(|| scan.final_check())
         .unwrap_or_else(|_| vec!["the final log scan itself panicked".to_owned()]);
     if leaks.is_empty() {
-        eprintln!("log scan: {} lines, no secret in any", scan.line_count());
+        let values = lock(&scan.inner).values.len();
+        eprintln!(
+            "log scan: {} lines checked against {values} secrets, none found",
+            scan.line_count()
+        );
         return;
     }
     eprintln!(

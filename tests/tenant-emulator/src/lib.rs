@@ -399,7 +399,7 @@ impl RunningEmulator {
     }
 
     /// A function listing every credential this emulator holds or issued so far (app secrets,
-    /// private keys, signed tokens, open authorization codes, refresh and Live tokens), labelled,
+    /// private keys, signed tokens, authorization codes, refresh and Live tokens), labelled,
     /// for the test suite's log scan. It keeps the emulator's state alive, not its server.
     pub fn issued_credentials(
         &self,
@@ -432,7 +432,11 @@ impl RunningEmulator {
                     out.push(("Entra app private key", l));
                 }
             }
-            out.extend(db.codes.keys().map(|c| ("authorization code", c.clone())));
+            out.extend(
+                db.issued_codes
+                    .iter()
+                    .map(|c| ("authorization code", c.clone())),
+            );
             out.extend(db.refresh.keys().map(|t| ("refresh token", t.clone())));
             out.extend(
                 db.live_tokens
