@@ -66,9 +66,14 @@ def main():
         "tenant_id": info["tenant_id"],
         "generation": 0,
     })
+    # What upload-ingest reads: each connection's own sender secret. The demo connections share
+    # the sample secret so scripts/demo-upload can sign for any of them.
+    for connection in ("demo", "demo-graph", "demo-user"):
+        write(secret_dir, f"spbridge/senders/{connection}",
+              {"webhook_secrets": [SAMPLE_WEBHOOK_SECRET]})
     print(f"seeded demo secrets in {secret_dir}: spbridge/app, spbridge/webhook, "
-          "spbridge/connections/demo, spbridge/connections/demo-graph, "
-          "spbridge/connections/demo-user")
+          "spbridge/connections/{demo,demo-graph,demo-user}, "
+          "spbridge/senders/{demo,demo-graph,demo-user}")
 
 
 if __name__ == "__main__":

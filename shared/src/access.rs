@@ -642,9 +642,11 @@ impl Access {
         .map_err(|e| match e {
             WriteError::Store(e) => AccessError::store(id, e),
             // A refresh write refuses neither; a deleted connection is simply not found.
-            WriteError::Gone | WriteError::Replayed => AccessError::NotFound {
-                connection: id.to_owned(),
-            },
+            WriteError::Gone | WriteError::Replayed | WriteError::AccountMismatch => {
+                AccessError::NotFound {
+                    connection: id.to_owned(),
+                }
+            }
         })?;
         let persisted = if written.saved {
             Persisted::Saved {
@@ -746,6 +748,8 @@ pub struct TokenWrite {
     pub expires_at: Option<OffsetDateTime>,
     /// Who signed in.
     pub account: Option<String>,
+    /// The signed-in user's object id (or Microsoft-account user id), to bind the connection.
+    pub object_id: Option<String>,
     /// The tenant.
     pub tenant_id: Option<String>,
     /// The ACS realm.
@@ -774,6 +778,9 @@ pub enum WriteBasis {
         key: ReplayKey,
         /// Now.
         now: OffsetDateTime,
+        /// The attempt started from a link minted for re-binding: another account may replace
+        /// the bound one.
+        rebind: bool,
     },
 }
 
@@ -784,6 +791,7 @@ impl TokenWrite {
             refresh_token: Some(refresh_token),
             expires_at: token.expires_at,
             account: token.user.clone(),
+            object_id: token.user_object_id.clone(),
             tenant_id: token.tenant_id.clone(),
             realm: None,
             resources: vec![],
@@ -797,9 +805,20 @@ impl TokenWrite {
         (self, WriteBasis::Refresh { generation, now })
     }
 
-    /// This write as the result of the sign-in attempt `key`.
-    pub fn consent(self, key: ReplayKey, now: OffsetDateTime) -> (Self, WriteBasis) {
-        (self, WriteBasis::Consent { key, now })
+    /// This write as the result of the sign-in attempt `key`; `rebind`: the attempt may bind
+    /// another account than the stored one.
+    pub fn consent(self, key: ReplayKey, now: OffsetDateTime, rebind: bool) -> (Self, WriteBasis) {
+        (self, WriteBasis::Consent { key, now, rebind })
+    }
+
+    /// The account this write signs in, when Microsoft named it.
+    pub fn account_id(&self) -> Option<crate::secrets::schema::AccountId> {
+        self.object_id
+            .as_ref()
+            .map(|oid| crate::secrets::schema::AccountId {
+                tenant_id: self.realm.clone().or_else(|| self.tenant_id.clone()),
+                object_id: oid.clone(),
+            })
     }
 }
 
@@ -823,6 +842,10 @@ pub enum WriteError {
     /// The connection secret no longer exists.
     #[error("the connection no longer exists")]
     Gone,
+    /// The sign-in brought another account than the one the connection is bound to (or named
+    /// none), and was not started for re-binding.
+    #[error("the connection is bound to another account")]
+    AccountMismatch,
     /// The store failed or kept conflicting.
     #[error(transparent)]
     Store(#[from] SecretError),
@@ -841,6 +864,9 @@ pub enum WriteError {
 ///   now), so it lands on the current version whatever its generation, marks the connection
 ///   `active`, and records its attempt in the same write; an attempt already recorded is
 ///   [`WriteError::Replayed`] and writes nothing.
+/// - A sign-in binds the connection to its account (`bound_account`) if none is bound; one
+///   bringing another account (or none Microsoft named) is [`WriteError::AccountMismatch`] and
+///   writes nothing, unless it was started for re-binding.
 pub async fn write_tokens(
     store: &dyn SecretStore,
     cfg: &SecretsConfig,
@@ -850,6 +876,7 @@ pub async fn write_tokens(
     enum Refused {
         Gone,
         Replayed,
+        AccountMismatch,
     }
     let name = cfg.connection_secret_name(id);
     let mut saved = false;
@@ -869,7 +896,17 @@ pub async fn write_tokens(
                     }
                     *now
                 }
-                WriteBasis::Consent { key, now } => {
+                WriteBasis::Consent { key, now, rebind } => {
+                    let signed_in = write.account_id();
+                    match (&cur.bound_account, &signed_in) {
+                        (Some(bound), Some(new)) if bound.same_as(new) => {}
+                        (Some(_), Some(_)) if *rebind => {}
+                        (Some(_), _) => return Err(Refused::AccountMismatch),
+                        (None, _) => {}
+                    }
+                    if signed_in.is_some() {
+                        next.bound_account = signed_in;
+                    }
                     next.consumed_states
                         .record(key, *now)
                         .map_err(|_| Refused::Replayed)?;
@@ -931,6 +968,10 @@ pub async fn write_tokens(
             source: Refused::Gone,
             ..
         }) => Err(WriteError::Gone),
+        Err(UpdateError::Rejected {
+            source: Refused::AccountMismatch,
+            ..
+        }) => Err(WriteError::AccountMismatch),
         Err(UpdateError::Secret(e)) => Err(WriteError::Store(e)),
     }
 }
@@ -1559,6 +1600,7 @@ mod tests {
             refresh_token: Some(SecretString::from(rt.to_owned())),
             expires_at: Some(now),
             account: None,
+            object_id: None,
             tenant_id: None,
             realm: None,
             resources: vec![],
@@ -1590,14 +1632,20 @@ mod tests {
             store,
             &f.cfg,
             "c1",
-            write("rt-consent").consent(key.clone(), now),
+            write("rt-consent").consent(key.clone(), now, false),
         )
         .await
         .unwrap();
         assert!(w.saved);
         assert_eq!(w.stored.generation, 3);
         assert_eq!(w.stored.status, ConnectionStatus::Active);
-        let again = write_tokens(store, &f.cfg, "c1", write("rt-replay").consent(key, now)).await;
+        let again = write_tokens(
+            store,
+            &f.cfg,
+            "c1",
+            write("rt-replay").consent(key, now, false),
+        )
+        .await;
         assert!(matches!(again, Err(WriteError::Replayed)), "{again:?}");
         let stored = f.stored("c1").await;
         assert_eq!(stored.refresh_token.unwrap().expose_secret(), "rt-consent");
@@ -1606,5 +1654,74 @@ mod tests {
         // A deleted connection is not recreated.
         let gone = write_tokens(store, &f.cfg, "nope", write("x").refresh(0, now)).await;
         assert!(matches!(gone, Err(WriteError::Gone)), "{gone:?}");
+    }
+
+    /// A sign-in binds the connection to its account; another account is refused (nothing
+    /// written) unless the attempt was started for re-binding.
+    #[tokio::test]
+    async fn sign_ins_bind_the_account_and_refuse_another() {
+        let f = fixture(entra_connection("rt-0"), |_, _| {
+            (500, vec![], "{}".to_owned())
+        })
+        .await;
+        let now = OffsetDateTime::now_utc();
+        let write = |rt: &str, oid: Option<&str>| TokenWrite {
+            refresh_token: Some(SecretString::from(rt.to_owned())),
+            expires_at: Some(now),
+            account: Some(format!("{rt}@contoso.com")),
+            object_id: oid.map(str::to_owned),
+            tenant_id: Some("t1".into()),
+            realm: None,
+            resources: vec![],
+            scopes: vec![],
+            redirect_uri: None,
+        };
+        let key = |n: &str| ReplayKey {
+            id: n.into(),
+            expires_at: now.unix_timestamp() + 600,
+        };
+        let store = f.store.as_ref();
+        let consent = |rt, oid, k, rebind| write(rt, oid).consent(key(k), now, rebind);
+        let w = write_tokens(
+            store,
+            &f.cfg,
+            "c1",
+            consent("rt-alex", Some("alex"), "a1", false),
+        )
+        .await
+        .unwrap();
+        let bound = w.stored.bound_account.clone().unwrap();
+        assert_eq!(bound.to_string(), "alex@t1");
+        // The same account again (ids compared case-insensitively): fine.
+        write_tokens(
+            store,
+            &f.cfg,
+            "c1",
+            consent("rt-alex2", Some("ALEX"), "a2", false),
+        )
+        .await
+        .unwrap();
+        let before = f.stored("c1").await;
+        for (oid, k) in [(Some("mallory"), "m1"), (None, "m2")] {
+            let refused =
+                write_tokens(store, &f.cfg, "c1", consent("rt-mallory", oid, k, false)).await;
+            assert!(
+                matches!(refused, Err(WriteError::AccountMismatch)),
+                "{refused:?}"
+            );
+        }
+        let after = f.stored("c1").await;
+        assert_eq!(after.generation, before.generation, "nothing written");
+        assert_eq!(after.refresh_token.unwrap().expose_secret(), "rt-alex2");
+        // A re-binding attempt may change it.
+        let w = write_tokens(
+            store,
+            &f.cfg,
+            "c1",
+            consent("rt-megan", Some("megan"), "r1", true),
+        )
+        .await
+        .unwrap();
+        assert_eq!(w.stored.bound_account.unwrap().object_id, "megan");
     }
 }

@@ -146,6 +146,12 @@ impl SecretsConfig {
         format!("{}connections/{}", self.prefix, connection)
     }
 
+    /// The name of a connection's sender secret (what upload-ingest reads):
+    /// `{prefix}senders/{id}`.
+    pub fn sender_secret_name(&self, connection: &str) -> String {
+        format!("{}senders/{}", self.prefix, connection)
+    }
+
     /// The prefix under which every connection secret lives.
     pub fn connections_prefix(&self) -> String {
         format!("{}connections/", self.prefix)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod ingest;
+pub mod jobs;
 pub mod microsoft;
 pub mod oauth;
 pub mod runtime;

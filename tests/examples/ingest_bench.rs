@@ -182,7 +182,14 @@ async fn main() -> Result<(), Error> {
     };
     let (acs, entra) = (find("acs_apps", "acs-app"), find("entra_apps", "entra-app"));
     for (name, value) in [
-        (format!("{p}webhook"), json!({"secrets": [WHSEC]})),
+        (
+            format!("{p}senders/sp"),
+            json!({"webhook_secrets": [WHSEC]}),
+        ),
+        (
+            format!("{p}senders/graph"),
+            json!({"webhook_secrets": [WHSEC]}),
+        ),
         (
             format!("{p}acs-app"),
             json!({"client_id": acs["client_id"], "client_secret": acs["client_secret"],

@@ -85,6 +85,34 @@ async fn every_event_file_parses_and_routes() {
                     .await
                     .expect("scheduled run succeeds");
             }
+            "sqs" => {
+                let event: aws_lambda_events::event::sqs::SqsEvent =
+                    serde_json::from_str(&json).expect("SQS event parses");
+                let ids: Vec<String> = event
+                    .records
+                    .iter()
+                    .map(|r| r.message_id.clone().expect("messageId"))
+                    .collect();
+                assert!(!ids.is_empty(), "{name}");
+                for r in &event.records {
+                    let msg: shared::jobs::queue::JobMessage =
+                        serde_json::from_str(r.body.as_deref().unwrap_or_default())
+                            .unwrap_or_else(|e| panic!("{name}: body is not a job message: {e}"));
+                    assert!(!msg.files.is_empty(), "{name}");
+                }
+                // A worker without configuration keeps every message for a later delivery.
+                let state: Result<upload_worker::State, String> = Err("not configured".into());
+                let ctx = lambda_runtime::Context::default();
+                let answer =
+                    upload_worker::handle(&state, lambda_runtime::LambdaEvent::new(event, ctx))
+                        .await;
+                let failed: Vec<String> = answer
+                    .batch_item_failures
+                    .iter()
+                    .map(|f| f.item_identifier.clone())
+                    .collect();
+                assert_eq!(failed, ids, "{name}");
+            }
             other => panic!("events/{name}: no function takes events named {other}-*"),
         }
         seen.push(name);
@@ -96,6 +124,7 @@ async fn every_event_file_parses_and_routes() {
         "upload-raw.json",
         "upload-multipart.json",
         "schedule.json",
+        "sqs-upload.json",
     ] {
         assert!(
             seen.iter().any(|s| s == expected),

@@ -23,7 +23,7 @@ use shared::upload::RetryPolicy;
 use tenant_emulator::{Emulator, FaultKind, FaultRule, Options, RunningEmulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// `webhook-timestamp` of the upload samples in `events/`.
 const EVENT_TS: i64 = 1_795_327_200;
 const MIB: usize = 1024 * 1024;
@@ -38,7 +38,7 @@ fn content(len: usize) -> Vec<u8> {
     (0..len as u64).map(byte_at).collect()
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -47,8 +47,13 @@ fn now_secs() -> i64 {
 
 /// Signs like a Standard Webhooks sender (for binary bodies the Python library cannot take).
 fn sign(id: &str, ts: i64, body: &[u8]) -> String {
+    sign_with(WHSEC, id, ts, body)
+}
+
+/// The same with another `whsec_` secret.
+pub(crate) fn sign_with(whsec: &str, id: &str, ts: i64, body: &[u8]) -> String {
     let key = base64::engine::general_purpose::STANDARD
-        .decode(WHSEC.trim_start_matches("whsec_"))
+        .decode(whsec.trim_start_matches("whsec_"))
         .unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.").as_bytes());
@@ -84,7 +89,7 @@ fn python_sign(id: &str, ts: i64, body: &str) -> HashMap<String, String> {
 }
 
 /// An API Gateway v2 event for `POST {path}?{query}` with a base64 body, parsed by lambda_http.
-fn event(path: &str, query: &str, headers: &[(&str, String)], body: &[u8]) -> Request {
+pub(crate) fn event(path: &str, query: &str, headers: &[(&str, String)], body: &[u8]) -> Request {
     let mut h = serde_json::Map::new();
     h.insert(
         "host".into(),
@@ -249,6 +254,15 @@ impl TokenProvider for EmulatorTokens {
     }
 }
 
+/// A sender secret holding WHSEC, plus `extra` fields.
+pub(crate) fn sender_json(extra: Value) -> Value {
+    let mut v = json!({"webhook_secrets": [WHSEC]});
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e);
+    }
+    v
+}
+
 pub(crate) struct World {
     emu: RunningEmulator,
     state: Result<upload_ingest::State, String>,
@@ -338,15 +352,10 @@ impl World {
                 "app_secret": acs_app, "realm": info.realm,
                 "target": {"kind": "sharepoint", "site_url": site.url, "library": "Shared Documents",
                            "base_folder": "inbox"},
-                "sanitize_names": true, "blocked_extensions": ["exe", "zip"], "max_file_bytes": 2 * MIB,
             }),
         )
         .await;
-        put(
-            format!("{prefix}connections/open"),
-            sp(json!({"allow_unsigned": true, "github_signature": true})),
-        )
-        .await;
+        put(format!("{prefix}connections/open"), sp(json!({}))).await;
         put(
             format!("{prefix}connections/drive"),
             json!({"provider": "entra", "auth": "app_only", "status": "active",
@@ -365,6 +374,28 @@ impl World {
             sp(json!({"status": "needs_consent", "status_code": "invalid_grant"})),
         )
         .await;
+        // Sender secrets: what upload-ingest reads. Every connection here shares WHSEC; the
+        // attack tests give connections their own.
+        for (id, extra) in [
+            ("contoso-docs", json!({})),
+            (
+                "docs-inbox",
+                json!({"sanitize_names": true, "blocked_extensions": ["exe", "zip"],
+                       "max_file_bytes": 2 * MIB}),
+            ),
+            (
+                "open",
+                json!({"allow_unsigned": true, "github_signature": true, "github_secrets": [WHSEC]}),
+            ),
+            ("drive", json!({})),
+            ("secret-cert", json!({})),
+            ("lapsed", json!({})),
+            ("alex", json!({})),
+            // A sender secret whose connection secret is missing: 404 after authentication.
+            ("orphan", json!({})),
+        ] {
+            put(format!("{prefix}senders/{id}"), sender_json(extra)).await;
+        }
         let http = shared::http::build_client(&config.http).expect("client");
         let access = Access::new(
             http.clone(),
@@ -406,6 +437,19 @@ impl World {
 
     pub(crate) async fn send(&self, req: Request) -> (u16, Value, HashMap<String, String>) {
         answer(upload_ingest::handle(&self.state, req).await).await
+    }
+
+    /// Every file and folder in the emulated tenant, with its size and version (what a library
+    /// "unchanged" means in the attack tests).
+    pub(crate) fn library(&self) -> Vec<(String, u64, String)> {
+        let mut v: Vec<_> = self
+            .emu
+            .files()
+            .into_iter()
+            .map(|i| (i.path, i.size, i.version_label))
+            .collect();
+        v.sort();
+        v
     }
 
     pub(crate) fn bytes(&self, path: &str) -> Option<Vec<u8>> {
@@ -598,7 +642,8 @@ async fn python_signed_requests_pass_and_tampered_expired_unsigned_fail() {
         "{resp}"
     );
 
-    // Unsigned, and signed for an unknown connection (401 before 404 for strangers).
+    // Unsigned, and signed for an unknown connection: 401 like any wrong signature, so strangers
+    // learn nothing; a sender with a valid signature whose connection is missing gets 404.
     let (status, resp, _) = w
         .send(event(
             "/upload/contoso-docs",
@@ -620,6 +665,13 @@ async fn python_signed_requests_pass_and_tampered_expired_unsigned_fail() {
     assert_eq!(status, 401);
     let (status, resp, _) = w
         .send(signed_raw("/upload/nobody", "name=x.txt", &new_id(), b"x"))
+        .await;
+    assert_eq!(
+        (status, resp["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, resp, _) = w
+        .send(signed_raw("/upload/orphan", "name=x.txt", &new_id(), b"x"))
         .await;
     assert_eq!(
         (status, resp["error"].as_str()),
@@ -679,7 +731,7 @@ async fn python_signed_requests_pass_and_tampered_expired_unsigned_fail() {
     );
 }
 
-fn hex_of(b: &[u8]) -> String {
+pub(crate) fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

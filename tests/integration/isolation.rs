@@ -19,6 +19,8 @@ fn internal_names(w: &World) -> Vec<String> {
     vec![
         w.prefix.clone(),
         format!("{}webhook", w.prefix),
+        format!("{}senders/", w.prefix),
+        format!("{}connections/", w.prefix),
         "acs-app".into(),
     ]
 }

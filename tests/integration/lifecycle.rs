@@ -26,11 +26,11 @@ use time::OffsetDateTime;
 use url::Url;
 
 /// One emulator, a moto-backed store under a fresh prefix, and the configuration pointing at both.
-struct Env {
-    emu: RunningEmulator,
-    store: Arc<dyn SecretStore>,
-    config: Config,
-    http: reqwest::Client,
+pub(crate) struct Env {
+    pub(crate) emu: RunningEmulator,
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) config: Config,
+    pub(crate) http: reqwest::Client,
 }
 
 /// Where the browser would be sent back to (nothing listens: the test carries the redirect).
@@ -77,7 +77,7 @@ async fn env_with(store: Option<Arc<dyn SecretStore>>) -> Env {
     env
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     env_with(None).await
 }
 
@@ -96,15 +96,15 @@ fn all_due() -> LifecycleConfig {
 }
 
 impl Env {
-    fn info(&self) -> &EmulatorInfo {
+    pub(crate) fn info(&self) -> &EmulatorInfo {
         self.emu.info()
     }
 
-    fn name(&self, rest: &str) -> String {
+    pub(crate) fn name(&self, rest: &str) -> String {
         format!("{}{rest}", self.config.secrets.prefix)
     }
 
-    async fn put(&self, name: &str, value: Value) {
+    pub(crate) async fn put(&self, name: &str, value: Value) {
         self.store.put(name, &value, None).await.unwrap();
     }
 
@@ -134,7 +134,7 @@ impl Env {
         .await;
     }
 
-    fn team(&self) -> (String, String) {
+    pub(crate) fn team(&self) -> (String, String) {
         let site = self.info().site("team").unwrap();
         (
             site.url.clone(),
@@ -143,7 +143,7 @@ impl Env {
     }
 
     /// Creates a connection skeleton as an operator would, before anyone consents.
-    async fn connection(&self, id: &str, provider: &str) {
+    pub(crate) async fn connection(&self, id: &str, provider: &str) {
         let (site, _) = self.team();
         let sp = json!({"kind": "sharepoint", "site_url": site, "library": "Documents"});
         let drive = json!({"kind": "drive", "drive_id": "me"});
@@ -173,7 +173,7 @@ impl Env {
         self.put(&self.name(&format!("connections/{id}")), v).await;
     }
 
-    async fn stored(&self, id: &str) -> Versioned<ConnectionSecret> {
+    pub(crate) async fn stored(&self, id: &str) -> Versioned<ConnectionSecret> {
         let raw = self
             .store
             .get(&self.name(&format!("connections/{id}")))
@@ -185,11 +185,26 @@ impl Env {
         }
     }
 
-    fn callback(&self) -> Result<oauth_callback::State, String> {
+    /// `/connect/{id}?invite=…` with a link minted as an operator would.
+    pub(crate) async fn connect_path(&self, id: &str, rebind: bool) -> String {
+        let token = shared::signin::link::mint_for_connection(
+            self.store.as_ref(),
+            &self.config.secrets,
+            id,
+            shared::signin::link::DEFAULT_LINK_TTL,
+            rebind,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+        format!("/connect/{id}?invite={token}")
+    }
+
+    pub(crate) fn callback(&self) -> Result<oauth_callback::State, String> {
         Ok(self.callback_state())
     }
 
-    fn callback_state(&self) -> oauth_callback::State {
+    pub(crate) fn callback_state(&self) -> oauth_callback::State {
         oauth_callback::State::new(self.config.clone(), lifecycle(&[]), self.http.clone())
             .with_store(self.store.clone())
     }
@@ -213,7 +228,7 @@ impl Env {
     }
 }
 
-fn get(uri: &str, headers: &[(&str, &str)]) -> Request {
+pub(crate) fn get(uri: &str, headers: &[(&str, &str)]) -> Request {
     let mut b = lambda_http::http::Request::builder().method("GET").uri(uri);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -221,7 +236,7 @@ fn get(uri: &str, headers: &[(&str, &str)]) -> Request {
     b.body(Body::Empty).unwrap()
 }
 
-fn body_json(resp: &Response<Body>) -> Value {
+pub(crate) fn body_json(resp: &Response<Body>) -> Value {
     serde_json::from_slice(resp.body().as_ref()).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): {}",
@@ -230,7 +245,7 @@ fn body_json(resp: &Response<Body>) -> Value {
     })
 }
 
-fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
+pub(crate) fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -238,14 +253,14 @@ fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
 }
 
 /// A finished `/connect` → Microsoft → `/callback` round trip, up to the callback request.
-struct Consent {
-    callback_query: String,
-    cookie: String,
+pub(crate) struct Consent {
+    pub(crate) callback_query: String,
+    pub(crate) cookie: String,
 }
 
 /// `GET /connect/{id}` (302 parsed), then the browser following it to the emulator, which
 /// consents and redirects back with a code.
-async fn start_consent(
+pub(crate) async fn start_consent(
     env: &Env,
     state: &Result<oauth_callback::State, String>,
     id: &str,
@@ -253,7 +268,7 @@ async fn start_consent(
     let resp = oauth_callback::handle(
         state,
         get(
-            &format!("/connect/{id}"),
+            &env.connect_path(id, false).await,
             &[("accept", "text/html"), ("host", "127.0.0.1:9")],
         ),
     )
@@ -293,7 +308,7 @@ async fn start_consent(
     }
 }
 
-async fn finish_consent(
+pub(crate) async fn finish_consent(
     state: &Result<oauth_callback::State, String>,
     c: &Consent,
 ) -> Response<Body> {
@@ -482,7 +497,7 @@ async fn msa_connect_refresh_upload() {
     full_chain("msa").await;
 }
 
-fn error_code(resp: &Response<Body>) -> String {
+pub(crate) fn error_code(resp: &Response<Body>) -> String {
     body_json(resp)["error"]
         .as_str()
         .unwrap_or_default()
@@ -603,7 +618,10 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
     let resp = oauth_callback::handle(
         &cb,
         get(
-            "/connect/m1?response_type=token",
+            &format!(
+                "{}&response_type=token",
+                env.connect_path("m1", false).await
+            ),
             &[("accept", "application/json")],
         ),
     )
@@ -624,7 +642,7 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
     let resp = oauth_callback::handle(
         &guarded,
         get(
-            "/connect/e1",
+            &env.connect_path("e1", false).await,
             &[("accept", "application/json"), ("host", "evil.example")],
         ),
     )
@@ -633,7 +651,7 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
     let resp = oauth_callback::handle(
         &guarded,
         get(
-            "/connect/e1",
+            &env.connect_path("e1", false).await,
             &[
                 ("accept", "application/json"),
                 ("host", "api.contoso.example"),
@@ -656,19 +674,19 @@ async fn bad_state_cookie_and_replay_get_clear_4xx_and_no_second_write() {
             .any(|(k, v)| k == "code_challenge_method" && v == "S256")
     );
 
-    // Unknown connection, bad id: 4xx, not 5xx.
+    // Unknown connection, bad id, no link: the same 403, not 5xx.
     let resp =
         oauth_callback::handle(&cb, get("/connect/nope", &[("accept", "application/json")])).await;
-    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.status(), 403);
     let resp = oauth_callback::handle(
         &cb,
         get("/connect/..%2Fapp", &[("accept", "application/json")]),
     )
     .await;
-    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.status(), 403);
 }
 
-fn post_form(uri: &str, host: &str, form: &[(&str, &str)]) -> Request {
+pub(crate) fn post_form(uri: &str, host: &str, form: &[(&str, &str)]) -> Request {
     let body = serde_urlencoded::to_string(form).unwrap();
     lambda_http::http::Request::builder()
         .method("POST")
@@ -1292,9 +1310,10 @@ async fn sign_in_errors_use_the_shared_kinds() {
     let resp = oauth_callback::handle(&cb, json_get("/callback?error=access_denied&state=x")).await;
     assert_eq!(answer(resp), (424, "needs_consent".into()));
 
-    // An unknown connection is `connection_not_found` (404), on /connect and on POST /callback.
+    // /connect without a valid link is `forbidden` (403) whatever the connection; an unknown
+    // connection on POST /callback is `connection_not_found` (404).
     let resp = oauth_callback::handle(&cb, json_get("/connect/nope")).await;
-    assert_eq!(answer(resp), (404, "connection_not_found".into()));
+    assert_eq!(answer(resp), (403, "forbidden".into()));
     let host = env.info().sharepoint_host.clone();
     let resp = oauth_callback::handle(
         &cb,
@@ -1318,18 +1337,20 @@ async fn sign_in_errors_use_the_shared_kinds() {
 
     // Bad ids, app-only connections and a missing token are `bad_request` (400).
     let resp = oauth_callback::handle(&cb, json_get("/connect/.hidden")).await;
-    assert_eq!(answer(resp), (400, "bad_request".into()));
+    assert_eq!(answer(resp), (403, "forbidden".into()));
+    // No link can be minted for an app-only connection: nothing to consent to.
     env.connection("ao", "entra_app_only").await;
-    let resp = oauth_callback::handle(&cb, json_get("/connect/ao")).await;
-    let body = body_json(&resp);
-    assert_eq!(answer(resp), (400, "bad_request".into()));
-    assert_eq!(body["connection"], "ao");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("nothing to consent to")
-    );
+    let refused = shared::signin::link::mint_for_connection(
+        env.store.as_ref(),
+        &env.config.secrets,
+        "ao",
+        shared::signin::link::DEFAULT_LINK_TTL,
+        false,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("nothing to sign in to"), "{refused}");
     let resp = oauth_callback::handle(&cb, json_get("/callback")).await;
     assert_eq!(answer(resp), (400, "bad_request".into()));
 

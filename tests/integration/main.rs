@@ -1,8 +1,10 @@
 //! Integration tests, one binary made of modules.
 
+mod attacks;
 mod events;
 mod ingest;
 mod isolation;
+mod jobs;
 mod layering;
 mod lifecycle;
 mod log_scan;

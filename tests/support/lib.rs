@@ -168,6 +168,149 @@ pub fn unique_prefix() -> String {
     format!("spbridge-test/{}/", uuid::Uuid::new_v4().simple())
 }
 
+/// An AWS SDK configuration for moto (all services): us-east-1, dummy credentials, endpoint moto.
+pub async fn moto_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "spbridge-tests",
+        ))
+        .endpoint_url(moto().url())
+        .load()
+        .await
+}
+
+/// A jobs table, queue (with its dead-letter queue) and staging bucket of their own in moto.
+#[derive(Debug, Clone)]
+pub struct JobsInfra {
+    /// The SDK configuration they were made with.
+    pub sdk: aws_config::SdkConfig,
+    /// DynamoDB table name (key `job`).
+    pub table: String,
+    /// Job queue URL.
+    pub queue_url: String,
+    /// Dead-letter queue URL.
+    pub dlq_url: String,
+    /// Dead-letter queue ARN.
+    pub dlq_arn: String,
+    /// Staging bucket.
+    pub bucket: String,
+}
+
+impl JobsInfra {
+    /// Creates them under fresh names; `max_receives` is the queue's redrive `maxReceiveCount`.
+    pub async fn create(max_receives: u32) -> JobsInfra {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let sdk = moto_sdk_config().await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let table = format!("spbridge-jobs-{id}");
+        aws_sdk_dynamodb::Client::new(&sdk)
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("job")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("attribute"),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("job")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .expect("key"),
+            )
+            .send()
+            .await
+            .expect("table created");
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("spbridge-dlq-{id}"))
+            .send()
+            .await
+            .expect("dlq created")
+            .queue_url
+            .expect("dlq url");
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("dlq attributes")
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .expect("dlq arn");
+        let redrive =
+            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"{max_receives}"}}"#);
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("spbridge-jobs-{id}"))
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .attributes(QueueAttributeName::VisibilityTimeout, "30")
+            .send()
+            .await
+            .expect("queue created")
+            .queue_url
+            .expect("queue url");
+        let bucket = format!("spbridge-staging-{id}");
+        s3_client(&sdk)
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("bucket created");
+        JobsInfra {
+            sdk,
+            table,
+            queue_url,
+            dlq_url,
+            dlq_arn,
+            bucket,
+        }
+    }
+
+    /// The production adapters over these resources (7-day retention).
+    pub fn adapters(
+        &self,
+    ) -> (
+        shared::jobs::DynamoJobStore,
+        shared::jobs::queue::SqsQueue,
+        shared::jobs::staging::S3Staging,
+    ) {
+        (
+            shared::jobs::DynamoJobStore::new(
+                aws_sdk_dynamodb::Client::new(&self.sdk),
+                &self.table,
+                shared::jobs::DEFAULT_RETENTION,
+            ),
+            shared::jobs::queue::SqsQueue::new(
+                aws_sdk_sqs::Client::new(&self.sdk),
+                &self.queue_url,
+            ),
+            shared::jobs::staging::S3Staging::new(s3_client(&self.sdk), &self.bucket),
+        )
+    }
+}
+
+/// An S3 client for moto (path-style addressing: no bucket subdomains on 127.0.0.1).
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 /// Phrases that only internal errors contain: store and SDK texts, Rust panics and paths,
 /// configuration variable names. None belongs in an answer to a stranger.
 pub const INTERNAL_PHRASES: &[&str] = &[

@@ -1,8 +1,9 @@
 //! oauth-callback: starts and completes Microsoft sign-in and consent flows.
 //!
 //! Routes (API Gateway HTTP API), each a call into [`shared::signin`]:
-//! - `GET /connect/{connection}`: 302 to the provider's authorize URL with a signed `state` and
-//!   an HttpOnly nonce cookie (JSON clients get `{"authorize_url"}` instead).
+//! - `GET /connect/{connection}?invite={link}`: with a valid operator-minted link (single use),
+//!   302 to the provider's authorize URL with a signed `state` and an HttpOnly nonce cookie (JSON
+//!   clients get `{"authorize_url"}` instead). Without one, the same 403 for every connection id.
 //! - `GET /callback`: verifies state + cookie, redeems the code, stores the refresh token and
 //!   records the attempt as used (a replay gets 409 `replayed`).
 //! - `POST /callback`: SharePoint's add-in launch (`SPAppToken` form field).
@@ -113,9 +114,11 @@ async fn route(state: &State, req: &Request, format: Format) -> Result<Response<
             };
             let redirect_uri = redirect::redirect_uri(&settings, &request_origin(req))
                 .map_err(|e| api_error(e.into()))?;
-            let started = signin::connect(state, &access().await?, id, redirect_uri)
-                .await
-                .map_err(api_error)?;
+            let invite = query_value(req, "invite");
+            let started =
+                signin::connect(state, &access().await?, id, invite.as_deref(), redirect_uri)
+                    .await
+                    .map_err(api_error)?;
             Ok(pages::connect_response(
                 &started.authorize_url,
                 &started.set_cookie,
@@ -182,6 +185,9 @@ pub fn api_error(e: SignInError) -> ApiError {
         | Reason::NoServices) => ApiError::new(Kind::BadRequest, r.to_string()),
         r @ Reason::ContextTokenInvalid(_) => ApiError::new(Kind::Unauthorized, r.to_string()),
         r @ Reason::ConnectionChanged => ApiError::new(Kind::Conflict, r.to_string()),
+        r @ Reason::AccountMismatch => ApiError::new(Kind::AccountMismatch, r.to_string()),
+        // One answer whatever the connection: no `connection` detail either.
+        r @ Reason::LinkRequired => return ApiError::new(Kind::Forbidden, r.to_string()),
         Reason::Access(a) => {
             let kind = match a.as_ref() {
                 A::NotFound { .. } => Kind::ConnectionNotFound,

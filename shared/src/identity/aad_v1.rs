@@ -9,7 +9,7 @@ use url::Url;
 
 use super::{
     error::IdentityError,
-    request::{self, Field, HttpRequest, RetryPolicy, form},
+    request::{self, Field, HttpRequest, RetryPolicy},
     secret::{AuthCode, ClientSecret, RefreshToken},
     token::Token,
 };
@@ -20,6 +20,8 @@ use crate::config::{Endpoints, join_path};
 pub enum Prompt {
     /// Force credentials.
     Login,
+    /// Let the user pick the account (sign-ins of delegated connections).
+    SelectAccount,
     /// Force the consent page.
     Consent,
     /// Ask a tenant admin to consent for everyone.
@@ -33,6 +35,7 @@ impl Prompt {
     pub fn as_str(self) -> &'static str {
         match self {
             Prompt::Login => "login",
+            Prompt::SelectAccount => "select_account",
             Prompt::Consent => "consent",
             Prompt::AdminConsent => "admin_consent",
             Prompt::None => "none",
@@ -83,6 +86,18 @@ pub fn discovery_resource(endpoints: &Endpoints) -> String {
     format!("{}/", endpoints.discovery.as_str().trim_end_matches('/'))
 }
 
+/// A token request: the grant, the app's id and secret, then `fields`.
+fn token_request(
+    endpoints: &Endpoints,
+    authority: &str,
+    app: &AadApp,
+    grant: &'static str,
+    fields: impl IntoIterator<Item = (&'static str, Field)>,
+) -> HttpRequest {
+    let url = token_url(endpoints, authority);
+    request::secret_grant(url, grant, app.client_id.clone(), &app.secret, fields)
+}
+
 /// Redeems an authorization code for `resource`.
 pub fn code_request(
     endpoints: &Endpoints,
@@ -92,16 +107,16 @@ pub fn code_request(
     redirect_uri: &Url,
     resource: &str,
 ) -> HttpRequest {
-    HttpRequest::post_form(
-        token_url(endpoints, authority),
-        form([
-            ("grant_type", "authorization_code".into()),
-            ("client_id", app.client_id.as_str().into()),
-            ("client_secret", Field::secret(app.secret.expose_secret())),
+    token_request(
+        endpoints,
+        authority,
+        app,
+        "authorization_code",
+        [
             ("code", Field::secret(code.expose_secret())),
             ("redirect_uri", redirect_uri.as_str().into()),
             ("resource", resource.into()),
-        ]),
+        ],
     )
 }
 
@@ -113,18 +128,18 @@ pub fn refresh_request(
     refresh_token: &RefreshToken,
     resource: &str,
 ) -> HttpRequest {
-    HttpRequest::post_form(
-        token_url(endpoints, authority),
-        form([
-            ("grant_type", "refresh_token".into()),
-            ("client_id", app.client_id.as_str().into()),
-            ("client_secret", Field::secret(app.secret.expose_secret())),
+    token_request(
+        endpoints,
+        authority,
+        app,
+        "refresh_token",
+        [
             (
                 "refresh_token",
                 Field::secret(refresh_token.expose_secret()),
             ),
             ("resource", resource.into()),
-        ]),
+        ],
     )
 }
 

@@ -23,7 +23,7 @@ use url::Url;
 use super::{
     error::IdentityError,
     jwt::num,
-    request::{self, Field, HttpRequest, RawResponse, RetryPolicy, form},
+    request::{self, Field, HttpRequest, RawResponse, RetryPolicy},
     secret::{AuthCode, ClientSecret, RefreshToken},
     token::Token,
     www_authenticate,
@@ -201,11 +201,22 @@ pub fn resource(principal: &str, host: &str, realm: &Realm) -> String {
     format!("{principal}/{host}@{realm}")
 }
 
-fn client_fields(app: &AcsApp, realm: &Realm) -> [(&'static str, Field); 2] {
-    [
-        ("client_id", format!("{}@{realm}", app.client_id).into()),
-        ("client_secret", Field::secret(app.secret.expose_secret())),
-    ]
+/// A token request: the grant, the app's id and secret, then `fields`.
+fn token_request(
+    endpoints: &Endpoints,
+    app: &AcsApp,
+    realm: &Realm,
+    grant: &'static str,
+    fields: impl IntoIterator<Item = (&'static str, Field)>,
+) -> HttpRequest {
+    let url = token_url(endpoints, realm);
+    request::secret_grant(
+        url,
+        grant,
+        format!("{}@{realm}", app.client_id),
+        &app.secret,
+        fields,
+    )
 }
 
 /// App-only token request (client credentials) for `principal` at `host`.
@@ -216,15 +227,13 @@ pub fn app_only_request(
     host: &str,
     principal: &str,
 ) -> HttpRequest {
-    let [id, secret] = client_fields(app, realm);
-    HttpRequest::post_form(
-        token_url(endpoints, realm),
-        form([
-            ("grant_type", "client_credentials".into()),
-            id,
-            secret,
-            ("resource", resource(principal, host, realm).into()),
-        ]),
+    let resource = resource(principal, host, realm);
+    token_request(
+        endpoints,
+        app,
+        realm,
+        "client_credentials",
+        [("resource", resource.into())],
     )
 }
 
@@ -237,20 +246,17 @@ pub fn code_request(
     code: &AuthCode,
     redirect_uri: &Url,
 ) -> HttpRequest {
-    let [id, secret] = client_fields(app, realm);
-    HttpRequest::post_form(
-        token_url(endpoints, realm),
-        form([
-            ("grant_type", "authorization_code".into()),
-            id,
-            secret,
+    let resource = resource(SHAREPOINT_PRINCIPAL, host, realm);
+    token_request(
+        endpoints,
+        app,
+        realm,
+        "authorization_code",
+        [
             ("code", Field::secret(code.expose_secret())),
             ("redirect_uri", redirect_uri.as_str().into()),
-            (
-                "resource",
-                resource(SHAREPOINT_PRINCIPAL, host, realm).into(),
-            ),
-        ]),
+            ("resource", resource.into()),
+        ],
     )
 }
 
@@ -263,19 +269,19 @@ pub fn refresh_request(
     principal: &str,
     refresh_token: &RefreshToken,
 ) -> HttpRequest {
-    let [id, secret] = client_fields(app, realm);
-    HttpRequest::post_form(
-        token_url(endpoints, realm),
-        form([
-            ("grant_type", "refresh_token".into()),
-            id,
-            secret,
+    let resource = resource(principal, host, realm);
+    token_request(
+        endpoints,
+        app,
+        realm,
+        "refresh_token",
+        [
             (
                 "refresh_token",
                 Field::secret(refresh_token.expose_secret()),
             ),
-            ("resource", resource(principal, host, realm).into()),
-        ]),
+            ("resource", resource.into()),
+        ],
     )
 }
 

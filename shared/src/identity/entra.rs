@@ -251,7 +251,9 @@ pub fn authorize_url(
         .append_pair("scope", &scopes.join(" "))
         .append_pair("state", state)
         .append_pair("code_challenge", code_challenge)
-        .append_pair("code_challenge_method", "S256");
+        .append_pair("code_challenge_method", "S256")
+        // The user picks the account, so single sign-on cannot bind someone silently.
+        .append_pair("prompt", "select_account");
     url
 }
 
@@ -445,6 +447,7 @@ mod tests {
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["prompt"], "select_account", "the user picks the account");
         assert!(!url.as_str().contains("dBjftJeZ"));
     }
 

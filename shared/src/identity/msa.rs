@@ -36,7 +36,9 @@ pub fn authorize_url(
         .append_pair("scope", &scopes.join(" "))
         .append_pair("response_type", "code")
         .append_pair("redirect_uri", redirect_uri.as_str())
-        .append_pair("state", state);
+        .append_pair("state", state)
+        // The consent page names the account, so a signed-in session cannot bind silently.
+        .append_pair("prompt", "consent");
     url
 }
 
@@ -185,7 +187,8 @@ mod tests {
                 ("scope", "onedrive.readwrite offline_access"),
                 ("response_type", "code"),
                 ("redirect_uri", "https://app.example/cb"),
-                ("state", "st")
+                ("state", "st"),
+                ("prompt", "consent")
             ])
         );
     }

@@ -87,6 +87,23 @@ pub(crate) fn form(
     fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
+/// A token request authenticated with a client secret: `grant_type`, `client_id`,
+/// `client_secret`, then `fields` (the shape ACS and Azure AD v1 share).
+pub(crate) fn secret_grant(
+    url: Url,
+    grant: &'static str,
+    client_id: String,
+    secret: &super::secret::ClientSecret,
+    fields: impl IntoIterator<Item = (&'static str, Field)>,
+) -> HttpRequest {
+    let head = [
+        ("grant_type", grant.into()),
+        ("client_id", client_id.into()),
+        ("client_secret", Field::secret(secret.expose_secret())),
+    ];
+    HttpRequest::post_form(url, form(head.into_iter().chain(fields)))
+}
+
 /// How [`send`] retries transient faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -215,28 +215,20 @@ impl TokenSource {
         let now = OffsetDateTime::now_utc();
         let policy = &cache.retry;
         match self {
-            TokenSource::EntraCertificate {
-                tenant,
-                client_id,
-                cert,
-            } => {
-                let auth = ClientAuth::Certificate(cert.clone());
-                let req = entra::client_credentials_request(
-                    endpoints,
-                    tenant,
-                    client_id,
-                    &auth,
-                    resource_or_scope,
-                    now,
-                )?;
-                send_token(http, &req, policy).await
-            }
-            TokenSource::EntraSecret {
-                tenant,
-                client_id,
-                secret,
-            } => {
-                let auth = ClientAuth::Secret(secret.clone());
+            TokenSource::EntraCertificate { .. } | TokenSource::EntraSecret { .. } => {
+                let (tenant, client_id, auth) = match self {
+                    TokenSource::EntraCertificate {
+                        tenant,
+                        client_id,
+                        cert,
+                    } => (tenant, client_id, ClientAuth::Certificate(cert.clone())),
+                    TokenSource::EntraSecret {
+                        tenant,
+                        client_id,
+                        secret,
+                    } => (tenant, client_id, ClientAuth::Secret(secret.clone())),
+                    _ => return Err(IdentityError::InvalidInput("not an Entra app".into())),
+                };
                 let req = entra::client_credentials_request(
                     endpoints,
                     tenant,

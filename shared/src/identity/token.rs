@@ -76,6 +76,16 @@ impl Token {
             token.tenant_id = token.tenant_id.or_else(|| g("utid"));
             token.user_object_id = token.user_object_id.or_else(|| g("uid"));
         }
+        // Who signed in when no id_token said so: a Microsoft account's `user_id`, else the
+        // access token's `oid` (or ACS `nameid`).
+        if token.user_object_id.is_none() {
+            token.user_object_id = s("user_id").map(str::to_owned).or_else(|| {
+                let at = jwt::inspect(access).ok()?;
+                ["oid", "nameid"]
+                    .iter()
+                    .find_map(|c| at.claim(c).and_then(Value::as_str).map(str::to_owned))
+            });
+        }
         if token.tenant_id.is_none() {
             if let Ok(at) = jwt::inspect(access) {
                 token.tenant_id = at.tenant().map(str::to_owned);

@@ -1,5 +1,11 @@
 //! Exactly-once uploads per `webhook-id`: a small ledger per connection in the secret store.
 //!
+//! GitHub-style requests sign neither a timestamp nor their `X-GitHub-Delivery`, so a captured
+//! one could be sent again with a fresh delivery id at any time. They are keyed by the body's
+//! SHA-256 instead ([`Idempotency::claim_body`], ledger key `sha256:{hex}`): within the window,
+//! the same body again gets the first answer only under the same delivery id (GitHub's own
+//! redelivery), and is refused ([`Claim::Duplicate`]) with another or no delivery id.
+//!
 //! Webhook senders retry until they see a 2xx, and they retry with the same `webhook-id`. The
 //! ledger `{prefix}idempotency/{connection}` maps each recent id to `pending` (an upload is under
 //! way) or `done` (with the answer that was given). An upload is *claimed* with a compare-and-swap
@@ -68,6 +74,9 @@ struct Entry {
     claim: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     response: Option<StoredResponse>,
+    /// Body-keyed entries: the `X-GitHub-Delivery` of the delivery that claimed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivery: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -91,6 +100,8 @@ pub enum Claim {
     },
     /// The id was used before for a different body.
     Mismatch,
+    /// This body was delivered before under another (or no) delivery id: a replay.
+    Duplicate,
 }
 
 /// Proof of a claim, handed back to complete or release it.
@@ -147,6 +158,34 @@ impl<'a> Idempotency<'a> {
         body_sha256: &str,
         now: OffsetDateTime,
     ) -> Result<Claim, IdempotencyError> {
+        self.claim_entry(connection, webhook_id, body_sha256, None, now)
+            .await
+    }
+
+    /// Claims a GitHub-style request by its body's SHA-256 (key `sha256:{hex}`): the same body
+    /// within the window is answered again only under the same `delivery` id, and is
+    /// [`Claim::Duplicate`] under another or none.
+    pub async fn claim_body(
+        &self,
+        connection: &str,
+        body_sha256: &str,
+        delivery: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Claim, IdempotencyError> {
+        let key = format!("sha256:{body_sha256}");
+        self.claim_entry(connection, &key, body_sha256, Some(delivery), now)
+            .await
+    }
+
+    /// `delivery`: `None` for id-keyed entries; `Some(d)` for body-keyed ones.
+    async fn claim_entry(
+        &self,
+        connection: &str,
+        webhook_id: &str,
+        body_sha256: &str,
+        delivery: Option<Option<&str>>,
+        now: OffsetDateTime,
+    ) -> Result<Claim, IdempotencyError> {
         let name = ledger_name(self.secrets, connection);
         let claim_id = uuid::Uuid::new_v4().to_string();
         let window = self.window;
@@ -154,7 +193,13 @@ impl<'a> Idempotency<'a> {
         self.run(&name, |ledger| {
             prune(ledger, now, window);
             found = match ledger.entries.get(webhook_id) {
-                Some(e) if e.body_sha256 != body_sha256 => Some(Claim::Mismatch),
+                Some(e) if e.body_sha256 != body_sha256 && delivery.is_none() => {
+                    Some(Claim::Mismatch)
+                }
+                // Without a signed timestamp only the same delivery id marks a retry.
+                Some(e) if delivery.is_some_and(|d| d.is_none() || e.delivery.as_deref() != d) => {
+                    Some(Claim::Duplicate)
+                }
                 Some(Entry {
                     state: EntryState::Done,
                     response: Some(r),
@@ -181,6 +226,7 @@ impl<'a> Idempotency<'a> {
                     body_sha256: body_sha256.to_owned(),
                     claim: claim_id.clone(),
                     response: None,
+                    delivery: delivery.flatten().map(str::to_owned),
                 },
             );
             true
@@ -224,6 +270,7 @@ impl<'a> Idempotency<'a> {
                             body_sha256: String::new(),
                             claim: token.claim.clone(),
                             response: Some(response.clone()),
+                            delivery: None,
                         },
                     );
                     true
@@ -433,6 +480,61 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn github_bodies_are_refused_under_a_fresh_or_missing_delivery_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileSecretStore::open(dir.path()).unwrap();
+        let cfg = cfg(dir.path());
+        let idem = Idempotency::new(&store, &cfg, Duration::from_secs(3600));
+        let sha = body_digest(b"push");
+        let Claim::Claimed(t) = idem
+            .claim_body("c", &sha, Some("d1"), at(10))
+            .await
+            .unwrap()
+        else {
+            panic!("first delivery claims");
+        };
+        idem.complete(&t, ok_response(), at(11)).await.unwrap();
+        // GitHub's redelivery (same id): the first answer again.
+        assert_eq!(
+            idem.claim_body("c", &sha, Some("d1"), at(12))
+                .await
+                .unwrap(),
+            Claim::Replay(ok_response())
+        );
+        // A replayer's fresh or missing id: refused.
+        for d in [Some("d2"), None] {
+            assert_eq!(
+                idem.claim_body("c", &sha, d, at(13)).await.unwrap(),
+                Claim::Duplicate,
+                "{d:?}"
+            );
+        }
+        // Without a delivery id even the first sender's retry is a duplicate.
+        let other = body_digest(b"other");
+        assert!(matches!(
+            idem.claim_body("c", &other, None, at(14)).await.unwrap(),
+            Claim::Claimed(_)
+        ));
+        assert_eq!(
+            idem.claim_body("c", &other, None, at(15)).await.unwrap(),
+            Claim::Duplicate
+        );
+        // Another body is new; after the window the same body is new again.
+        assert!(matches!(
+            idem.claim_body("c", &body_digest(b"new"), Some("d3"), at(16))
+                .await
+                .unwrap(),
+            Claim::Claimed(_)
+        ));
+        assert!(matches!(
+            idem.claim_body("c", &sha, Some("d9"), at(11 + 3600))
+                .await
+                .unwrap(),
+            Claim::Claimed(_)
+        ));
+    }
+
     #[test]
     fn shrink_keeps_pending_and_newest() {
         let mut l = Ledger::default();
@@ -449,6 +551,7 @@ mod tests {
                     body_sha256: "0".repeat(64),
                     claim: "c".into(),
                     response: Some(ok_response()),
+                    delivery: None,
                 },
             );
         }

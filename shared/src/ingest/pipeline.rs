@@ -16,16 +16,17 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Method};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use url::Url;
 
 use super::idempotency::{Claim, ClaimToken, Idempotency, StoredResponse, body_digest};
+use super::sender::{ReplayKey, Sender};
 use super::{
-    ConflictMode, Content, IncomingFile, IngestError, Limits, NamePolicy, RawRequest,
-    parse_request, server_relative_path,
+    ConflictMode, Content, IncomingFile, IngestError, Limits, RawRequest, parse_request,
+    server_relative_path,
 };
 use crate::access::{Access, AccessError};
 use crate::api::{ApiError, Kind};
@@ -40,14 +41,11 @@ use crate::upload::{
     BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, RetryPolicy, UploadError,
     UploadOutcome, UploadRequest, UploadSource,
 };
-use crate::webhook::{WebhookSecret, WebhookVerifier};
 
 /// Time kept back from the Lambda deadline to write the answer and the ledger.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(3);
 /// Retry-After given when the Lambda would time out before Microsoft lets us in.
 pub const DEADLINE_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Longest accepted connection id.
-const MAX_CONNECTION_ID: usize = 128;
 
 /// Where uploads get a connection's access token.
 ///
@@ -186,6 +184,12 @@ pub enum PipelineError {
     /// This `webhook-id` was used before for a different body.
     #[error("this webhook-id was already used for a different body")]
     IdReused,
+    /// A GitHub-style body seen before under another or no `X-GitHub-Delivery`.
+    #[error(
+        "this body was already delivered within the idempotency window under another or no \
+         X-GitHub-Delivery; GitHub-style signatures carry no timestamp, so a repeat is refused"
+    )]
+    Duplicate,
     /// `source_url` points somewhere it must not (a private, link-local or metadata address).
     #[error("source_url is not allowed: {0}")]
     SourceForbidden(String),
@@ -281,7 +285,9 @@ impl From<&PipelineError> for ApiError {
             PipelineError::InFlight { retry_after } => {
                 ApiError::new(Kind::InProgress, message).with_retry_after(Some(*retry_after))
             }
-            PipelineError::IdReused => ApiError::new(Kind::Replayed, message),
+            PipelineError::IdReused | PipelineError::Duplicate => {
+                ApiError::new(Kind::Replayed, message)
+            }
             PipelineError::SourceForbidden(_) | PipelineError::SourceRefused(_) => {
                 ApiError::new(Kind::BadRequest, message)
             }
@@ -294,11 +300,7 @@ impl From<&PipelineError> for ApiError {
             )
             .with_retry_after(Some(retry_after.unwrap_or(Duration::from_secs(1)))),
             // The store's text names secrets and ARNs: it goes to the log only.
-            PipelineError::Store(_) => ApiError::new(
-                Kind::Unavailable,
-                "the secret store could not be reached; retry later",
-            )
-            .with_retry_after(Some(Duration::from_secs(5))),
+            PipelineError::Store(e) => e.to_api_error(),
         }
     }
 }
@@ -393,18 +395,15 @@ impl Pipeline {
                 .clone()
                 .ok_or(PipelineError::NoDefaultConnection)?,
         };
-        let conn = self.load_connection(&connection).await;
-        // Unknown connections are only revealed to senders that sign correctly.
-        let options = conn
-            .as_ref()
-            .ok()
-            .map(|c| c.upload.clone())
-            .unwrap_or_default();
-        let verifier = self.verifier(&options).await?;
-        let verified = verifier
+        // The sender secret alone decides who may send; an unknown connection refuses like a
+        // wrong signature, so only senders that sign correctly learn what exists.
+        let sender = Sender::load(self.store.as_ref(), &self.config, &connection)
+            .await
+            .map_err(PipelineError::Store)?;
+        let verified = sender
             .verify(req.headers, &req.body, now)
             .map_err(IngestError::from)?;
-        let conn = conn?;
+        let conn = self.load_connection(&connection).await?;
         if conn.status == ConnectionStatus::NeedsConsent {
             return Err(PipelineError::NeedsConsent {
                 connection,
@@ -417,23 +416,29 @@ impl Pipeline {
             &self.config.secrets,
             self.config.ingest.idempotency_window,
         );
-        let claim = match verified.webhook_id() {
-            Some(id) => {
-                let digest = body_digest(&req.body);
-                match idem
-                    .claim(&connection, id, &digest, now)
-                    .await
-                    .map_err(|e| match e {
-                        super::idempotency::IdempotencyError::Store(s) => PipelineError::Store(s),
-                        other => PipelineError::Config(other.to_string()),
-                    })? {
+        let claim = match sender.replay_key(&verified, &req.body) {
+            Some(key) => {
+                let claimed = match &key {
+                    ReplayKey::WebhookId(id) => {
+                        idem.claim(&connection, id, &body_digest(&req.body), now)
+                            .await
+                    }
+                    ReplayKey::Body { sha256, delivery } => {
+                        idem.claim_body(&connection, sha256, delivery.as_deref(), now)
+                            .await
+                    }
+                };
+                match claimed.map_err(|e| match e {
+                    super::idempotency::IdempotencyError::Store(s) => PipelineError::Store(s),
+                    other => PipelineError::Config(other.to_string()),
+                })? {
                     Claim::Claimed(t) => Some(t),
                     Claim::Replay(r) => {
                         tracing::info!(
                             connection,
-                            webhook_id = id,
+                            key = ?key,
                             status = r.status,
-                            "repeated webhook-id answered from the ledger"
+                            "repeated delivery answered from the ledger"
                         );
                         return Ok(IngestResponse {
                             status: r.status,
@@ -446,12 +451,13 @@ impl Pipeline {
                         return Err(PipelineError::InFlight { retry_after });
                     }
                     Claim::Mismatch => return Err(PipelineError::IdReused),
+                    Claim::Duplicate => return Err(PipelineError::Duplicate),
                 }
             }
             None => None,
         };
 
-        let result = self.upload_all(req, &connection, &conn).await;
+        let result = self.upload_all(req, &connection, &conn, &sender).await;
         self.settle(&idem, claim.as_ref(), &result).await;
         result
     }
@@ -491,13 +497,7 @@ impl Pipeline {
     }
 
     async fn load_connection(&self, id: &str) -> Result<ConnectionSecret, PipelineError> {
-        let valid = !id.is_empty()
-            && id.len() <= MAX_CONNECTION_ID
-            && !id.starts_with('.')
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if !valid {
+        if !super::sender::valid_connection_id(id) {
             return Err(PipelineError::UnknownConnection(
                 id.chars().take(64).collect(),
             ));
@@ -505,53 +505,8 @@ impl Pipeline {
         match schema::connection(self.store.as_ref(), &self.config.secrets, id).await {
             Ok(c) => Ok(c.value),
             Err(SecretError::NotFound { .. }) => Err(PipelineError::UnknownConnection(id.into())),
-            Err(SecretError::InvalidJson { name, reason }) => Err(PipelineError::Config(format!(
-                "connection secret {name} is invalid: {reason}"
-            ))),
             Err(e) => Err(e.into()),
         }
-    }
-
-    async fn verifier(
-        &self,
-        options: &schema::UploadOptions,
-    ) -> Result<WebhookVerifier, PipelineError> {
-        let secrets = match schema::webhook_secrets(self.store.as_ref(), &self.config.secrets).await
-        {
-            Ok(s) => s.value.secrets,
-            // A connection that allows unsigned requests works without any signing secret.
-            Err(SecretError::NotFound { .. }) if options.allow_unsigned => Vec::new(),
-            Err(SecretError::NotFound { name }) => {
-                return Err(PipelineError::Config(format!(
-                    "the webhook secret {name} does not exist"
-                )));
-            }
-            Err(SecretError::InvalidJson { name, reason }) => {
-                return Err(PipelineError::Config(format!(
-                    "the webhook secret {name} is invalid: {reason}"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let standard: Vec<WebhookSecret> = secrets
-            .iter()
-            .filter_map(|s| WebhookSecret::from_whsec(s.expose_secret()).ok())
-            .collect();
-        if standard.is_empty() && !secrets.is_empty() {
-            return Err(PipelineError::Config(
-                "no webhook secret is a valid whsec_ secret".into(),
-            ));
-        }
-        let mut verifier =
-            WebhookVerifier::standard(standard).allow_unsigned(options.allow_unsigned);
-        if options.github_signature {
-            let github = secrets
-                .iter()
-                .filter_map(|s| WebhookSecret::from_raw(s.expose_secret().as_bytes().to_vec()).ok())
-                .collect();
-            verifier = verifier.with_github(github);
-        }
-        Ok(verifier)
     }
 
     async fn upload_all(
@@ -559,17 +514,10 @@ impl Pipeline {
         req: &IngestRequest<'_>,
         connection: &str,
         conn: &ConnectionSecret,
+        sender: &Sender,
     ) -> Result<IngestResponse, PipelineError> {
-        let mut limits = self.limits;
-        if let Some(max) = conn.upload.max_file_bytes {
-            limits.max_file_bytes = limits
-                .max_file_bytes
-                .min(usize::try_from(max).unwrap_or(usize::MAX));
-        }
-        let mut names = NamePolicy::new().sanitize(conn.upload.sanitize_names);
-        if let Some(blocked) = &conn.upload.blocked_extensions {
-            names = names.with_blocked_extensions(blocked.iter().map(String::as_str));
-        }
+        let limits = sender.limits(self.limits);
+        let names = sender.name_policy();
         let files = parse_request(
             RawRequest {
                 method: req.method,
@@ -606,8 +554,8 @@ impl Pipeline {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(PipelineError::Deadline);
         }
-        let max_source = conn
-            .upload
+        let max_source = sender
+            .options()
             .max_file_bytes
             .map_or(self.config.ingest.max_source_bytes, |m| {
                 m.min(self.config.ingest.max_source_bytes)

@@ -61,6 +61,7 @@ mod flow_tests {
                     scopes: vec!["offline_access".into()],
                     resource: None,
                     pkce: true,
+                    rebind: false,
                 },
                 NOW,
             )

@@ -77,17 +77,27 @@ impl StateKey {
     }
 
     fn sign(&self, payload: &str) -> [u8; 32] {
+        self.tag(MAC_DOMAIN, payload)
+    }
+
+    fn verifies(&self, payload: &str, tag: &[u8]) -> bool {
+        self.verifies_tag(MAC_DOMAIN, payload, tag)
+    }
+
+    /// HMAC-SHA256 of `domain || payload`. Each use of the key has its own `\0`-terminated
+    /// domain, so a tag made for one use (a `state`, a connect link) never verifies as another.
+    pub(crate) fn tag(&self, domain: &[u8], payload: &str) -> [u8; 32] {
         let mut mac = self.mac();
-        mac.update(MAC_DOMAIN);
+        mac.update(domain);
         mac.update(payload.as_bytes());
         mac.finalize().into_bytes().into()
     }
 
-    fn verifies(&self, payload: &str, tag: &[u8]) -> bool {
+    /// Whether `tag` is [`StateKey::tag`] of `domain || payload`, compared in constant time.
+    pub(crate) fn verifies_tag(&self, domain: &[u8], payload: &str, tag: &[u8]) -> bool {
         let mut mac = self.mac();
-        mac.update(MAC_DOMAIN);
+        mac.update(domain);
         mac.update(payload.as_bytes());
-        // `verify_slice` compares in constant time.
         mac.verify_slice(tag).is_ok()
     }
 
@@ -200,6 +210,10 @@ pub struct StateClaims {
     /// Whether a PKCE challenge was sent, so the redemption must send the verifier.
     #[serde(rename = "pk", default)]
     pub pkce: bool,
+    /// Started from a connect link minted for re-binding: the sign-in may replace the
+    /// connection's bound account.
+    #[serde(rename = "rb", default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebind: bool,
 }
 
 impl StateClaims {
@@ -231,6 +245,8 @@ pub struct StateRequest {
     pub resource: Option<String>,
     /// Whether to send a PKCE challenge.
     pub pkce: bool,
+    /// Whether the attempt may re-bind the connection to another account.
+    pub rebind: bool,
 }
 
 /// A freshly signed sign-in attempt.
@@ -357,6 +373,7 @@ impl StateSigner {
             scopes: request.scopes,
             resource: request.resource,
             pkce: request.pkce,
+            rebind: request.rebind,
         };
         let json = serde_json::to_vec(&claims).map_err(|e| IssueError::Encode(e.to_string()))?;
         let payload = URL_SAFE_NO_PAD.encode(json);
@@ -583,6 +600,7 @@ mod tests {
             scopes: vec!["offline_access".into(), "Files.ReadWrite.All".into()],
             resource: None,
             pkce,
+            rebind: false,
         }
     }
 

@@ -309,21 +309,130 @@ pub struct ConnectionSecret {
     /// Microsoft's description of the last failure behind `status` (no secrets; for operators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_detail: Option<String>,
-    /// How upload-ingest treats requests for this connection (top-level JSON fields).
+    /// The account this connection is bound to, set by the first sign-in that names one. A
+    /// sign-in bringing another account is refused (`account_mismatch`) unless it started from a
+    /// link minted for re-binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_account: Option<AccountId>,
+    /// Connect links already used (ids and expiry), so each starts one sign-in only.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::secrets::replay::ConsumedStates::is_empty"
+    )]
+    pub consumed_links: crate::secrets::replay::ConsumedStates,
+}
+
+/// Who a delegated connection acts for: the directory tenant and the user's object id (`oid`),
+/// or, for a Microsoft account, its user id (no tenant). Not secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountId {
+    /// Tenant id (Entra, Azure AD v1) or ACS realm; `None` for a Microsoft account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The user's object id, or the Microsoft-account user id.
+    pub object_id: String,
+}
+
+impl AccountId {
+    /// Whether two ids name the same account (ids compared without regard to case).
+    pub fn same_as(&self, other: &AccountId) -> bool {
+        let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        eq(&self.object_id, &other.object_id)
+            && match (&self.tenant_id, &other.tenant_id) {
+                (Some(a), Some(b)) => eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant_id {
+            Some(t) => write!(f, "{}@{t}", self.object_id),
+            None => f.write_str(&self.object_id),
+        }
+    }
+}
+
+/// What upload-ingest needs to accept requests for one connection: `{prefix}senders/{id}`.
+///
+/// Kept apart from the [`ConnectionSecret`] so the internet-facing receiver never reads
+/// Microsoft credentials: upload-ingest reads this secret, never the connection's. A request is
+/// authenticated with this connection's own secrets only, so a request signed for one
+/// connection is refused at every other.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SenderSecret {
+    /// The connection's Standard Webhooks secrets (`whsec_…`), newest first. Any of them
+    /// verifies a request (rolling one has no gap); the newest signs callbacks.
+    #[serde(default, with = "secret_vec_default")]
+    pub webhook_secrets: Vec<SecretString>,
+    /// Also accept the deployment-wide `{prefix}webhook` secret. Off by default: an operator
+    /// turns it on for a connection whose senders share that secret.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_deployment_secret: bool,
+    /// Accept GitHub-style `X-Hub-Signature-256` requests. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub github_signature: bool,
+    /// The GitHub-style secrets, as typed into the sender's settings (raw text), newest first.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "secret_vec_default"
+    )]
+    pub github_secrets: Vec<SecretString>,
+    /// Accept requests that carry no signature at all. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
+    /// Where the upload worker reports the outcome of an accepted request, signed with the
+    /// newest of `webhook_secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<Url>,
+    /// How requests are validated (top-level JSON fields).
     #[serde(default, flatten)]
     pub upload: UploadOptions,
 }
 
-/// Per-connection upload-ingest options, stored as top-level fields of the connection secret
-/// (all optional; the defaults are the safe choice).
+impl SenderSecret {
+    /// Checks what a receiver needs; the reason names the field and never holds a secret.
+    pub fn validate(&self) -> Result<(), String> {
+        use secrecy::ExposeSecret;
+        for (i, s) in self.webhook_secrets.iter().enumerate() {
+            crate::webhook::WebhookSecret::from_whsec(s.expose_secret())
+                .map_err(|e| format!("webhook_secrets[{i}]: {e}"))?;
+        }
+        if self.webhook_secrets.is_empty()
+            && !self.accept_deployment_secret
+            && !self.github_signature
+            && !self.allow_unsigned
+        {
+            return Err("webhook_secrets is empty and no other way in is set \
+                        (accept_deployment_secret, github_signature, allow_unsigned)"
+                .into());
+        }
+        if self.github_signature && self.github_secrets.is_empty() {
+            return Err("github_signature needs github_secrets".into());
+        }
+        if self
+            .github_secrets
+            .iter()
+            .any(|s| s.expose_secret().is_empty())
+        {
+            return Err("github_secrets holds an empty secret".into());
+        }
+        Ok(())
+    }
+
+    /// The secret callbacks are signed with: the newest of `webhook_secrets`.
+    pub fn signing_secret(&self) -> Option<&SecretString> {
+        self.webhook_secrets.first()
+    }
+}
+
+/// How a connection's requests are validated, stored as top-level fields of its
+/// [`SenderSecret`] (all optional; the defaults are the safe choice).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadOptions {
-    /// Accept requests that carry no signature at all. Off by default.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_unsigned: bool,
-    /// Also accept GitHub-style `X-Hub-Signature-256`, keyed with the webhook secret's text.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub github_signature: bool,
     /// Clean illegal file and folder names instead of refusing them with 422.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sanitize_names: bool,
@@ -438,6 +547,20 @@ pub async fn connection(
     get_typed(store, &cfg.connection_secret_name(id)).await
 }
 
+/// Reads the sender secret of connection `id` and checks it ([`SenderSecret::validate`]).
+pub async fn sender(
+    store: &dyn SecretStore,
+    cfg: &SecretsConfig,
+    id: &str,
+) -> Result<Versioned<SenderSecret>, SecretError> {
+    let name = cfg.sender_secret_name(id);
+    let s = get_typed::<SenderSecret>(store, &name).await?;
+    s.value
+        .validate()
+        .map_err(|reason| SecretError::InvalidJson { name, reason })?;
+    Ok(s)
+}
+
 /// Writes connection `id` unless the store already holds `conn.generation` or newer.
 ///
 /// The caller sets `conn.generation` to one more than the generation it read before calling
@@ -521,6 +644,23 @@ mod secret_vec_opt {
     ) -> Result<Option<Vec<SecretString>>, D::Error> {
         Ok(Option::<Vec<String>>::deserialize(d)?
             .map(|v| v.into_iter().map(SecretString::from).collect()))
+    }
+}
+
+/// Serde for a `Vec<SecretString>` that may be absent.
+mod secret_vec_default {
+    use secrecy::SecretString;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+        super::secret_vec::serialize(v, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+        Ok(Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(SecretString::from)
+            .collect())
     }
 }
 

@@ -82,6 +82,20 @@ pub enum Reason {
     /// AAD v1 Discovery listed no usable service.
     #[error("the Discovery service lists no service this account can use")]
     NoServices,
+    /// `/connect` without a valid operator-minted link (missing, altered, expired, used, or for
+    /// another or unknown connection). One answer for all, so it tells nobody which connections
+    /// exist; the log says which.
+    #[error(
+        "this sign-in needs a valid link from the operator (links are single use and expire); \
+         ask for a new one"
+    )]
+    LinkRequired,
+    /// The sign-in brought another account than the one the connection is bound to.
+    #[error(
+        "this connection is bound to another account; sign in with that account, or ask the \
+         operator for a re-binding link"
+    )]
+    AccountMismatch,
     /// The connection was deleted while the sign-in ran.
     #[error("the connection was deleted during the sign-in")]
     ConnectionGone,

@@ -1,8 +1,8 @@
 //! The sign-in engine: `GET /connect/{connection}` → Microsoft → `GET|POST /callback`, and the
 //! token-refresh run.
 //!
-//! - [`connect`] signs a `state`, and builds the provider's authorize URL (only the identity
-//!   modules build those).
+//! - [`connect`] checks the operator-minted link ([`link`]), signs a `state`, builds the
+//!   provider's authorize URL (only the identity modules build those) and marks the link used.
 //! - [`complete_code`] verifies the `state` and its cookie, redeems the code ([`provider`]) and
 //!   stores the consent.
 //! - [`launch`] validates a SharePoint add-in context token (`POST /callback`, `SPAppToken`),
@@ -19,6 +19,7 @@
 
 pub mod error;
 pub mod form;
+pub mod link;
 pub mod provider;
 pub mod refresh;
 
@@ -76,20 +77,45 @@ pub struct Started {
     pub set_cookie: String,
 }
 
-/// `GET /connect/{connection}`: signs a `state` and builds the provider's authorize URL.
+/// `GET /connect/{connection}?invite={link}`: checks the operator-minted link, signs a `state`
+/// and builds the provider's authorize URL; the link is marked used last, so a misconfigured
+/// connection does not burn it.
+///
+/// Without a valid link (missing, altered, expired, used, for another connection) every
+/// connection id, existing or not, gets the same [`Reason::LinkRequired`] and nothing is read
+/// about the connection.
 pub async fn connect(
     warm: &Warm,
     access: &Access,
     raw_id: &str,
+    invite: Option<&str>,
     redirect_uri: Url,
 ) -> Result<Started, SignInError> {
-    let id = connection_id(raw_id)?;
-    let conn = access.connection(id).await?.value;
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::info!(reason = %why, "connect refused: no valid link");
+        SignInError::from(Reason::LinkRequired)
+    };
+    let id = connection_id(raw_id).map_err(|e| refused(&e))?;
+    let invite = invite.ok_or_else(|| refused(&"no invite"))?;
+    let keys = state_keys(warm, access).await?;
+    let now = (warm.clock)();
+    let link = link::LinkSigner::new(&keys)
+        .map_err(|_| key_fault(warm, "is not base64 of 32 bytes or more"))?
+        .verify(invite, id, now)
+        .map_err(|e| refused(&e))?;
+    let conn = match access.connection(id).await {
+        Ok(c) => c.value,
+        Err(crate::access::AccessError::NotFound { .. }) => return Err(refused(&"unknown")),
+        Err(e) => return Err(e.into()),
+    };
+    if conn.consumed_links.contains(&link.replay_key()) {
+        return Err(refused(&"link already used"));
+    }
     if conn.auth == AuthKind::AppOnly {
         return Err(SignInError::about(id, Reason::AppOnly));
     }
     let app = access.app_credential(id, &conn).await?;
-    let signer = signer(warm, access).await?;
+    let signer = signer(warm, &keys)?;
     let ask = provider::ask(&conn, access.endpoints()).map_err(|e| misconfigured(id, e))?;
     let issued = signer
         .issue(
@@ -101,8 +127,9 @@ pub async fn connect(
                 scopes: ask.scopes.clone(),
                 resource: ask.resource.clone(),
                 pkce: ask.pkce,
+                rebind: link.rebind,
             },
-            (warm.clock)(),
+            now,
         )
         .map_err(|e| SignInError::about(id, Reason::BadInput(format!("cannot start: {e}"))))?;
     let authorize_url = provider::authorize_url(
@@ -114,12 +141,57 @@ pub async fn connect(
         &issued,
     )
     .map_err(|e| misconfigured(id, e))?;
-    tracing::info!(connection = id, provider = %conn.provider, "sign-in started");
+    consume_link(access, id, &link, now).await?;
+    tracing::info!(connection = id, provider = %conn.provider, rebind = link.rebind, "sign-in started");
     let set_cookie = cookie_settings(&redirect_uri).set_cookie(&issued.nonce);
     Ok(Started {
         authorize_url,
         set_cookie,
     })
+}
+
+/// Records `link` as used in the connection secret (compare-and-swap; the generation is left
+/// alone, so a token refresh racing with it still lands).
+async fn consume_link(
+    access: &Access,
+    id: &str,
+    link: &link::ConnectLink,
+    now: OffsetDateTime,
+) -> Result<(), SignInError> {
+    enum Refused {
+        Gone,
+        Used,
+    }
+    let key = link.replay_key();
+    let name = access.secrets_config().connection_secret_name(id);
+    let result = secrets::update_typed::<ConnectionSecret, Refused, _>(
+        access.store().as_ref(),
+        &name,
+        crate::access::SAVE_ATTEMPTS,
+        |current| {
+            let mut next = current.ok_or(Refused::Gone)?.clone();
+            next.consumed_links
+                .record(&key, now)
+                .map_err(|_| Refused::Used)?;
+            Ok(Some(next))
+        },
+    )
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(secrets::UpdateError::Rejected { source, .. }) => {
+            let why = match source {
+                Refused::Gone => "connection gone",
+                Refused::Used => "link already used",
+            };
+            tracing::info!(connection = id, reason = why, "connect refused");
+            Err(Reason::LinkRequired.into())
+        }
+        Err(secrets::UpdateError::Secret(e)) => {
+            tracing::error!(connection = id, error = %e, "could not record the connect link");
+            Err(SignInError::about(id, Reason::StoreFailed(e.to_string())))
+        }
+    }
 }
 
 /// The cookie settings for a redirect URI: `Secure` over https.
@@ -149,7 +221,7 @@ pub async fn complete_code(
     if !well_formed {
         return Err(StateError::Tampered.into());
     }
-    let signer = signer(warm, access).await?;
+    let signer = signer(warm, &state_keys(warm, access).await?)?;
     let now = (warm.clock)();
     let mut verified = signer.verify(raw_state, Some(&nonce), None, now)?;
     let id = verified.claims.connection.clone();
@@ -179,7 +251,8 @@ pub async fn complete_code(
         },
     )
     .await?;
-    store_consent(warm, access, &id, key, consented, now).await
+    let rebind = verified.claims.rebind;
+    store_consent(warm, access, &id, key, consented, now, rebind).await
 }
 
 /// What SharePoint posted to launch an add-in.
@@ -230,9 +303,23 @@ pub async fn launch(
     if let Some(s) = &app.secondary_client_secret {
         validator = validator.with_secondary_secret(secret(s));
     }
-    if let Some(r) = current.realm.as_deref().or(app.realm.as_deref()) {
-        validator = validator.with_realm(acs::Realm::parse(r).map_err(|e| misconfigured(id, e))?);
-    }
+    // The token's realm must be the connection's: configured, else discovered from its site.
+    // The token's own realm is never trusted on its own.
+    let realm = match current.realm.as_deref().or(app.realm.as_deref()) {
+        Some(r) => acs::Realm::parse(r).map_err(|e| misconfigured(id, e))?,
+        None => {
+            acs::discover_realm(
+                access.http(),
+                &site,
+                &access.cache().realms,
+                &access.cache().retry,
+            )
+            .await
+            .map_err(|e| redeem_failure(id, e))?
+            .realm
+        }
+    };
+    validator = validator.with_realm(realm);
     let now = (warm.clock)();
     let ctx = validator
         .validate(launch.context_token, now)
@@ -288,24 +375,32 @@ pub async fn launch(
     let mut write = TokenWrite::from_token(&token, SecretString::from(refresh_token));
     write.tenant_id = Some(realm.clone());
     write.realm = Some(realm);
-    store_consent(warm, access, id, key, write, now).await
+    store_consent(warm, access, id, key, write, now, false).await
 }
 
-/// The state signer from the state-key secret ([`secrets::schema::state_keys`], which falls back
-/// to the app credential's legacy fields).
-async fn signer(warm: &Warm, access: &Access) -> Result<StateSigner, SignInError> {
-    let name = &warm.config.secrets.state_key_secret;
-    let fault = |what: &str| -> SignInError {
-        tracing::error!(secret = %name, problem = what, "sign-in key unusable");
-        Reason::Misconfigured(format!("the sign-in key {what}")).into()
-    };
-    let keys = secrets::schema::state_keys(access.store().as_ref(), access.secrets_config())
+/// The state-signing keys ([`secrets::schema::state_keys`], which falls back to the app
+/// credential's legacy fields).
+async fn state_keys(
+    warm: &Warm,
+    access: &Access,
+) -> Result<secrets::schema::StateKeys, SignInError> {
+    secrets::schema::state_keys(access.store().as_ref(), access.secrets_config())
         .await
         .map_err(|e| {
-            tracing::error!(secret = %name, error = %e, "cannot read the state signing key");
-            fault("cannot be read")
-        })?;
-    let key = |k: &SecretString| StateKey::from_base64(k).map_err(|_| fault("is not base64"));
+            tracing::error!(secret = %warm.config.secrets.state_key_secret, error = %e, "cannot read the state signing key");
+            key_fault(warm, "cannot be read")
+        })
+}
+
+fn key_fault(warm: &Warm, what: &str) -> SignInError {
+    tracing::error!(secret = %warm.config.secrets.state_key_secret, problem = what, "sign-in key unusable");
+    Reason::Misconfigured(format!("the sign-in key {what}")).into()
+}
+
+/// The state signer over the keys.
+fn signer(warm: &Warm, keys: &secrets::schema::StateKeys) -> Result<StateSigner, SignInError> {
+    let key =
+        |k: &SecretString| StateKey::from_base64(k).map_err(|_| key_fault(warm, "is not base64"));
     let mut signer = StateSigner::new(key(&keys.key)?);
     if let Some(previous) = &keys.previous_key {
         signer = signer.with_previous(key(previous)?);
@@ -344,17 +439,25 @@ async fn store_consent(
     key: ReplayKey,
     write: TokenWrite,
     now: OffsetDateTime,
+    rebind: bool,
 ) -> Result<SuccessInfo, SignInError> {
     let stored = write_tokens(
         access.store().as_ref(),
         access.secrets_config(),
         id,
-        write.consent(key, now),
+        write.consent(key, now, rebind),
     )
     .await
     .map_err(|e| match e {
         WriteError::Replayed => SignInError::about(id, StateError::Replayed),
         WriteError::Gone => SignInError::about(id, Reason::ConnectionGone),
+        WriteError::AccountMismatch => {
+            tracing::warn!(
+                connection = id,
+                "sign-in refused: another account than the bound one"
+            );
+            SignInError::about(id, Reason::AccountMismatch)
+        }
         WriteError::Store(e) => {
             tracing::error!(connection = id, error = %e, "could not store the consent");
             SignInError::about(id, Reason::StoreFailed(e.to_string()))

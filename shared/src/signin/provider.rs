@@ -100,7 +100,7 @@ pub fn authorize_url(
             ask.resource.as_deref().unwrap_or_default(),
             redirect_uri,
             &issued.state,
-            None,
+            Some(aad_v1::Prompt::SelectAccount),
         ),
         Provider::Entra => {
             let challenge = issued

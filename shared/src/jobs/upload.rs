@@ -1,0 +1,297 @@
+//! One job file into its connection's target, with the upload clients of [`crate::upload`], and
+//! the judgement of a failure: retry later (transient) or end the job (permanent).
+//!
+//! Retryability is the upload error's own ([`UploadError::is_transient`]) or the token
+//! source's ([`TokenError`]); nothing here decides it a second time.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use url::Url;
+
+use super::JobFailure;
+use super::queue::{Conflict, JobFile};
+use crate::api::{ApiError, Kind};
+use crate::ingest::pipeline::{TokenError, TokenProvider};
+use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
+use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
+use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
+use crate::upload::{
+    BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, RetryPolicy, UploadError,
+    UploadOutcome, UploadRequest, UploadSource,
+};
+
+/// How one attempt at a job went wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    /// Retrying cannot help: the job ends with this.
+    Permanent(JobFailure),
+    /// Throttling or an outage: try again later (after `retry_after`, if the service said).
+    Transient {
+        /// What happened.
+        failure: JobFailure,
+        /// The service's wait.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Attempt {
+    /// A permanent failure of `kind`.
+    pub fn permanent(kind: Kind, message: impl Into<String>) -> Self {
+        Attempt::Permanent(JobFailure::new(kind, message))
+    }
+
+    /// A transient failure of `kind`.
+    pub fn transient(
+        kind: Kind,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Attempt::Transient {
+            failure: JobFailure::new(kind, message),
+            retry_after,
+        }
+    }
+}
+
+/// Uploads job files.
+#[derive(Clone)]
+pub struct Uploader {
+    http: reqwest::Client,
+    graph: Url,
+    chunk_size: usize,
+    retry: RetryPolicy,
+    tokens: Arc<dyn TokenProvider>,
+}
+
+impl Uploader {
+    /// Uploads over `http` with tokens from `tokens`; Graph at `graph`.
+    pub fn new(
+        http: reqwest::Client,
+        graph: Url,
+        chunk_size: usize,
+        tokens: Arc<dyn TokenProvider>,
+    ) -> Self {
+        Uploader {
+            http,
+            graph,
+            chunk_size,
+            retry: RetryPolicy::default(),
+            tokens,
+        }
+    }
+
+    /// Replaces the per-request retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Uploads `file` (its bytes in `source`) for `connection`.
+    pub async fn upload(
+        &self,
+        connection: &str,
+        conn: &ConnectionSecret,
+        file: &JobFile,
+        source: UploadSource,
+    ) -> Result<UploadOutcome, Attempt> {
+        let bearer = Arc::new(JobBearer {
+            tokens: self.tokens.clone(),
+            connection: connection.to_owned(),
+            refused: Mutex::new(None),
+        });
+        let mut request = UploadRequest {
+            folder: String::new(),
+            file_name: file.name.clone(),
+            conflict: match file.conflict {
+                Conflict::Fail => ConflictBehavior::Fail,
+                Conflict::Replace => ConflictBehavior::Replace,
+                Conflict::Rename => ConflictBehavior::Rename,
+            },
+            fields: file
+                .metadata
+                .iter()
+                .map(|(name, value)| FieldValue {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            deadline: None,
+        };
+        let result = match &conn.target {
+            Target::Sharepoint {
+                site_url,
+                library,
+                base_folder,
+            } => {
+                let library_url = if library.starts_with('/') {
+                    library.clone()
+                } else {
+                    let site = site_url.path().trim_end_matches('/');
+                    format!("{site}/{}", library.trim_matches('/'))
+                };
+                let target =
+                    SharePointTarget::new(site_url.clone(), &library_url).map_err(|e| {
+                        Attempt::permanent(Kind::Misconfigured, format!("connection target: {e}"))
+                    })?;
+                request.folder = join(base_folder.trim_matches('/'), &file.folder);
+                let opts = SharePointOptions {
+                    chunk_size: self.chunk_size,
+                    retry: self.retry.clone(),
+                };
+                SharePointClient::new(self.http.clone(), bearer.clone(), opts)
+                    .upload(&target, &request, source)
+                    .await
+            }
+            Target::Drive { drive_id } => {
+                let drive = match drive_id {
+                    schema::DriveRef::Me if conn.auth == AuthKind::AppOnly => {
+                        return Err(Attempt::permanent(
+                            Kind::Misconfigured,
+                            "an app-only connection cannot use drive_id \"me\"",
+                        ));
+                    }
+                    schema::DriveRef::Me => DriveRef::Me,
+                    schema::DriveRef::Id(id) => DriveRef::Drive(id.clone()),
+                };
+                request.folder = file.folder.clone();
+                let opts = GraphOptions {
+                    chunk_size: self.chunk_size,
+                    retry: self.retry.clone(),
+                };
+                GraphClient::new(self.http.clone(), self.graph.clone(), bearer.clone(), opts)
+                    .upload(&drive, &request, source)
+                    .await
+            }
+        };
+        let refused = bearer.refused.lock().ok().and_then(|mut r| r.take());
+        result.map_err(|e| match refused {
+            Some(t) => token_attempt(t),
+            None => upload_attempt(&e),
+        })
+    }
+}
+
+fn join(base: &str, sub: &str) -> String {
+    match (base.is_empty(), sub.is_empty()) {
+        (_, true) => base.to_owned(),
+        (true, false) => sub.to_owned(),
+        (false, false) => format!("{base}/{sub}"),
+    }
+}
+
+/// A connection's tokens for the upload clients, keeping the token source's own error.
+struct JobBearer {
+    tokens: Arc<dyn TokenProvider>,
+    connection: String,
+    refused: Mutex<Option<TokenError>>,
+}
+
+impl BearerSource for JobBearer {
+    fn bearer(&self, force_refresh: bool) -> BoxFuture<'_, Result<SecretString, UploadError>> {
+        Box::pin(async move {
+            self.tokens
+                .bearer(&self.connection, force_refresh)
+                .await
+                .map_err(|e| {
+                    let message = format!("getting an access token: {e}");
+                    if let Ok(mut slot) = self.refused.lock() {
+                        *slot = Some(e);
+                    }
+                    // The upload stops here; the kept TokenError decides what happens next.
+                    UploadError::BadInput(message)
+                })
+        })
+    }
+}
+
+fn token_attempt(e: TokenError) -> Attempt {
+    let message = e.to_string();
+    match e {
+        TokenError::NeedsConsent(_) => Attempt::permanent(Kind::NeedsConsent, message),
+        TokenError::Throttled { retry_after, .. } => {
+            Attempt::transient(Kind::Throttled, message, retry_after)
+        }
+        TokenError::Transient(_) => Attempt::transient(Kind::Unavailable, message, None),
+        TokenError::Misconfigured(_) => Attempt::permanent(Kind::Misconfigured, message),
+    }
+}
+
+/// The job's view of an upload error: the one error table ([`ApiError`]'s `From<&UploadError>`)
+/// names it, and [`UploadError::is_transient`] says whether another attempt may help.
+pub fn upload_attempt(e: &UploadError) -> Attempt {
+    let api = ApiError::from(e);
+    let failure = JobFailure::from_api(&api);
+    if e.is_transient() {
+        Attempt::Transient {
+            failure,
+            retry_after: api.retry_after,
+        }
+    } else {
+        Attempt::Permanent(failure)
+    }
+}
+
+/// The answer for one stored file, as the synchronous path gives it.
+pub fn outcome_json(o: &UploadOutcome) -> Value {
+    let conflict = match &o.conflict_outcome {
+        ConflictOutcome::Created => "created",
+        ConflictOutcome::Replaced => "replaced",
+        ConflictOutcome::Renamed { .. } => "renamed",
+    };
+    let mut v = json!({
+        "path": o.path, "web_url": o.web_url, "size": o.size, "id": o.id, "etag": o.etag,
+        "conflict_outcome": conflict, "chunks": o.chunks, "retries": o.retries,
+    });
+    if let ConflictOutcome::Renamed { from } = &o.conflict_outcome {
+        v["renamed_from"] = Value::String(from.clone());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryability_follows_the_upload_error() {
+        let throttled = UploadError::Throttled {
+            retry_after: Duration::from_secs(7),
+            microsoft: None,
+        };
+        assert_eq!(
+            upload_attempt(&throttled),
+            Attempt::transient(
+                Kind::Throttled,
+                throttled.to_string(),
+                Some(Duration::from_secs(7))
+            )
+        );
+        let conflict = UploadError::Conflict {
+            path: "/a".into(),
+            microsoft: None,
+        };
+        assert!(
+            matches!(upload_attempt(&conflict), Attempt::Permanent(f) if f.error == "conflict")
+        );
+        let outage = UploadError::Upstream {
+            status: 503,
+            microsoft_code: None,
+            message: "down".into(),
+        };
+        assert!(matches!(upload_attempt(&outage), Attempt::Transient { .. }));
+        let consent = token_attempt(TokenError::NeedsConsent("invalid_grant".into()));
+        assert!(matches!(consent, Attempt::Permanent(f) if f.error == "needs_consent"));
+    }
+
+    #[test]
+    fn folders_join_without_empty_segments() {
+        assert_eq!(join("", ""), "");
+        assert_eq!(join("inbox", ""), "inbox");
+        assert_eq!(join("", "a/b"), "a/b");
+        assert_eq!(join("inbox", "a"), "inbox/a");
+    }
+}
