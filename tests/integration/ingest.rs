@@ -61,10 +61,9 @@ pub(crate) fn sign_with(whsec: &str, id: &str, ts: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(body);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    spbridge_tests::secret_values::remember("webhook signature", &sig);
+    format!("v1,{sig}")
 }
 
 /// Headers signed by the Python `standardwebhooks` library (tests/python/sign_webhook.py).
@@ -319,6 +318,8 @@ fn fast_retries() -> RetryPolicy {
 impl World {
     pub(crate) async fn start(setup: Setup) -> World {
         let emu = Emulator::start(setup.opts).await.expect("emulator starts");
+        spbridge_tests::secret_values::remember("webhook secret", WHSEC);
+        spbridge_tests::secret_values::watch(emu.issued_credentials());
         let info = emu.info().clone();
         let prefix = spbridge_tests::unique_prefix();
         let mut env: HashMap<&str, String> = HashMap::from([
@@ -1575,45 +1576,10 @@ async fn a_wait_ends_before_the_deadline_with_202_and_the_job_lands_later() {
     assert_eq!(s1, 404, "{b1}");
 }
 
-/// Every log line of this test binary (a process-wide subscriber: thread-scoped ones miss lines
-/// when tests run in parallel and share callsites).
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
-
-static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
-
-fn captured_logs() -> &'static LogBuffer {
-    LOGS.get_or_init(|| {
-        let logs = LogBuffer::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        // Another module may have installed one first; then this test cannot see lines.
-        tracing::subscriber::set_global_default(subscriber)
-            .expect("no other global subscriber in the test binary");
-        logs
-    })
-}
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn one_log_line_per_upload_and_never_a_token() {
-    let logs = captured_logs();
+    // Every line of the binary, captured by the log scan's one subscriber (main.rs).
+    let logs = spbridge_tests::secret_values::capture();
 
     let w = World::start(Setup::default()).await;
     let data = content(300_000);
@@ -1645,7 +1611,7 @@ async fn one_log_line_per_upload_and_never_a_token() {
         .await;
     assert_eq!(s, 502);
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.lines().join("\n");
     let lines: Vec<Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -48,6 +48,7 @@ fn http_client() -> reqwest::Client {
 
 async fn env_with(store: Option<Arc<dyn SecretStore>>) -> Env {
     let emu = Emulator::start(Options::default()).await.unwrap();
+    spbridge_tests::secret_values::watch(emu.issued_credentials());
     let info = emu.info().clone();
     let prefix = spbridge_tests::unique_prefix();
     let vars: HashMap<&str, String> = HashMap::from([

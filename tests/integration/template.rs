@@ -114,13 +114,13 @@ fn sign(whsec: &str, id: &str, ts: i64, body: &[u8]) -> String {
     let key = base64::engine::general_purpose::STANDARD
         .decode(whsec.trim_start_matches("whsec_"))
         .expect("the sender's secret is base64 after whsec_");
+    spbridge_tests::secret_values::remember("webhook secret", whsec);
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(body);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    spbridge_tests::secret_values::remember("webhook signature", &sig);
+    format!("v1,{sig}")
 }
 
 fn config(prefix: &str) -> Config {

@@ -115,6 +115,7 @@ impl World {
         let emu = Emulator::start(Options::default())
             .await
             .expect("emulator starts");
+        spbridge_tests::secret_values::watch(emu.issued_credentials());
         let sp_token = sharepoint_token(&emu).await;
         let graph_token = graph_token(&emu).await;
         World {
@@ -630,6 +631,7 @@ async fn an_expired_graph_session_is_an_upstream_failure() {
     })
     .await
     .unwrap();
+    spbridge_tests::secret_values::watch(emu.issued_credentials());
     let graph_token = graph_token(&emu).await;
     let w = World {
         sp_token: sharepoint_token(&emu).await,

@@ -18,6 +18,8 @@ use aws_sdk_secretsmanager::{
 };
 use shared::secrets::AwsSecretStore;
 
+pub mod secret_values;
+
 /// Use this moto instead of starting one (e.g. `http://127.0.0.1:5000`).
 pub const MOTO_URL_VAR: &str = "SPBRIDGE_TEST_MOTO_URL";
 /// Path of the `moto_server` executable; default: `moto_server` from `PATH`.

@@ -332,6 +332,7 @@ fn authorize(st: &Shared, r: &Req, tenant: &str, v2: bool) -> Response {
         );
     }
     let code = opaque("1.A");
+    db.issued_codes.push(code.clone());
     db.codes.insert(
         code.clone(),
         AuthCode {

@@ -371,6 +371,7 @@ pub(crate) fn oauth_authorize(st: &Shared, r: &Req) -> Response {
         );
     };
     let code = opaque("IAAAA");
+    db.issued_codes.push(code.clone());
     db.codes.insert(
         code.clone(),
         AuthCode {

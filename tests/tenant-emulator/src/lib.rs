@@ -398,6 +398,55 @@ impl RunningEmulator {
         &self.info
     }
 
+    /// A function listing every credential this emulator holds or issued so far (app secrets,
+    /// private keys, signed tokens, authorization codes, refresh and Live tokens), labelled,
+    /// for the test suite's log scan. It keeps the emulator's state alive, not its server.
+    pub fn issued_credentials(
+        &self,
+    ) -> impl Fn() -> Vec<(&'static str, String)> + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || {
+            let mut out: Vec<(&'static str, String)> = Vec::new();
+            for t in shared.cfg.signer.issued() {
+                out.push(("token the emulator signed", t));
+            }
+            let pem_lines = |pem: &str| {
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .take(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            for l in pem_lines(&shared.cfg.signer.cert.key_pem) {
+                out.push(("emulator signing key", l));
+            }
+            let db = shared.db();
+            for a in &db.acs_apps {
+                out.push(("ACS client secret", a.secret.clone()));
+            }
+            for a in &db.entra_apps {
+                if let Some(s) = &a.secret {
+                    out.push(("Entra client secret", s.clone()));
+                }
+                for l in a.key_pem.as_deref().map(pem_lines).unwrap_or_default() {
+                    out.push(("Entra app private key", l));
+                }
+            }
+            out.extend(
+                db.issued_codes
+                    .iter()
+                    .map(|c| ("authorization code", c.clone())),
+            );
+            out.extend(db.refresh.keys().map(|t| ("refresh token", t.clone())));
+            out.extend(
+                db.live_tokens
+                    .keys()
+                    .map(|t| ("Live access token", t.clone())),
+            );
+            out
+        }
+    }
+
     /// Every stored file and folder.
     pub fn files(&self) -> Vec<StoredItem> {
         admin::list_items(&self.shared.db())

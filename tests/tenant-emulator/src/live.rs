@@ -63,6 +63,7 @@ fn authorize(st: &Shared, r: &Req) -> Response {
     match r.q("response_type") {
         Some("code") => {
             let code = format!("M.C5{}", opaque("_"));
+            db.issued_codes.push(code.clone());
             db.codes.insert(
                 code.clone(),
                 AuthCode {

@@ -225,6 +225,8 @@ pub struct Db {
     /// Lower-cased server-relative path → node (SharePoint names are case-insensitive).
     pub nodes: BTreeMap<String, Node>,
     pub codes: HashMap<String, AuthCode>,
+    /// Every authorization code handed out, redeemed or not (for the test suite's log scan).
+    pub issued_codes: Vec<String>,
     pub refresh: HashMap<String, RefreshToken>,
     pub live_tokens: HashMap<String, LiveAccess>,
     pub used_jti: HashSet<String>,
@@ -369,6 +371,7 @@ impl Db {
             users,
             nodes: BTreeMap::new(),
             codes: HashMap::new(),
+            issued_codes: Vec::new(),
             refresh: HashMap::new(),
             live_tokens: HashMap::new(),
             used_jti: HashSet::new(),

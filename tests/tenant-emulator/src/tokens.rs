@@ -14,6 +14,8 @@ pub struct Signer {
     dec: DecodingKey,
     pub kid: String,
     pub cert: CertInfo,
+    /// Every token signed, for the test suite's log scan.
+    issued: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,6 +63,7 @@ impl Signer {
             dec,
             kid,
             cert,
+            issued: Default::default(),
         })
     }
 
@@ -69,7 +72,20 @@ impl Signer {
         header.kid = Some(self.kid.clone());
         header.x5t = Some(self.kid.clone());
         // Signing a JSON value with a valid key cannot fail; an empty token fails every check.
-        jsonwebtoken::encode(&header, claims, &self.enc).unwrap_or_default()
+        let token = jsonwebtoken::encode(&header, claims, &self.enc).unwrap_or_default();
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(token.clone());
+        token
+    }
+
+    /// Every token this signer made.
+    pub fn issued(&self) -> Vec<String> {
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Checks signature, `exp` and `nbf` (numbers or, as ACS writes them, strings).
