@@ -195,8 +195,6 @@ pub struct IngestConfig {
     pub max_source_bytes: u64,
     /// Chunk size of chunked uploads, and the size above which uploads are chunked.
     pub chunk_bytes: usize,
-    /// How long a `webhook-id` is remembered for idempotency.
-    pub idempotency_window: Duration,
     /// Lets `source_url` reach loopback addresses. For tests only: production keeps it off.
     pub source_allow_loopback: bool,
 }
@@ -206,7 +204,6 @@ impl Default for IngestConfig {
         IngestConfig {
             max_source_bytes: 10 * 1024 * 1024 * 1024,
             chunk_bytes: 10 * 1024 * 1024,
-            idempotency_window: Duration::from_secs(24 * 3600),
             source_allow_loopback: false,
         }
     }
@@ -237,7 +234,6 @@ pub mod vars {
     pub const PUBLIC_BASE_URL: &str = "SPBRIDGE_PUBLIC_BASE_URL";
     pub const MAX_SOURCE_BYTES: &str = "SPBRIDGE_MAX_SOURCE_BYTES";
     pub const UPLOAD_CHUNK_BYTES: &str = "SPBRIDGE_UPLOAD_CHUNK_BYTES";
-    pub const IDEMPOTENCY_WINDOW: &str = "SPBRIDGE_IDEMPOTENCY_WINDOW_SECS";
     pub const SOURCE_ALLOW_LOOPBACK: &str = "SPBRIDGE_SOURCE_URL_ALLOW_LOOPBACK";
     /// Set by the Lambda runtime; its presence makes `aws` the default backend.
     pub const LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
@@ -339,14 +335,6 @@ impl Config {
         let ingest = IngestConfig {
             max_source_bytes: parse_num(&get, vars::MAX_SOURCE_BYTES, defaults.max_source_bytes)?,
             chunk_bytes: chunk_bytes as usize,
-            idempotency_window: Duration::from_secs(
-                parse_num(
-                    &get,
-                    vars::IDEMPOTENCY_WINDOW,
-                    defaults.idempotency_window.as_secs(),
-                )?
-                .max(1),
-            ),
             source_allow_loopback: match get(vars::SOURCE_ALLOW_LOOPBACK).as_deref().map(str::trim)
             {
                 None | Some("0") | Some("false") => false,
