@@ -5,7 +5,7 @@
 //! refused at every other; the deployment-wide `{prefix}webhook` secret counts only where the
 //! sender secret sets `accept_deployment_secret`.
 //!
-//! ```ignore
+//! ```text
 //! let sender = Sender::load(store, &config, "contoso-docs").await?;
 //! let verified = sender.verify(&headers, &body, now)?;     // 401 on any failure
 //! let key = sender.replay_key(&verified, &body);            // the job's delivery key
