@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_lambda_events::event::sqs::SqsEvent;
 use bytes::Bytes;
 use http::HeaderMap;
 use lambda_runtime::{Context, LambdaEvent};
@@ -176,32 +175,7 @@ async fn an_abandoned_job_shows_failed_and_stays_failed() {
 
 /// The messages moto delivers now, as the SQS event Lambda would build.
 async fn receive(sqs: &aws_sdk_sqs::Client, url: &str, arn: &str, wait: i32) -> SqsEvent {
-    let out = sqs
-        .receive_message()
-        .queue_url(url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(wait)
-        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-        .send()
-        .await
-        .expect("receive");
-    let mut event = SqsEvent::default();
-    for m in out.messages.unwrap_or_default() {
-        let mut r = SqsMessage::default();
-        r.message_id = m.message_id;
-        r.receipt_handle = m.receipt_handle;
-        r.body = m.body;
-        r.event_source_arn = Some(arn.to_owned());
-        r.event_source = Some("aws:sqs".into());
-        r.attributes = m
-            .attributes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v))
-            .collect();
-        event.records.push(r);
-    }
-    event
+    spbridge_tests::sqs_event(sqs, url, arn, wait).await
 }
 
 /// The staged object's bytes, read with a plain S3 client.

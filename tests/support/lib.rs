@@ -385,7 +385,7 @@ pub async fn sqs_event(
     arn: &str,
     wait_secs: i32,
 ) -> aws_lambda_events::event::sqs::SqsEvent {
-    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    use aws_lambda_events::event::sqs::SqsEvent;
     let out = sqs
         .receive_message()
         .queue_url(url)
@@ -399,19 +399,7 @@ pub async fn sqs_event(
         .expect("receive");
     let mut event = SqsEvent::default();
     for m in out.messages.unwrap_or_default() {
-        let mut r = SqsMessage::default();
-        r.message_id = m.message_id;
-        r.receipt_handle = m.receipt_handle;
-        r.body = m.body;
-        r.event_source_arn = Some(arn.to_owned());
-        r.event_source = Some("aws:sqs".into());
-        r.attributes = m
-            .attributes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v))
-            .collect();
-        event.records.push(r);
+        event.records.push(upload_worker::event_record(m, arn));
     }
     event
 }

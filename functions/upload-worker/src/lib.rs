@@ -136,6 +136,24 @@ pub async fn poll_locally(state: &Result<State, String>, queue_url: &str, dead_l
     }
 }
 
+/// The record Lambda's event source mapping builds from one received message
+/// (`eventSourceARN` = `arn`, the system attributes such as `ApproximateReceiveCount` kept).
+pub fn event_record(m: aws_sdk_sqs::types::Message, arn: &str) -> SqsMessage {
+    let mut r = SqsMessage::default();
+    r.message_id = m.message_id;
+    r.receipt_handle = m.receipt_handle;
+    r.body = m.body;
+    r.event_source_arn = Some(arn.to_owned());
+    r.event_source = Some("aws:sqs".into());
+    r.attributes = m
+        .attributes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v))
+        .collect();
+    r
+}
+
 async fn poll_once(
     state: &Result<State, String>,
     sqs: &aws_sdk_sqs::Client,
@@ -155,22 +173,10 @@ async fn poll_once(
     let mut event = SqsEvent::default();
     let mut receipts = Vec::new();
     for m in out.messages.unwrap_or_default() {
-        let mut r = SqsMessage::default();
-        r.message_id = m.message_id.clone();
-        r.receipt_handle = m.receipt_handle.clone();
-        r.body = m.body;
-        r.event_source_arn = Some(arn.to_owned());
-        r.event_source = Some("aws:sqs".into());
-        r.attributes = m
-            .attributes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v))
-            .collect();
-        if let (Some(id), Some(receipt)) = (m.message_id, m.receipt_handle) {
-            receipts.push((id, receipt));
+        if let (Some(id), Some(receipt)) = (&m.message_id, &m.receipt_handle) {
+            receipts.push((id.clone(), receipt.clone()));
         }
-        event.records.push(r);
+        event.records.push(event_record(m, arn));
     }
     if event.records.is_empty() {
         return Ok(());
