@@ -10,6 +10,7 @@ mod layering;
 mod lifecycle;
 mod log_scan;
 mod secrets;
+mod sessions;
 mod signin;
 mod template;
 mod template_iam;

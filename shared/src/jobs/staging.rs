@@ -182,6 +182,12 @@ pub trait Staging: Send + Sync {
         let _ = key;
         Box::pin(async { Err(DirectError::Unsupported) })
     }
+
+    /// The SHA-256 (base64) of the object under `key`, read through once as it streams.
+    fn sha256<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<String, DirectError>> {
+        let _ = key;
+        Box::pin(async { Err(DirectError::Unsupported) })
+    }
 }
 
 /// The S3 adapter.
@@ -466,6 +472,28 @@ impl Staging for S3Staging {
                 .await
                 .map_err(|e| DirectError::Unavailable(format!("reading {key}: {e}")))?;
             Ok(Some(body.into_bytes()))
+        })
+    }
+
+    fn sha256<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<String, DirectError>> {
+        Box::pin(async move {
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            let mut out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| direct_error(&e, key))?;
+            let mut hash = sha2::Sha256::new();
+            while let Some(frame) = out.body.next().await {
+                let frame =
+                    frame.map_err(|e| DirectError::Unavailable(format!("reading {key}: {e}")))?;
+                hash.update(&frame);
+            }
+            Ok(base64::engine::general_purpose::STANDARD.encode(hash.finalize()))
         })
     }
 }
