@@ -600,3 +600,121 @@ async fn a_wrong_size_or_sha256_is_a_422_and_nothing_is_stored() {
     let keys = staged_keys(&w).await;
     assert!(keys.iter().all(|k| k.ends_with("/session")), "{keys:?}");
 }
+
+/// upload-ingest's answer as the HTTP response a function URL would send.
+async fn ingest_response(
+    w: &World,
+    req: lambda_http::Request,
+) -> lambda_http::Response<lambda_http::Body> {
+    let (status, body, headers) = w.send_raw(req).await;
+    let mut resp = lambda_http::Response::builder().status(status);
+    for (k, v) in headers {
+        resp = resp.header(k, v);
+    }
+    resp.body(lambda_http::Body::from(body.to_string()))
+        .expect("response")
+}
+
+#[tokio::test]
+async fn a_browser_uploads_20_mib_through_the_example_page() {
+    // Small parts, so the 20 MiB file goes as 4 parallel part PUTs whose ETags the page reads
+    // through CORS; a 1 MiB file goes as one PUT.
+    let w = std::sync::Arc::new(World::start(small_parts()).await);
+    let ingest = {
+        let w = w.clone();
+        spbridge_tests::browser::serve(spbridge_tests::browser::bind().await, move |req| {
+            let w = w.clone();
+            async move { ingest_response(&w, req).await }
+        })
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let s3 = spbridge_tests::s3_client(&w.infra.sdk);
+    use aws_sdk_s3::types::{CorsConfiguration, CorsRule};
+    s3.put_bucket_cors()
+        .bucket(&w.infra.bucket)
+        .cors_configuration(
+            CorsConfiguration::builder()
+                .cors_rules(
+                    CorsRule::builder()
+                        .allowed_origins(&origin)
+                        .allowed_methods("PUT")
+                        .allowed_headers("*")
+                        .expose_headers("ETag")
+                        .max_age_seconds(600)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("bucket CORS set");
+    // moto answers the preflight from the bucket's rule: the page's origin yes, others no.
+    let preflight = |from: &str| {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/{}/x", spbridge_tests::moto().url(), w.infra.bucket),
+            )
+            .header("origin", from)
+            .header("access-control-request-method", "PUT")
+            .send()
+    };
+    let ok = preflight(&origin).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["access-control-expose-headers"], "ETag");
+    assert_eq!(
+        preflight("http://evil.example").await.unwrap().status(),
+        403
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let big = content(20 * MIB, 21);
+    let small = content(MIB, 22);
+    let (big_path, small_path) = (
+        dir.path().join("site-20mib.bin"),
+        dir.path().join("site-1mib.bin"),
+    );
+    std::fs::write(&big_path, &big).unwrap();
+    std::fs::write(&small_path, &small).unwrap();
+    let started = std::time::Instant::now();
+    let out = spbridge_tests::browser::run_node(
+        "direct_upload.mjs",
+        &[
+            ("SPBRIDGE_URL", ingest.base.clone()),
+            ("SPBRIDGE_CONNECTION", "contoso-docs".into()),
+            ("SPBRIDGE_WEBHOOK_SECRET", WHSEC.into()),
+            ("PORT", port.to_string()),
+            (
+                "FILES",
+                format!("{},{}", big_path.display(), small_path.display()),
+            ),
+        ],
+    )
+    .await;
+    let summary: Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("direct_upload.mjs printed no summary ({e}): {out}"));
+    eprintln!(
+        "browser direct uploads in {:?}: {summary}",
+        started.elapsed()
+    );
+    assert_eq!(summary["uploads"][0]["puts"], 4, "{summary}");
+    assert_eq!(summary["uploads"][1]["puts"], 1, "{summary}");
+    assert_eq!(
+        w.bytes(&format!("{SP_LIB}/website/site-20mib.bin"))
+            .expect("20 MiB file stored"),
+        big
+    );
+    assert_eq!(
+        w.bytes(&format!("{SP_LIB}/website/site-1mib.bin"))
+            .expect("1 MiB file stored"),
+        small
+    );
+    w.assert_no_half_files();
+}

@@ -304,6 +304,10 @@ enum SessionError {
     PartsMissing,
     #[error("parts: this session has {expected} parts; {got} were listed")]
     PartCount { expected: u64, got: usize },
+    #[error(
+        "this session's multipart upload no longer exists (completed with other parts, or expired); create a new session"
+    )]
+    UploadGone,
     #[error("parts: S3 refused the part list ({0})")]
     PartsRejected(String),
     #[error(
@@ -339,7 +343,7 @@ impl From<&SessionError> for ApiError {
             | SessionError::PartCount { .. }
             | SessionError::PartsRejected(_) => ApiError::new(Kind::BadRequest, message),
             SessionError::NotFound => ApiError::new(Kind::NotFound, message),
-            SessionError::NotUploaded | SessionError::Completed => {
+            SessionError::NotUploaded | SessionError::Completed | SessionError::UploadGone => {
                 ApiError::new(Kind::Conflict, message)
             }
             SessionError::SizeMismatch { .. } | SessionError::Sha256Mismatch => {
@@ -625,16 +629,21 @@ impl Receiver {
                     got: parts.len(),
                 });
             }
-            match self
+            let joined = self
                 .staging
                 .complete_multipart(key, &mp.upload_id, &parts)
-                .await
-            {
-                Ok(()) => {}
-                // Joined before (a completion that failed later): the object is checked below.
-                Err(DirectError::Missing(_)) => {}
-                Err(DirectError::Rejected(why)) => return Err(SessionError::PartsRejected(why)),
-                Err(e) => return Err(staging(e)),
+                .await;
+            let object = self.staging.head(key).await.map_err(staging)?;
+            match (joined, object) {
+                (Ok(()), _) => {}
+                (Err(DirectError::Rejected(why)), _) => {
+                    return Err(SessionError::PartsRejected(why));
+                }
+                // Joined before (a completion that failed later), or joined now with the answer
+                // lost or unreadable: the object is there, and is checked below.
+                (Err(DirectError::Missing(_) | DirectError::Unavailable(_)), Some(_)) => {}
+                (Err(DirectError::Missing(_)), None) => return Err(SessionError::UploadGone),
+                (Err(e), _) => return Err(staging(e)),
             }
         }
         let Some(object) = self.staging.head(key).await.map_err(staging)? else {

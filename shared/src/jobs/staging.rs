@@ -158,16 +158,6 @@ pub trait Staging: Send + Sync {
         Box::pin(async { Err(DirectError::Unsupported) })
     }
 
-    /// Drops a multipart upload and its parts (an absent upload is fine).
-    fn abort_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        upload_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), DirectError>> {
-        let _ = (key, upload_id);
-        Box::pin(async { Err(DirectError::Unsupported) })
-    }
-
     /// The object under `key`, or `None` if there is none.
     fn head<'a>(
         &'a self,
@@ -214,7 +204,7 @@ fn unavailable<E: ProvideErrorMetadata + std::error::Error, R>(e: &SdkError<E, R
     })
 }
 
-fn direct_error<E: ProvideErrorMetadata + std::error::Error, R>(
+fn direct_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: fmt::Debug>(
     e: &SdkError<E, R>,
     what: &str,
 ) -> DirectError {
@@ -228,7 +218,11 @@ fn direct_error<E: ProvideErrorMetadata + std::error::Error, R>(
             DirectError::Rejected(format!("{code}: {message}"))
         }
         Some(code) => DirectError::Unavailable(code.to_owned()),
-        None => DirectError::Unavailable("could not reach S3".to_owned()),
+        // The SDK's text (connection refused, timeout, unreadable answer) goes to the log only.
+        None => DirectError::Unavailable(format!(
+            "S3 did not answer usably: {}",
+            aws_sdk_s3::error::DisplayErrorContext(e)
+        )),
     }
 }
 
@@ -392,30 +386,6 @@ impl Staging for S3Staging {
                 .await
                 .map(|_| ())
                 .map_err(|e| direct_error(&e, "the multipart upload"))
-        })
-    }
-
-    fn abort_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        upload_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), DirectError>> {
-        Box::pin(async move {
-            match self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) => match direct_error(&e, key) {
-                    DirectError::Missing(_) => Ok(()),
-                    other => Err(other),
-                },
-            }
         })
     }
 
