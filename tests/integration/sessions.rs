@@ -601,6 +601,82 @@ async fn a_wrong_size_or_sha256_is_a_422_and_nothing_is_stored() {
     assert!(keys.iter().all(|k| k.ends_with("/session")), "{keys:?}");
 }
 
+const TEMPLATE: &str = include_str!("../../template.yaml");
+
+/// The staging bucket's CORS rule in `template.yaml` (under its `!If`), for `origin`.
+fn template_cors(origin: &str) -> aws_sdk_s3::types::CorsConfiguration {
+    use aws_sdk_s3::types::{CorsConfiguration, CorsRule};
+    use serde_norway::Value as Yaml;
+    let t: Yaml = serde_norway::from_str(TEMPLATE).expect("template.yaml is YAML");
+    let Yaml::Tagged(cors) = &t["Resources"]["StagingBucket"]["Properties"]["CorsConfiguration"]
+    else {
+        panic!("the staging bucket's CORS is an !If on DirectUploadOrigins")
+    };
+    assert_eq!(cors.value[0], "HasDirectUploadOrigins");
+    let rule = &cors.value[1]["CorsRules"][0];
+    let list = |k: &str| -> Vec<String> {
+        rule[k]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{k} is a list"))
+            .iter()
+            .map(|v| v.as_str().expect("text").to_owned())
+            .collect()
+    };
+    let mut r = CorsRule::builder()
+        .allowed_origins(origin)
+        .max_age_seconds(rule["MaxAge"].as_i64().expect("MaxAge") as i32);
+    for m in list("AllowedMethods") {
+        r = r.allowed_methods(m);
+    }
+    for h in list("AllowedHeaders") {
+        r = r.allowed_headers(h);
+    }
+    for h in list("ExposedHeaders") {
+        r = r.expose_headers(h);
+    }
+    CorsConfiguration::builder()
+        .cors_rules(r.build().expect("rule"))
+        .build()
+        .expect("configuration")
+}
+
+#[test]
+fn the_receiver_may_stage_and_check_uploads_but_nothing_more_in_s3() {
+    use serde_norway::Value as Yaml;
+    let t: Yaml = serde_norway::from_str(TEMPLATE).expect("template.yaml is YAML");
+    let mut s3: Vec<(String, String)> = Vec::new();
+    for p in t["Resources"]["UploadIngestFunction"]["Properties"]["Policies"]
+        .as_sequence()
+        .unwrap()
+    {
+        for st in p["Statement"].as_sequence().unwrap() {
+            let actions: Vec<&Yaml> = match st["Action"].as_sequence() {
+                Some(a) => a.iter().collect(),
+                None => vec![&st["Action"]],
+            };
+            for a in actions {
+                let a = a.as_str().unwrap();
+                if a.starts_with("s3:") {
+                    s3.push((
+                        a.to_owned(),
+                        serde_norway::to_string(&st["Resource"]).unwrap(),
+                    ));
+                }
+            }
+        }
+    }
+    s3.sort();
+    let on_objects = "!Sub ${StagingBucket.Arn}/*\n";
+    let expected = [
+        ("s3:DeleteObject", on_objects),
+        ("s3:GetObject", on_objects),
+        ("s3:ListBucket", "!GetAtt StagingBucket.Arn\n"),
+        ("s3:PutObject", on_objects),
+    ];
+    let got: Vec<(&str, &str)> = s3.iter().map(|(a, r)| (a.as_str(), r.as_str())).collect();
+    assert_eq!(got, expected);
+}
+
 /// upload-ingest's answer as the HTTP response a function URL would send.
 async fn ingest_response(
     w: &World,
@@ -633,25 +709,11 @@ async fn a_browser_uploads_20_mib_through_the_example_page() {
         .unwrap()
         .port();
     let origin = format!("http://127.0.0.1:{port}");
-    let s3 = spbridge_tests::s3_client(&w.infra.sdk);
-    use aws_sdk_s3::types::{CorsConfiguration, CorsRule};
-    s3.put_bucket_cors()
+    // The staging bucket's CORS rule from template.yaml, for the page's origin.
+    spbridge_tests::s3_client(&w.infra.sdk)
+        .put_bucket_cors()
         .bucket(&w.infra.bucket)
-        .cors_configuration(
-            CorsConfiguration::builder()
-                .cors_rules(
-                    CorsRule::builder()
-                        .allowed_origins(&origin)
-                        .allowed_methods("PUT")
-                        .allowed_headers("*")
-                        .expose_headers("ETag")
-                        .max_age_seconds(600)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        )
+        .cors_configuration(template_cors(&origin))
         .send()
         .await
         .expect("bucket CORS set");
@@ -667,7 +729,7 @@ async fn a_browser_uploads_20_mib_through_the_example_page() {
             .send()
     };
     let ok = preflight(&origin).await.unwrap();
-    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.status(), 200, "{:?}", ok.headers());
     assert_eq!(ok.headers()["access-control-expose-headers"], "ETag");
     assert_eq!(
         preflight("http://evil.example").await.unwrap().status(),
