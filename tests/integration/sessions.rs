@@ -678,10 +678,14 @@ fn the_receiver_may_stage_and_check_uploads_but_nothing_more_in_s3() {
 }
 
 /// upload-ingest's answer as the HTTP response a function URL would send.
+/// Like a function URL it says the scheme the client used (plain HTTP here), so `status_url`
+/// and `complete_url` point back at this port.
 async fn ingest_response(
     w: &World,
-    req: lambda_http::Request,
+    mut req: lambda_http::Request,
 ) -> lambda_http::Response<lambda_http::Body> {
+    req.headers_mut()
+        .insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
     let (status, body, headers) = w.send_raw(req).await;
     let mut resp = lambda_http::Response::builder().status(status);
     for (k, v) in headers {
@@ -779,4 +783,48 @@ async fn a_browser_uploads_20_mib_through_the_example_page() {
         small
     );
     w.assert_no_half_files();
+}
+
+#[tokio::test]
+async fn the_readme_curl_example_uploads_a_file() {
+    let w = std::sync::Arc::new(World::start(Setup::default()).await);
+    let ingest = {
+        let w = w.clone();
+        spbridge_tests::browser::serve(spbridge_tests::browser::bind().await, move |req| {
+            let w = w.clone();
+            async move { ingest_response(&w, req).await }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = content(2 * MIB + 5, 33);
+    let path = dir.path().join("from-curl.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/direct-upload/curl.sh"
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg(&path)
+        .arg("contoso-docs")
+        .env("SPBRIDGE_URL", &ingest.base)
+        .env("SPBRIDGE_WEBHOOK_SECRET", WHSEC)
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#""status":"done""#), "{stdout}");
+    assert!(
+        !stdout.contains("X-Amz-Signature"),
+        "the presigned URL was printed: {stdout}"
+    );
+    assert_eq!(
+        w.bytes(&format!("{SP_LIB}/from-curl.bin")).expect("stored"),
+        bytes
+    );
 }
