@@ -622,7 +622,9 @@ impl Receiver {
     ) -> Result<(), SessionError> {
         let key = m.key();
         if let Some(mp) = &m.multipart {
-            let parts = parts.ok_or(SessionError::PartsMissing)?;
+            let mut parts = parts.ok_or(SessionError::PartsMissing)?;
+            // S3 wants the list in ascending order; parallel uploads finish in any order.
+            parts.sort_by_key(|p| p.number);
             if parts.len() as u64 != mp.parts {
                 return Err(SessionError::PartCount {
                     expected: mp.parts,
