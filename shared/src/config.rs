@@ -680,4 +680,30 @@ mod tests {
             "https://h/discovery/v1.0/me/services"
         );
     }
+
+    #[test]
+    fn session_settings_default_to_s3_limits_and_refuse_what_s3_would() {
+        let c = cfg(&[]).unwrap().ingest.sessions;
+        assert_eq!(c, SessionSettings::default());
+        assert_eq!(c.single_put_max_bytes, S3_MAX_PUT_BYTES);
+        let c = cfg(&[
+            ("SPBRIDGE_SESSION_SINGLE_PUT_MAX_BYTES", "8388608"),
+            ("SPBRIDGE_SESSION_PART_BYTES", "5242880"),
+            ("SPBRIDGE_SESSION_URL_SECS", "300"),
+        ])
+        .unwrap()
+        .ingest
+        .sessions;
+        assert_eq!(c.part_bytes, S3_MIN_PART_BYTES);
+        assert_eq!(c.url_ttl, Duration::from_secs(300));
+        for (var, value) in [
+            ("SPBRIDGE_SESSION_PART_BYTES", "1048576"),
+            ("SPBRIDGE_SESSION_SINGLE_PUT_MAX_BYTES", "6442450944"),
+            ("SPBRIDGE_SESSION_URL_SECS", "604801"),
+            ("SPBRIDGE_SESSION_URL_SECS", "soon"),
+        ] {
+            let e = cfg(&[(var, value)]).unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
 }
