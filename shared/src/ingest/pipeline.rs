@@ -244,15 +244,8 @@ impl Receiver {
     }
 
     /// Logs a refusal (warn for 5xx, info for 4xx) and answers it.
-    pub(super) fn refuse(&self, e: &ReceiveError, req: &IngestRequest<'_>, what: &str) -> Answer {
-        let api = ApiError::from(e);
-        let (status, code) = (api.status().as_u16(), api.code());
-        if status >= 500 {
-            tracing::warn!(status, error = code, message = %e, request_id = req.request_id, "{what} refused");
-        } else {
-            tracing::info!(status, error = code, message = %e, request_id = req.request_id, "{what} refused");
-        }
-        api.into()
+    fn refuse(&self, e: &ReceiveError, req: &IngestRequest<'_>, what: &str) -> Answer {
+        refused(ApiError::from(e), e, req, what)
     }
 
     /// The connection a request names, or the default one.
@@ -464,6 +457,23 @@ impl From<ConflictMode> for Conflict {
             ConflictMode::Rename => Conflict::Rename,
         }
     }
+}
+
+/// Logs a refusal with its internal text `message` (warn for 5xx, info for 4xx) and answers
+/// `api`, which says only what the sender may know.
+pub(super) fn refused(
+    api: ApiError,
+    message: &dyn std::fmt::Display,
+    req: &IngestRequest<'_>,
+    what: &str,
+) -> Answer {
+    let (status, code) = (api.status().as_u16(), api.code());
+    if status >= 500 {
+        tracing::warn!(status, error = code, message = %message, request_id = req.request_id, "{what} refused");
+    } else {
+        tracing::info!(status, error = code, message = %message, request_id = req.request_id, "{what} refused");
+    }
+    api.into()
 }
 
 /// Builds the job message for checked `files`, staging bodies in `staging` once the inline

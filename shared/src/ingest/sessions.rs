@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::body::{check_metadata_policy, json_metadata};
-use super::pipeline::{Answer, IngestRequest, ReceiveError, Receiver, jobs_error, status_url};
+use super::pipeline::{
+    Answer, IngestRequest, ReceiveError, Receiver, jobs_error, refused, status_url,
+};
 use super::{ConflictMode, FileName, IngestError, Limits, NamePolicy, SubPath};
 use crate::api::{ApiError, Kind};
 use crate::config::{S3_MAX_PUT_BYTES, SessionSettings};
@@ -143,7 +145,8 @@ pub fn parse_session_request(
     let name = names
         .file_name(&name)
         .map_err(|e| IngestError::name("name", e))?;
-    let folder = match folder.as_deref().map(|f| f.trim_matches('/')) {
+    // As in `POST /upload`: empty means the destination itself; anything else is checked.
+    let folder = match folder.as_deref() {
         None | Some("") => None,
         Some(f) => Some(
             names
@@ -372,7 +375,7 @@ impl Receiver {
     pub async fn create_session(&self, req: IngestRequest<'_>) -> Answer {
         match self.run_create(&req).await {
             Ok(a) => a,
-            Err(e) => self.refuse_session(&e, &req, "upload session"),
+            Err(e) => refused(ApiError::from(&e), &e, &req, "upload session"),
         }
     }
 
@@ -381,22 +384,8 @@ impl Receiver {
     pub async fn complete_session(&self, req: IngestRequest<'_>, session: &str) -> Answer {
         match self.run_complete(&req, session).await {
             Ok(a) => a,
-            Err(e) => self.refuse_session(&e, &req, "session completion"),
+            Err(e) => refused(ApiError::from(&e), &e, &req, "session completion"),
         }
-    }
-
-    fn refuse_session(&self, e: &SessionError, req: &IngestRequest<'_>, what: &str) -> Answer {
-        if let SessionError::Receive(r) = e {
-            return self.refuse(r, req, what);
-        }
-        let api = ApiError::from(e);
-        let (status, code) = (api.status().as_u16(), api.code());
-        if status >= 500 {
-            tracing::warn!(status, error = code, message = %e, request_id = req.request_id, "{what} refused");
-        } else {
-            tracing::info!(status, error = code, message = %e, request_id = req.request_id, "{what} refused");
-        }
-        api.into()
     }
 
     async fn run_create(&self, req: &IngestRequest<'_>) -> Result<Answer, SessionError> {
