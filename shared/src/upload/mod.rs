@@ -14,6 +14,7 @@ pub mod graph;
 pub mod names;
 pub mod retry;
 pub mod sharepoint;
+pub mod resume;
 pub mod source;
 
 use futures_util::future::BoxFuture;
