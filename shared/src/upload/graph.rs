@@ -351,7 +351,7 @@ impl GraphClient {
                 Ok(Streamed::Paused) => return Ok(Resumed::Paused(state)),
                 Err(Stop::Save(e)) => return Err(e),
                 Err(Stop::Upload(UploadError::Upstream { status: 404, .. }))
-                    if resume.is_some() && base > 0 =>
+                    if resume.is_some() && state.offset > 0 =>
                 {
                     tracing::info!("the upload session vanished; starting the file again");
                     return Ok(Resumed::Restart(
