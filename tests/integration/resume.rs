@@ -264,7 +264,10 @@ async fn two_gib_across_invocations(connection: &str, stored_at: &str) {
     );
     assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
     assert!(ran.len() >= 5, "only {} invocations", ran.len());
-    assert!(seen_partial, "no checkpoint was ever visible between invocations");
+    assert!(
+        seen_partial,
+        "no checkpoint was ever visible between invocations"
+    );
     assert_eq!(job.handoffs as usize, ran.len() - 1, "{}", job.to_json());
     assert_eq!(job.attempts, 1, "hand-offs are not failed attempts");
     assert!(job.checkpoint.is_none());
@@ -272,11 +275,7 @@ async fn two_gib_across_invocations(connection: &str, stored_at: &str) {
     let (size, sha) = emu.file_digest(stored_at).expect("stored");
     assert_eq!(size, 2 * GIB);
     assert_eq!(sha, origin.sha256(), "stored bytes differ from the source");
-    assert!(
-        emu.open_uploads().is_empty(),
-        "{:?}",
-        emu.open_uploads()
-    );
+    assert!(emu.open_uploads().is_empty(), "{:?}", emu.open_uploads());
     // Every resumed invocation asked the origin for the rest of the file only.
     assert!(origin.range_requests() >= (ran.len() - 1) as u64);
 }
@@ -308,7 +307,11 @@ async fn origin_reset_mid_chunk(connection: &str, len: u64) {
     assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
     assert_eq!(ran.len(), 1, "recovered inside the invocation");
     assert_eq!(origin.resets(), 1);
-    assert_eq!(origin.range_requests(), 1, "reopened once, at the checkpoint");
+    assert_eq!(
+        origin.range_requests(),
+        1,
+        "reopened once, at the checkpoint"
+    );
     let (size, sha) = w
         .emu
         .file_digest(&format!("{SP_LIB}/reset.bin"))
@@ -376,7 +379,9 @@ async fn an_origin_that_ignores_range_restarts_the_file_and_the_status_says_so()
     assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
     let status = job.to_json();
     assert!(
-        status["notes"].to_string().contains("ignored the Range request"),
+        status["notes"]
+            .to_string()
+            .contains("ignored the Range request"),
         "{status}"
     );
     assert_eq!(origin.range_requests(), 1);
@@ -386,7 +391,11 @@ async fn an_origin_that_ignores_range_restarts_the_file_and_the_status_says_so()
         .expect("stored");
     assert_eq!((size, sha), (len, origin.sha256()));
     // The abandoned upload id was cancelled, the new one finished: nothing left open.
-    assert!(w.emu.open_uploads().is_empty(), "{:?}", w.emu.open_uploads());
+    assert!(
+        w.emu.open_uploads().is_empty(),
+        "{:?}",
+        w.emu.open_uploads()
+    );
 }
 
 #[tokio::test]
@@ -419,7 +428,11 @@ async fn a_job_that_cannot_finish_cancels_its_upload_and_leaves_no_file() {
         w.emu.item(&format!("{SP_LIB}/doomed.bin")).is_none(),
         "the placeholder of a failed upload stayed behind"
     );
-    assert!(w.emu.open_uploads().is_empty(), "{:?}", w.emu.open_uploads());
+    assert!(
+        w.emu.open_uploads().is_empty(),
+        "{:?}",
+        w.emu.open_uploads()
+    );
 }
 
 #[tokio::test]
@@ -464,7 +477,11 @@ async fn a_worker_with_an_older_generation_cannot_write_the_checkpoint() {
         .await
         .expect("lapsed lease taken over");
     assert!(new_lease.generation > old.generation);
-    assert_eq!(job.checkpoint, Some(cp(CHUNK)), "the new worker resumes there");
+    assert_eq!(
+        job.checkpoint,
+        Some(cp(CHUNK)),
+        "the new worker resumes there"
+    );
     for refused in [
         store
             .checkpoint(&old, Some(&cp(2 * CHUNK)), progress(2 * CHUNK), None, later)
@@ -474,7 +491,13 @@ async fn a_worker_with_an_older_generation_cannot_write_the_checkpoint() {
         assert!(matches!(refused, Err(JobError::LeaseLost)), "{refused:?}");
     }
     store
-        .checkpoint(&new_lease, Some(&cp(2 * CHUNK)), progress(2 * CHUNK), Some("note"), later)
+        .checkpoint(
+            &new_lease,
+            Some(&cp(2 * CHUNK)),
+            progress(2 * CHUNK),
+            Some("note"),
+            later,
+        )
         .await
         .expect("the new holder writes");
     let job = store.get(&id).await.expect("job");

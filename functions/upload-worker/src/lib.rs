@@ -103,9 +103,8 @@ pub async fn handle(
     };
     let owner = event.context.request_id.clone();
     // Lambda's deadline (ms since the epoch); 0 when not run by Lambda.
-    let deadline = (event.context.deadline > 0).then(|| {
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.context.deadline)
-    });
+    let deadline = (event.context.deadline > 0)
+        .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.context.deadline));
     let stop_at = state
         .worker
         .settings

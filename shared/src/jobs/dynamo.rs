@@ -16,8 +16,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{
-    CallbackRecord, Checkpoint, Created, Job, JobError, JobFailure, JobId, JobStatus, JobStore, Lease, NewJob,
-    Outcome, Progress, StatusToken,
+    CallbackRecord, Checkpoint, Created, Job, JobError, JobFailure, JobId, JobStatus, JobStore,
+    Lease, NewJob, Outcome, Progress, StatusToken,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -442,8 +442,9 @@ impl JobStore for DynamoJobStore {
                 Outcome::Done(v) => (JobStatus::Done, "#res", json_text(v)),
                 Outcome::Failed(f) => (JobStatus::Failed, "#err", json_text(f)),
             };
-            let expr =
-                format!("SET #st = :fin, {set} = :x, #upd = :now, #exp = :exp REMOVE #lo, #lu, #cp");
+            let expr = format!(
+                "SET #st = :fin, {set} = :x, #upd = :now, #exp = :exp REMOVE #lo, #lu, #cp"
+            );
             let out = self
                 .update(
                     &lease.job,

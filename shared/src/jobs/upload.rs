@@ -19,8 +19,8 @@ use crate::api::{ApiError, Kind};
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
 use crate::upload::doctor::{self, Service};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
-use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use crate::upload::resume::{Resume, Resumed, Session};
+use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use crate::upload::{
     BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, RetryPolicy, UploadError,
     UploadOptions, UploadOutcome, UploadRequest, UploadSource,
@@ -168,7 +168,10 @@ impl Uploader {
         file: &JobFile,
         source: UploadSource,
     ) -> Result<UploadOutcome, Attempt> {
-        match self.upload_with(connection, conn, file, source, None).await? {
+        match self
+            .upload_with(connection, conn, file, source, None)
+            .await?
+        {
             Resumed::Done(o) => Ok(o),
             Resumed::Paused(_) | Resumed::Restart(..) => Err(Attempt::permanent(
                 Kind::Internal,
@@ -205,7 +208,12 @@ impl Uploader {
             retry: self.retry.clone(),
         };
         match (&conn.target, session) {
-            (Target::Sharepoint { site_url, library, .. }, Session::Sharepoint { .. }) => {
+            (
+                Target::Sharepoint {
+                    site_url, library, ..
+                },
+                Session::Sharepoint { .. },
+            ) => {
                 let Ok(target) = sharepoint_target(site_url, library) else {
                     return;
                 };
@@ -218,7 +226,10 @@ impl Uploader {
                     .abort(session)
                     .await;
             }
-            _ => tracing::warn!(connection, "a saved session does not match the connection's target"),
+            _ => tracing::warn!(
+                connection,
+                "a saved session does not match the connection's target"
+            ),
         }
     }
 
@@ -277,7 +288,10 @@ impl Uploader {
                 let client = SharePointClient::new(self.http.clone(), bearer.clone(), opts);
                 match resume {
                     Some(r) => client.upload_resumable(&target, &request, source, r).await,
-                    None => client.upload(&target, &request, source).await.map(Resumed::Done),
+                    None => client
+                        .upload(&target, &request, source)
+                        .await
+                        .map(Resumed::Done),
                 }
             }
             Target::Drive { drive_id } => {
@@ -300,7 +314,10 @@ impl Uploader {
                     GraphClient::new(self.http.clone(), self.graph.clone(), bearer.clone(), opts);
                 match resume {
                     Some(r) => client.upload_resumable(&drive, &request, source, r).await,
-                    None => client.upload(&drive, &request, source).await.map(Resumed::Done),
+                    None => client
+                        .upload(&drive, &request, source)
+                        .await
+                        .map(Resumed::Done),
                 }
             }
         };

@@ -24,11 +24,11 @@ use super::upload::{Attempt, Uploader, outcome_json};
 use super::{Checkpoint, Job, JobError, JobFailure, JobStore, Lease, Outcome, Progress};
 use crate::api::Kind;
 use crate::config::SecretsConfig;
+use crate::secrets::schema::ConnectionSecret;
 use crate::secrets::schema::{self, ConnectionStatus};
 use crate::secrets::{SecretError, SecretStore};
-use crate::secrets::schema::ConnectionSecret;
-use crate::upload::UploadSource;
 use crate::upload::UploadError;
+use crate::upload::UploadSource;
 use crate::upload::resume::{Resume, ResumeState, Resumed, Session};
 use crate::upload::source::Opened;
 use crate::webhook::WebhookSecret;
@@ -392,15 +392,21 @@ impl Worker {
         let Ok(job) = self.jobs.get(&lease.job).await else {
             return;
         };
-        let Some(Session::Sharepoint { .. } | Session::Graph { .. }) =
-            job.checkpoint.as_ref().and_then(|c| c.state.session.as_ref())
+        let Some(Session::Sharepoint { .. } | Session::Graph { .. }) = job
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.state.session.as_ref())
         else {
             return;
         };
         let Ok(conn) = self.connection(&msg.connection).await else {
             return;
         };
-        if let Some(session) = job.checkpoint.as_ref().and_then(|c| c.state.session.as_ref()) {
+        if let Some(session) = job
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.state.session.as_ref())
+        {
             tracing::info!(job = %job.id, "ending the failed job's upload session");
             self.uploader.abort(&msg.connection, &conn, session).await;
         }
@@ -615,7 +621,13 @@ impl FileRun<'_> {
             };
             let result = w
                 .uploader
-                .upload_resumable(&self.msg.connection, self.conn, self.file, opened.source, resume)
+                .upload_resumable(
+                    &self.msg.connection,
+                    self.conn,
+                    self.file,
+                    opened.source,
+                    resume,
+                )
                 .await;
             if lost.load(Ordering::SeqCst) {
                 return Ok(FileEnd::LeaseLost);
@@ -677,7 +689,10 @@ impl FileRun<'_> {
                     done: before + cp.state.offset,
                     total,
                 };
-                match jobs.checkpoint(&lease, Some(&cp), progress, None, clock()).await {
+                match jobs
+                    .checkpoint(&lease, Some(&cp), progress, None, clock())
+                    .await
+                {
                     Ok(()) => {
                         if let Ok(mut l) = latest.lock() {
                             *l = cp.state;
@@ -686,7 +701,9 @@ impl FileRun<'_> {
                     }
                     Err(e @ (JobError::LeaseLost | JobError::Finished(_) | JobError::NotFound)) => {
                         lost.store(true, Ordering::SeqCst);
-                        Err(UploadError::BadInput(format!("the checkpoint was refused: {e}")))
+                        Err(UploadError::BadInput(format!(
+                            "the checkpoint was refused: {e}"
+                        )))
                     }
                     Err(e) => Err(UploadError::Upstream {
                         status: 503,

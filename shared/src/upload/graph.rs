@@ -17,8 +17,8 @@ use url::Url;
 
 use super::error::{Api, from_response};
 use super::names::{folder_segments, graph_segment, validate_name};
-use super::retry::{Safety, Sender};
 use super::resume::{Resume, ResumeState, Resumed, Session, SessionUrl};
+use super::retry::{Safety, Sender};
 use super::sharepoint::{Stop, Streamed};
 use super::source::{Chunk, Chunker, Prefetch, UploadSource};
 use super::{
@@ -279,9 +279,8 @@ impl GraphClient {
         }
         let saved = match state.session.take() {
             Some(Session::Graph { url, expires_at }) => {
-                let expired = expires_at.is_some_and(|t| {
-                    time::OffsetDateTime::now_utc().unix_timestamp() >= t
-                });
+                let expired = expires_at
+                    .is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t);
                 let url = url.expose()?;
                 if expired || base == 0 {
                     delete_session(&anonymous, &url).await;
@@ -544,7 +543,7 @@ impl GraphClient {
                     if chunk.last {
                         // Every byte arrived but no file was reported: nothing to resend.
                         return Err(
-                            bad_reply("the session holds every byte but did not finish").into(),
+                            bad_reply("the session holds every byte but did not finish").into()
                         );
                     }
                     break Step::Next(end);
@@ -564,7 +563,7 @@ impl GraphClient {
                 Step::Next(n) => {
                     if chunk.last {
                         return Err(
-                            bad_reply("the session wants more bytes after the last one").into(),
+                            bad_reply("the session wants more bytes after the last one").into()
                         );
                     }
                     // Drop this chunk before taking the next: the reader fills only one ahead.

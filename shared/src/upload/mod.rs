@@ -12,9 +12,9 @@ pub mod doctor;
 pub mod error;
 pub mod graph;
 pub mod names;
+pub mod resume;
 pub mod retry;
 pub mod sharepoint;
-pub mod resume;
 pub mod source;
 
 use futures_util::future::BoxFuture;

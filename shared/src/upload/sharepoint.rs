@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::error::{Api, FieldError, from_response};
 use super::names::{folder_segments, odata_literal, renamed, url_path, validate_name};
-use super::retry::{Safety, Sender};
 use super::resume::{Resume, ResumeState, Resumed, SavedOutcome, Session};
+use super::retry::{Safety, Sender};
 use super::source::{Chunk, Chunker, Prefetch, UploadSource};
 use super::{
     BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, UploadError, UploadOutcome,
@@ -647,10 +647,7 @@ impl SharePointClient {
         };
         let mut state = resume.map_or_else(ResumeState::fresh, |r| r.state.clone());
         let base = state.offset;
-        let mut chunks = Prefetch::spawn(
-            Chunker::starting_at(source, base),
-            self.opts.chunk_size,
-        );
+        let mut chunks = Prefetch::spawn(Chunker::starting_at(source, base), self.opts.chunk_size);
         state.total = chunks.total().or(state.total);
         let first = chunks.next().await?;
         let (file, conflict_outcome, chunks) = match state.session.clone() {

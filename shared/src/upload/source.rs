@@ -88,7 +88,9 @@ impl UploadSource {
         policy: &RetryPolicy,
         deadline: Option<Instant>,
     ) -> Result<Self, UploadError> {
-        Ok(Self::from_url_at(http, url, 0, policy, deadline).await?.source)
+        Ok(Self::from_url_at(http, url, 0, policy, deadline)
+            .await?
+            .source)
     }
 
     /// [`UploadSource::from_url`] from byte `offset` on, with `Range: bytes={offset}-`. An
@@ -641,7 +643,10 @@ mod tests {
 
     #[test]
     fn content_ranges_parse() {
-        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, Some(1000))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
     }

@@ -179,19 +179,34 @@ fn serve(st: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Response<Body
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     }
+    // `bytes=N-` or `bytes=N-M`.
     let range = req
         .headers()
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.strip_suffix('-'))
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| {
+            let to = if b.is_empty() {
+                None
+            } else {
+                Some(b.parse::<u64>().ok()?)
+            };
+            Some((a.parse::<u64>().ok()?, to))
+        });
     if req.headers().contains_key(header::RANGE) {
         st.ranged.fetch_add(1, Ordering::SeqCst);
     }
     let len = st.len;
+    let (range, end) = match range {
+        Some((a, Some(b))) if b >= a => (Some(a), (b + 1).min(len)),
+        Some((a, None)) => (Some(a), len),
+        _ => (None, len),
+    };
+    let honour = st.honour_range.load(Ordering::SeqCst);
+    let end = if honour { end } else { len };
     let from = match range {
-        Some(n) if st.honour_range.load(Ordering::SeqCst) && n < len => Some(n),
+        Some(n) if honour && n < len => Some(n),
         Some(_) if st.honour_range.load(Ordering::SeqCst) => {
             let mut r = Response::new(Body::empty());
             *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -206,7 +221,7 @@ fn serve(st: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Response<Body
     };
     let start = from.unwrap_or(0);
     let reset_at = st.reset_at.load(Ordering::SeqCst);
-    let breaks = reset_at >= start && reset_at < len;
+    let breaks = reset_at >= start && reset_at < end;
     if breaks {
         st.reset_at.store(u64::MAX, Ordering::SeqCst);
     }
@@ -214,15 +229,15 @@ fn serve(st: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Response<Body
     let frames = stream::unfold(start, move |at| {
         let state = state.clone();
         async move {
-            if at >= len {
+            if at >= end {
                 return None;
             }
             if breaks && at >= reset_at {
                 state.resets.fetch_add(1, Ordering::SeqCst);
-                return Some((Err(std::io::Error::other("origin reset")), len));
+                return Some((Err(std::io::Error::other("origin reset")), end));
             }
-            let end = if breaks { reset_at.max(at + 1) } else { len };
-            let frame = state.frame(at, end.min(len));
+            let stop = if breaks { reset_at.max(at + 1) } else { end };
+            let frame = state.frame(at, stop.min(end));
             let next = at + frame.len() as u64;
             Some((Ok::<_, std::io::Error>(frame), next))
         }
@@ -235,10 +250,10 @@ fn serve(st: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Response<Body
     r.headers_mut()
         .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(len - start));
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if from.is_some() {
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", len - 1)) {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
             r.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
@@ -281,6 +296,14 @@ mod tests {
             format!("bytes 1000-{}/{}", o.len() - 1, o.len()).as_str()
         );
         assert_eq!(part.bytes().await.unwrap(), whole.slice(1000..));
+        let window = http
+            .get(o.url())
+            .header("range", "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(window.status(), 206);
+        assert_eq!(window.bytes().await.unwrap(), whole.slice(10..20));
         o.set_honour_range(false);
         let full = http
             .get(o.url())
