@@ -461,6 +461,7 @@ async fn a_worker_with_an_older_generation_cannot_write_the_checkpoint() {
             total: Some(3 * CHUNK),
         },
         source_offset: offset,
+        restarts: 0,
     };
     let progress = |done| Progress {
         done,

@@ -302,6 +302,14 @@ pub struct Checkpoint {
     /// The offset the source is read from next (the same as the target's: a chunk read but not
     /// stored is read again).
     pub source_offset: u64,
+    /// Times this file started again from byte 0 (an origin that ignored `Range`, an expired
+    /// Graph session); bounded, so such a file cannot loop from invocation to invocation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Checkpoint {
@@ -318,6 +326,7 @@ impl Checkpoint {
             "bytes_stored": self.state.offset,
             "source_offset": self.source_offset,
             "bytes_total": self.state.total,
+            "restarts": self.restarts,
         })
     }
 }

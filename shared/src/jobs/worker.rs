@@ -8,7 +8,7 @@
 //! that dies (timeout, crash) sends a message to the dead-letter queue, whose consumer
 //! ([`Received::dead_letter`]) then fails the job.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use crate::secrets::schema::{self, ConnectionStatus};
 use crate::secrets::{SecretError, SecretStore};
 use crate::upload::UploadError;
 use crate::upload::UploadSource;
-use crate::upload::resume::{Resume, ResumeState, Resumed, Session};
+use crate::upload::resume::{Resume, ResumeState, Resumed};
 use crate::upload::source::Opened;
 use crate::webhook::WebhookSecret;
 
@@ -330,6 +330,7 @@ impl Worker {
                 done_before: done,
                 total,
                 stop_at,
+                restarts: Arc::new(AtomicU32::new(0)),
             };
             let stored = match cx.run(saved).await {
                 Ok(FileEnd::Stored(o)) => o,
@@ -389,10 +390,13 @@ impl Worker {
     /// A job that ends without its file: end the saved upload session, so no half-written file
     /// stays behind. Best effort (Graph and SharePoint also expire abandoned sessions).
     async fn abort_saved(&self, lease: &Lease, msg: &JobMessage) {
-        let Ok(job) = self.jobs.get(&lease.job).await else {
-            return;
-        };
-        let Some(Session::Sharepoint { .. } | Session::Graph { .. }) = job
+        if let Ok(job) = self.jobs.get(&lease.job).await {
+            self.abort_session(&job, msg).await;
+        }
+    }
+
+    async fn abort_session(&self, job: &Job, msg: &JobMessage) {
+        let Some(session) = job
             .checkpoint
             .as_ref()
             .and_then(|c| c.state.session.as_ref())
@@ -402,14 +406,8 @@ impl Worker {
         let Ok(conn) = self.connection(&msg.connection).await else {
             return;
         };
-        if let Some(session) = job
-            .checkpoint
-            .as_ref()
-            .and_then(|c| c.state.session.as_ref())
-        {
-            tracing::info!(job = %job.id, "ending the failed job's upload session");
-            self.uploader.abort(&msg.connection, &conn, session).await;
-        }
+        tracing::info!(job = %job.id, "ending the failed job's upload session");
+        self.uploader.abort(&msg.connection, &conn, session).await;
     }
 
     /// Opens file `index`'s body from byte `offset` (a `Range` for `source_url`; staged
@@ -487,6 +485,7 @@ impl Worker {
         match self.jobs.abandon(&msg.job, &failure, (self.clock)()).await {
             Ok(job) => {
                 tracing::error!(job = %job.id, connection = %msg.connection, receive = m.receive_count, "poison job marked failed");
+                self.abort_session(&job, msg).await;
                 self.after(msg, &job).await;
                 Disposition::Ack
             }
@@ -585,11 +584,18 @@ struct FileRun<'a> {
     done_before: u64,
     total: Option<u64>,
     stop_at: Option<tokio::time::Instant>,
+    /// Restarts from byte 0 so far (saved in the checkpoint).
+    restarts: Arc<AtomicU32>,
 }
+
+/// Restarts from byte 0 one file may take before its job fails.
+const MAX_RESTARTS: u32 = 3;
 
 impl FileRun<'_> {
     async fn run(&self, saved: Option<Checkpoint>) -> Result<FileEnd, Attempt> {
         let w = self.worker;
+        let restarts = saved.as_ref().map_or(0, |c| c.restarts);
+        self.restarts.store(restarts, Ordering::SeqCst);
         let mut state = saved.map_or_else(ResumeState::fresh, |c| c.state);
         let lost = Arc::new(AtomicBool::new(false));
         let latest = Arc::new(Mutex::new(state.clone()));
@@ -606,6 +612,7 @@ impl FileRun<'_> {
                     self.index, state.offset
                 );
                 tracing::info!(job = %self.lease.job, offset = state.offset, "origin ignored Range; restarting the file");
+                self.restarted()?;
                 // The session stays in the state: SharePoint starts a new upload id on the same
                 // placeholder, Graph deletes the session and opens a new one.
                 state.offset = 0;
@@ -643,6 +650,7 @@ impl FileRun<'_> {
                     };
                 }
                 Ok(Resumed::Restart(fresh, why)) => {
+                    self.restarted()?;
                     let note = format!("file {}: {why}", self.index);
                     state = fresh;
                     if let Err(e) = self.save(&state, Some(&note)).await {
@@ -660,6 +668,23 @@ impl FileRun<'_> {
         }
     }
 
+    /// Counts a restart from byte 0; past [`MAX_RESTARTS`] the file fails for good.
+    fn restarted(&self) -> Result<(), Attempt> {
+        let n = self.restarts.fetch_add(1, Ordering::SeqCst) + 1;
+        if n > MAX_RESTARTS {
+            return Err(Attempt::permanent(
+                Kind::BadGateway,
+                format!(
+                    "file {}: started again from byte 0 {n} times (the origin ignores Range, or \
+                     the upload session keeps expiring); serve source_url with HTTP Range \
+                     support so the upload can continue across invocations",
+                    self.index
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The hook the upload calls after each chunk: saves the checkpoint under the lease.
     fn save_hook(
         &self,
@@ -670,6 +695,7 @@ impl FileRun<'_> {
         let jobs = self.worker.jobs.clone();
         let clock = self.worker.clock.clone();
         let lease = self.lease.clone();
+        let restarts = self.restarts.clone();
         let (index, before, total) = (self.index, self.done_before, self.total);
         move |state: ResumeState| {
             let (jobs, clock, lease, lost, latest) = (
@@ -679,11 +705,13 @@ impl FileRun<'_> {
                 lost.clone(),
                 latest.clone(),
             );
+            let restarts = restarts.load(Ordering::SeqCst);
             Box::pin(async move {
                 let cp = Checkpoint {
                     file: index,
                     source_offset: state.offset,
                     state,
+                    restarts,
                 };
                 let progress = Progress {
                     done: before + cp.state.offset,
@@ -720,6 +748,7 @@ impl FileRun<'_> {
             file: self.index,
             source_offset: state.offset,
             state: state.clone(),
+            restarts: self.restarts.load(Ordering::SeqCst),
         };
         let progress = Progress {
             done: self.done_before + state.offset,
