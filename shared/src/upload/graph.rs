@@ -566,8 +566,8 @@ impl GraphClient {
                             bad_reply("the session wants more bytes after the last one").into()
                         );
                     }
-                    // Drop this chunk before taking the next: the reader fills only one ahead.
-                    drop(chunk);
+                    // Give this chunk back before taking the next: the reader fills only one ahead.
+                    chunks.recycle(chunk);
                     state.offset = n;
                     if let (Some(Session::Graph { expires_at, .. }), Some(t)) =
                         (&mut state.session, expires)

@@ -443,8 +443,8 @@ impl Ctx<'_> {
                     .into());
                 }
             }
-            // Drop this chunk before taking the next: the reader fills only one ahead.
-            drop(chunk);
+            // Give this chunk back before taking the next: the reader fills only one ahead.
+            chunks.recycle(chunk);
             state.offset = expected;
             if let Some(r) = resume {
                 (r.save)(state.clone()).await.map_err(Stop::Save)?;

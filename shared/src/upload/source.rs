@@ -264,9 +264,15 @@ pub(crate) struct Chunk {
     pub last: bool,
 }
 
+/// Chunk buffers given back after their upload, for the next chunks: a long upload allocates
+/// its two buffers once instead of one per chunk (a heap that sees a fresh 10 MiB block per
+/// chunk keeps freed ones resident per thread arena, and RSS would creep).
+type Pool = std::sync::Arc<std::sync::Mutex<Vec<BytesMut>>>;
+
 /// Cuts a source into chunks, holding at most one chunk and one frame.
 pub(crate) struct Chunker {
     source: UploadSource,
+    pool: Pool,
     buf: BytesMut,
     eof: bool,
     read: u64,
@@ -284,6 +290,7 @@ impl Chunker {
     pub fn starting_at(source: UploadSource, base: u64) -> Self {
         Chunker {
             source,
+            pool: Pool::default(),
             buf: BytesMut::new(),
             eof: false,
             read: 0,
@@ -329,6 +336,13 @@ impl Chunker {
     /// The next chunk of up to `size` bytes (shorter only at the end). After the last chunk it
     /// returns empty last chunks.
     pub async fn next(&mut self, size: usize) -> Result<Chunk, UploadError> {
+        if self.buf.capacity() < size {
+            let reused = self.pool.lock().ok().and_then(|mut p| p.pop());
+            if let Some(mut b) = reused.filter(|b| b.capacity() >= size) {
+                b.extend_from_slice(&self.buf);
+                self.buf = b;
+            }
+        }
         self.buf.reserve(size.saturating_sub(self.buf.len()));
         while self.buf.len() < size && !self.eof {
             self.pull().await?;
@@ -358,11 +372,13 @@ pub(crate) struct Prefetch {
     rx: tokio::sync::mpsc::Receiver<Result<Chunk, UploadError>>,
     task: tokio::task::JoinHandle<()>,
     total: Option<u64>,
+    pool: Pool,
 }
 
 impl Prefetch {
     pub fn spawn(mut chunker: Chunker, size: usize) -> Self {
         let total = chunker.total();
+        let pool = chunker.pool.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
             // Reserve first: the slot is free only once the caller took the previous chunk.
@@ -375,7 +391,24 @@ impl Prefetch {
                 }
             }
         });
-        Prefetch { rx, task, total }
+        Prefetch {
+            rx,
+            task,
+            total,
+            pool,
+        }
+    }
+
+    /// Gives an uploaded chunk's buffer back for a later chunk (when nothing else holds it).
+    pub fn recycle(&self, chunk: Chunk) {
+        if let Ok(mut b) = chunk.bytes.try_into_mut() {
+            b.clear();
+            if let Ok(mut p) = self.pool.lock()
+                && p.len() < 2
+            {
+                p.push(b);
+            }
+        }
     }
 
     /// The whole file's length, when the source announced its own.
