@@ -349,8 +349,7 @@ impl Env {
                 ];
                 let (t, _) = self.curl(
                     "POST",
-                    add_file_url(&self.target, &self.target.library().to_owned(), name, true)?
-                        .as_str(),
+                    add_file_url(&self.target, self.target.library(), name, true)?.as_str(),
                     &auth,
                     None,
                 )?;

@@ -43,14 +43,14 @@ pub(crate) fn open_uploads(db: &Db) -> Vec<OpenUpload> {
             api: "sharepoint".into(),
             id: id.clone(),
             path: s.path.clone(),
-            received: s.data.len() as u64,
+            received: s.data.len(),
         })
         .collect();
     out.extend(db.graph_uploads.iter().map(|(id, s)| OpenUpload {
         api: "graph".into(),
         id: id.clone(),
         path: s.path.clone(),
-        received: s.data.len() as u64,
+        received: s.data.len(),
     }));
     out
 }

@@ -118,6 +118,10 @@ impl Spool {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.sha.update(bytes);
         self.len += bytes.len() as u64;

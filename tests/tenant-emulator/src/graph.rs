@@ -776,7 +776,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
             "The Content-Range header is missing or malformed.",
         );
     };
-    let received = session.data.len() as u64;
+    let received = session.data.len();
     let len = (b - a).saturating_add(1);
     if len != r.body.len() as u64 {
         return graph_error(

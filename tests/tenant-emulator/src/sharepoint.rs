@@ -1042,7 +1042,7 @@ impl Ctx<'_> {
                 json(StatusCode::OK, &json!({"odata.null": true}))
             };
         }
-        let expected = session.data.len() as u64;
+        let expected = session.data.len();
         let given = offset.and_then(|o| o.parse::<u64>().ok());
         if given != Some(expected) {
             return self.bad_arg(&format!(
@@ -1057,7 +1057,7 @@ impl Ctx<'_> {
                 "There is not enough space on the disk.",
             );
         }
-        let total = session.data.len() as u64;
+        let total = session.data.len();
         if op == "continueupload" {
             return self.scalar("ContinueUpload", json!(total.to_string()));
         }
