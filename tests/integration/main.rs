@@ -10,6 +10,7 @@ mod jobs;
 mod layering;
 mod lifecycle;
 mod log_scan;
+mod resume;
 mod secrets;
 mod sessions;
 mod signin;
