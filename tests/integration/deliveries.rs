@@ -48,7 +48,7 @@ async fn a_thousand_deliveries_make_one_file_each() {
     let (jobs, _, _) = w.infra.adapters();
     let sqs = aws_sdk_sqs::Client::new(&w.infra.sdk);
     let ids: Vec<String> = (0..DISTINCT).map(|_| new_id()).collect();
-    let send = |i: usize| {
+    let send = |i: usize, repeat: bool| {
         let w = &w;
         let id = ids[i].clone();
         async move {
@@ -59,15 +59,24 @@ async fn a_thousand_deliveries_make_one_file_each() {
                 &body_of(i),
             );
             let (s, b, h) = w.send_raw(req).await;
-            assert_eq!(s, 202, "delivery {i}: {b}");
-            assert_eq!(h["location"], b["status_url"].as_str().unwrap());
-            (i, b["job"].as_str().unwrap().to_owned())
+            // A repeat that arrives after its job has ended gets the job's 201 result; its
+            // Location still names the job.
+            if !(repeat && s == 201) {
+                assert_eq!(s, 202, "delivery {i}: {b}");
+                assert_eq!(h["location"], b["status_url"].as_str().unwrap());
+            }
+            let job = h["location"]
+                .split("/uploads/")
+                .nth(1)
+                .and_then(|rest| rest.split('?').next())
+                .unwrap_or_else(|| panic!("delivery {i}: no job in {h:?}"));
+            (i, job.to_owned())
         }
     };
 
     // One worker dies mid-job: it takes delivery 0's message, starts it, and is aborted once
     // the job is leased (status uploading) but before it ends.
-    let (_, first_job) = send(0).await;
+    let (_, first_job) = send(0, false).await;
     let first = JobId::parse(&first_job).unwrap();
     let event = loop {
         let e = spbridge_tests::sqs_event(&sqs, &w.infra.queue_url, QUEUE_ARN, 1).await;
@@ -112,7 +121,7 @@ async fn a_thousand_deliveries_make_one_file_each() {
         .map(|(i, repeat)| {
             let send = &send;
             async move {
-                let (i, job) = send(i).await;
+                let (i, job) = send(i, repeat).await;
                 (i, repeat, job)
             }
         })
@@ -136,8 +145,9 @@ async fn a_thousand_deliveries_make_one_file_each() {
     assert_eq!(distinct_jobs.len(), DISTINCT, "one job per delivery");
 
     // Every job ends; none is lost or left hanging. (One read per job once it has ended:
-    // polling all 900 each round would load moto more than the workers do.)
-    let deadline = Instant::now() + Duration::from_secs(150);
+    // polling all 900 each round would load moto more than the workers do.) The bound is for
+    // liveness only: a loaded 2-core machine needs well over two minutes.
+    let deadline = Instant::now() + Duration::from_secs(400);
     let mut ended = HashMap::new();
     for (i, job) in &job_of {
         let id = JobId::parse(job).unwrap();

@@ -229,16 +229,29 @@ async fn messages_round_trip_through_sqs_with_large_bodies_staged() {
         panic!("inline")
     };
     assert_eq!(inline_bytes(base64).unwrap(), small);
-    let JobBody::Staged { key, size } = &got.files[1].body else {
+    let JobBody::Staged { key, size, .. } = &got.files[1].body else {
         panic!("staged")
     };
     assert_eq!(*size, large.len() as u64);
     assert_eq!(staged_bytes(&infra, key).await, large);
-    let opened = staging.open(key).await.expect("staged body opens");
+    let opened = staging.open(key, 0, None).await.expect("staged body opens");
     assert_eq!(opened.len(), Some(large.len() as u64));
+    // A resumed job reads from its offset (a ranged GET), not the whole object again.
+    let from = staging
+        .open(key, 1000, None)
+        .await
+        .expect("a ranged read opens");
+    assert_eq!(from.len(), Some(large.len() as u64 - 1000));
+    let rest = from.read_to_end(large.len()).await.expect("the rest reads");
+    assert_eq!(rest, large[1000..]);
+    // Another version of the object than the one named is refused.
+    assert!(matches!(
+        staging.open(key, 0, Some("\"not-its-etag\"")).await,
+        Err(shared::jobs::staging::StagingError::Changed(_))
+    ));
     assert_eq!(got.files[1].folder, "a/b");
     staging.delete(key).await.expect("deleted");
-    assert!(staging.open(key).await.is_err());
+    assert!(staging.open(key, 0, None).await.is_err());
 }
 
 struct Bench {
@@ -454,7 +467,7 @@ async fn the_worker_lands_inline_and_staged_files_and_ends_the_job() {
     // The staged body is gone, and the message was deleted (nothing comes back).
     assert!(
         b.staging
-            .open(&shared::jobs::queue::staged_key(&id, 1))
+            .open(&shared::jobs::queue::staged_key(&id, 1), 0, None)
             .await
             .is_err()
     );

@@ -660,6 +660,48 @@ async fn a_wrong_size_or_sha256_is_a_422_and_nothing_is_stored() {
     assert!(keys.iter().all(|k| k.ends_with("/session")), "{keys:?}");
 }
 
+/// A single-PUT URL stays valid after completion; bytes PUT again through it (same size, so the
+/// size check cannot see them) are not what the worker stores: it reads only the version that
+/// completion checked (its ETag), and the job fails saying why.
+#[tokio::test]
+async fn bytes_put_again_after_completion_are_refused_not_stored() {
+    let w = World::start(Setup {
+        no_workers: true,
+        ..Setup::default()
+    })
+    .await;
+    let bytes = content(200_000, 3);
+    let (_, session, _) = create(
+        &w,
+        "contoso-docs",
+        json!({"name": "swapped.bin", "size": bytes.len()}),
+    )
+    .await;
+    let id = session["session"].as_str().unwrap();
+    assert_eq!(put(&session["upload"], bytes.clone()).await.0, 200);
+    let (status, done, _) = complete(&w, "contoso-docs", id, json!({})).await;
+    assert_eq!(status, 202, "{done}");
+    // Before any worker reads it, the same URL takes other bytes of the same size.
+    assert_eq!(put(&session["upload"], content(200_000, 4)).await.0, 200);
+    assert_eq!(run_queue_one_by_one(&w).await, 1);
+    let end = job_end(&w, done["status_url"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "failed", "{end}");
+    assert_eq!(end["error"]["error"], "unprocessable", "{end}");
+    assert!(
+        end["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("written again"),
+        "{end}"
+    );
+    assert!(
+        w.library().iter().all(|(p, _, _)| !p.contains("swapped")),
+        "{:?}",
+        w.library()
+    );
+    w.assert_no_half_files();
+}
+
 const TEMPLATE: &str = include_str!("../../template.yaml");
 
 /// The staging bucket's CORS rule in `template.yaml` (under its `!If`), for `origin`.

@@ -504,7 +504,11 @@ pub async fn job_message(
                     let key = staged_key(&job, i);
                     let size = b.len() as u64;
                     staging.put(&key, b).await?;
-                    JobBody::Staged { key, size }
+                    JobBody::Staged {
+                        key,
+                        size,
+                        etag: None,
+                    }
                 }
             }
         };

@@ -465,6 +465,7 @@ impl Receiver {
                         body: JobBody::Staged {
                             key,
                             size: asked.size,
+                            etag: None,
                         },
                     },
                     sha256: asked
@@ -579,11 +580,15 @@ impl Receiver {
         };
         if job.status == JobStatus::Accepted {
             let parts = parse_parts(&req.body)?;
-            self.check_upload(&manifest, parts, &id, now).await?;
+            let checked = self.check_upload(&manifest, parts, &id, now).await?;
+            let mut file = manifest.file.clone();
+            if let JobBody::Staged { etag, .. } = &mut file.body {
+                *etag = checked;
+            }
             let msg = JobMessage {
                 job: id.clone(),
                 connection: connection.clone(),
-                files: vec![manifest.file.clone()],
+                files: vec![file],
                 callback_url: sender.callback_url,
                 max_file_bytes: sender.options.max_file_bytes,
             };
@@ -601,14 +606,15 @@ impl Receiver {
     }
 
     /// Joins a multipart upload, then checks the object: present, of the declared size and
-    /// SHA-256. A wrong object is deleted and its job failed, so nothing is stored.
+    /// SHA-256. A wrong object is deleted and its job failed, so nothing is stored. Answers the
+    /// checked object's `ETag`, which pins the version the worker may read.
     async fn check_upload(
         &self,
         m: &Manifest,
         parts: Option<Vec<Part>>,
         id: &JobId,
         now: time::OffsetDateTime,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<String>, SessionError> {
         let key = m.key();
         if let Some(mp) = &m.multipart {
             let mut parts = parts.ok_or(SessionError::PartsMissing)?;
@@ -640,6 +646,7 @@ impl Receiver {
         let Some(object) = self.staging.head(key).await.map_err(staging)? else {
             return Err(SessionError::NotUploaded);
         };
+        let etag = object.etag.clone();
         let wrong = if object.size != m.size() {
             Some(SessionError::SizeMismatch {
                 actual: object.size,
@@ -658,7 +665,7 @@ impl Receiver {
             }
         };
         let Some(wrong) = wrong else {
-            return Ok(());
+            return Ok(etag);
         };
         if let Err(e) = self.staging.delete(key).await {
             tracing::warn!(job = %id, error = %e, "could not delete a refused session upload; the lifecycle rule will");

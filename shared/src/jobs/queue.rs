@@ -50,6 +50,10 @@ pub enum JobBody {
         key: String,
         /// Its size.
         size: u64,
+        /// The object's `ETag` when someone outside spbridge wrote it (a direct upload): the
+        /// worker reads only that version, so bytes PUT again after completion are refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        etag: Option<String>,
     },
     /// To be fetched by the worker (the same SSRF rules as the receiver's).
     SourceUrl {

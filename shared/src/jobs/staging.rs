@@ -25,6 +25,9 @@ pub enum StagingError {
     /// S3 failed or throttled; retry later.
     #[error("staging bucket unavailable: {0}")]
     Unavailable(String),
+    /// The object is no longer the version the job was made for (written again since).
+    #[error("the staged body {0} was written again after its upload was completed")]
+    Changed(String),
 }
 
 /// Why a direct upload step (presigning, multipart, reading what a client stored) failed.
@@ -90,6 +93,8 @@ pub struct StoredObject {
     pub size: u64,
     /// The SHA-256 S3 verified on upload (base64), when the upload carried one.
     pub sha256_base64: Option<String>,
+    /// Its `ETag`, which names this version of the bytes.
+    pub etag: Option<String>,
 }
 
 /// One uploaded part of a multipart upload, as the client reports it.
@@ -109,8 +114,15 @@ pub trait Staging: Send + Sync {
     /// Stores `body` under `key`.
     fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), StagingError>>;
 
-    /// Opens `key` as a stream; frames arrive as S3 sends them, nothing is buffered whole.
-    fn open<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<UploadSource, StagingError>>;
+    /// Opens `key` as a stream from byte `from` (a ranged GET, so a resumed job does not read
+    /// what it already stored); frames arrive as S3 sends them, nothing is buffered whole. With
+    /// `etag`, only that version of the object is read.
+    fn open<'a>(
+        &'a self,
+        key: &'a str,
+        from: u64,
+        etag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<UploadSource, StagingError>>;
 
     /// Deletes `key` (absent keys are fine).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StagingError>>;
@@ -245,22 +257,42 @@ impl Staging for S3Staging {
         })
     }
 
-    fn open<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<UploadSource, StagingError>> {
+    fn open<'a>(
+        &'a self,
+        key: &'a str,
+        from: u64,
+        etag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<UploadSource, StagingError>> {
         Box::pin(async move {
-            let out = match self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-            {
+            let mut get = self.client.get_object().bucket(&self.bucket).key(key);
+            if from > 0 {
+                get = get.range(format!("bytes={from}-"));
+            }
+            if let Some(etag) = etag {
+                get = get.if_match(etag);
+            }
+            let out = match get.send().await {
                 Ok(o) => o,
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                     return Err(StagingError::Missing(key.to_owned()));
                 }
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                    return Err(StagingError::Changed(key.to_owned()));
+                }
                 Err(e) => return Err(unavailable(&e)),
             };
+            // S3 honours Range; a store that did not would hand the bytes from 0 as if from `from`.
+            if from > 0 {
+                let start = out
+                    .content_range()
+                    .and_then(crate::upload::source::parse_content_range)
+                    .map(|(start, _)| start);
+                if start != Some(from) {
+                    return Err(StagingError::Unavailable(format!(
+                        "the ranged read of {key} from byte {from} did not start there"
+                    )));
+                }
+            }
             let len = out.content_length().and_then(|l| u64::try_from(l).ok());
             let frames = futures_util::stream::unfold(out.body, |mut body| async move {
                 match body.next().await {
@@ -416,6 +448,7 @@ impl Staging for S3Staging {
             Ok(Some(StoredObject {
                 size,
                 sha256_base64: out.checksum_sha256,
+                etag: out.e_tag,
             }))
         })
     }

@@ -433,16 +433,26 @@ impl Worker {
                 .ok_or_else(|| {
                     Attempt::permanent(Kind::BadRequest, "the inline body is not base64")
                 }),
-            JobBody::Staged { key, size } => {
-                let source = self.staging.open(key).await.map_err(|e| match e {
-                    StagingError::Missing(_) => Attempt::permanent(Kind::Internal, e.to_string()),
-                    StagingError::Unavailable(_) => {
-                        Attempt::transient(Kind::Unavailable, e.to_string(), None)
-                    }
-                })?;
+            JobBody::Staged { key, size, etag } => {
+                let from = offset.min(*size);
+                let source = self
+                    .staging
+                    .open(key, from, etag.as_deref())
+                    .await
+                    .map_err(|e| match e {
+                        StagingError::Missing(_) => {
+                            Attempt::permanent(Kind::Internal, e.to_string())
+                        }
+                        StagingError::Changed(_) => {
+                            Attempt::permanent(Kind::Unprocessable, e.to_string())
+                        }
+                        StagingError::Unavailable(_) => {
+                            Attempt::transient(Kind::Unavailable, e.to_string(), None)
+                        }
+                    })?;
                 Ok(Opened {
-                    source: source.skip(offset),
-                    start: offset,
+                    source,
+                    start: from,
                     total: Some(*size),
                 })
             }
