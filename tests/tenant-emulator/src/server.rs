@@ -76,6 +76,7 @@ pub(crate) async fn start(opts: Options) -> Result<RunningEmulator, StartError> 
         db: Mutex::new(db),
         cfg,
         info: std::sync::OnceLock::new(),
+        requests: Default::default(),
     });
     let _ = shared
         .info
@@ -316,6 +317,7 @@ async fn dispatch(
     let decision = if admin {
         crate::faults::Decision::default()
     } else {
+        st.requests.add(&path);
         st.faults().decide(&path)
     };
     if decision.latency_ms > 0 {
