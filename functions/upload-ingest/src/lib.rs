@@ -80,7 +80,7 @@ enum Route {
 }
 
 /// Answers one API Gateway request.
-pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Body> {
+pub async fn handle(state: &Result<State, String>, mut req: Request) -> Response<Body> {
     let state = match state {
         Ok(s) => s,
         Err(e) => return error(ApiError::new(Kind::ConfigurationError, e.as_str())),
@@ -107,9 +107,10 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
                 .base_url
                 .clone()
                 .or_else(|| base_from_host(&req, &prefix));
-            let body = match req.body() {
-                Body::Text(t) => shared::upload::Bytes::copy_from_slice(t.as_bytes()),
-                Body::Binary(b) => shared::upload::Bytes::copy_from_slice(b),
+            // Moved out, not copied: the body can be megabytes.
+            let body = match std::mem::take(req.body_mut()) {
+                Body::Text(t) => shared::upload::Bytes::from(t.into_bytes()),
+                Body::Binary(b) => shared::upload::Bytes::from(b),
                 _ => shared::upload::Bytes::new(),
             };
             let query = req.uri().query().map(str::to_owned);
