@@ -721,7 +721,7 @@ def main():
     ap.add_argument("--counted", type=int, default=5, help="warm uploads through the counting proxies")
     ap.add_argument("--connections", type=int, default=10_000)
     ap.add_argument("--latency", type=int, default=50)
-    ap.add_argument("--fast-connections", type=int, default=2000)
+    ap.add_argument("--fast-connections", type=int, default=1000)
     ap.add_argument("--skip", default="", help="comma-separated: cold,warm,refresh,size")
     ap.add_argument("--size-arch", choices=("arm64", "host"), default="arm64")
     ap.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"))
