@@ -1,6 +1,7 @@
 //! Integration tests, one binary made of modules.
 
 mod attacks;
+mod browser;
 mod deliveries;
 mod events;
 mod ingest;
@@ -10,6 +11,7 @@ mod layering;
 mod lifecycle;
 mod log_scan;
 mod secrets;
+mod sessions;
 mod signin;
 mod template;
 mod template_iam;
