@@ -574,7 +574,8 @@ def report(args, cold, warm, refresh, size, elapsed):
     add("- Everything ran in one run against one tenant emulator (HTTPS on 127.0.0.1, release build) and "
         "one moto server; spbridge's functions are release builds (`target/release`) started as fresh "
         "processes under a minimal Lambda Runtime API (`tests/bench/runtime_api.py`).")
-    add("- Figures are medians with (min–max) over the runs; peak RSS is the process's `ru_maxrss`.")
+    add("- Figures are medians with (min–max) over the runs; peak RSS is the process's `VmHWM` "
+        "(high-water mark since exec, from /proc).")
     add("")
     if cold:
         o365, msal = statistics.median(cold["o365"]), statistics.median(cold["msal"])
