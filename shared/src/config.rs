@@ -479,7 +479,7 @@ impl LifecycleConfig {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         use lifecycle_vars as v;
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let concurrency = parse_num(&get, v::REFRESH_CONCURRENCY, 8)?;
+        let concurrency = parse_num(&get, v::REFRESH_CONCURRENCY, 32)?;
         if concurrency == 0 || concurrency > 256 {
             return Err(ConfigError::Invalid {
                 var: v::REFRESH_CONCURRENCY,
@@ -651,7 +651,7 @@ mod tests {
     #[test]
     fn lifecycle_defaults_and_errors() {
         let c = LifecycleConfig::from_lookup(|_| None).unwrap();
-        assert_eq!(c.refresh_concurrency, 8);
+        assert_eq!(c.refresh_concurrency, 32);
         assert_eq!(c.refresh_max_token_age, Duration::from_secs(7 * 86400));
         assert!(c.check_app_only && c.allowed_hosts.is_empty());
         let c = LifecycleConfig::from_lookup(|k| match k {

@@ -90,7 +90,7 @@ enum Route {
 }
 
 /// Answers one API Gateway request.
-pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Body> {
+pub async fn handle(state: &Result<State, String>, mut req: Request) -> Response<Body> {
     let state = match state {
         Ok(s) => s,
         Err(e) => return error(ApiError::new(Kind::ConfigurationError, e.as_str())),
@@ -116,12 +116,12 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
             ))
         }
         (Some(Route::Upload { connection, prefix }), _) => {
-            let incoming = Incoming::read(state, &req, &prefix);
+            let incoming = Incoming::read(state, &mut req, &prefix);
             let r = incoming.request(&req, connection.as_deref());
             respond(state.receiver.accept(r).await)
         }
         (Some(Route::CreateSession { connection, prefix }), _) => {
-            let incoming = Incoming::read(state, &req, &prefix);
+            let incoming = Incoming::read(state, &mut req, &prefix);
             let r = incoming.request(&req, Some(&connection));
             respond(state.receiver.create_session(r).await)
         }
@@ -133,7 +133,7 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
             }),
             _,
         ) => {
-            let incoming = Incoming::read(state, &req, &prefix);
+            let incoming = Incoming::read(state, &mut req, &prefix);
             let r = incoming.request(&req, Some(&connection));
             respond(state.receiver.complete_session(r, &session).await)
         }
@@ -150,13 +150,14 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn read(state: &State, req: &Request, prefix: &str) -> Incoming {
-        let context = req.lambda_context_ref();
-        let body = match req.body() {
-            Body::Text(t) => shared::upload::Bytes::copy_from_slice(t.as_bytes()),
-            Body::Binary(b) => shared::upload::Bytes::copy_from_slice(b),
+    fn read(state: &State, req: &mut Request, prefix: &str) -> Incoming {
+        // Moved out, not copied: the body can be megabytes.
+        let body = match std::mem::take(req.body_mut()) {
+            Body::Text(t) => shared::upload::Bytes::from(t.into_bytes()),
+            Body::Binary(b) => shared::upload::Bytes::from(b),
             _ => shared::upload::Bytes::new(),
         };
+        let context = req.lambda_context_ref();
         Incoming {
             base: state
                 .base_url

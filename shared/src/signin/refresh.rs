@@ -5,7 +5,10 @@
 //! refreshes the named ones now) through [`Access::refresh`], which stores rotated refresh tokens
 //! with [`crate::access::write_tokens`]. A refused refresh token marks the connection
 //! `needs_consent` (one warning line; nothing deleted). Connections run concurrently, bounded by
-//! `SPBRIDGE_REFRESH_CONCURRENCY`; one failing does not stop the others.
+//! `SPBRIDGE_REFRESH_CONCURRENCY`; one failing does not stop the others. Refreshes start at most
+//! [`MAX_REFRESHES_PER_SECOND`] a second, so the refresh-token writes they make stay under
+//! Secrets Manager's `PutSecretValue` quota (50 per second per Region) however fast the store and
+//! token endpoint answer.
 //!
 //! The run returns its [`Report`] when every connection ended well (refreshed, skipped or found
 //! needing consent). If any failed otherwise it returns a [`RunFailure`] whose
@@ -29,6 +32,38 @@ use crate::{
         schema::{AuthKind, ConnectionSecret, ConnectionStatus},
     },
 };
+
+/// Refreshes a run starts per second: each makes about one `PutSecretValue`. Secrets Manager
+/// allows 50 a second per Region, shared with upload-worker and oauth-callback; 40 leaves them
+/// room. At this pace a run gets through 10,000 due connections in about 250 s.
+pub const MAX_REFRESHES_PER_SECOND: u32 = 40;
+
+/// Spaces the starts of refreshes evenly, across all of a run's tasks.
+struct Pacer {
+    interval: Duration,
+    next: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Pacer {
+    fn per_second(n: u32) -> Pacer {
+        Pacer {
+            interval: Duration::from_secs(1) / n.max(1),
+            next: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let at = next.map_or(now, |n| n.max(now));
+            *next = Some(at + self.interval);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
 
 /// How one connection fared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -139,6 +174,7 @@ pub async fn run(state: &Warm, what: Run) -> Result<Report, RunFailure> {
         check_app_only: state.lifecycle.check_app_only,
         certificate_warning: state.lifecycle.certificate_warning,
         clock: state.clock.clone(),
+        pacer: Pacer::per_second(MAX_REFRESHES_PER_SECOND),
     });
     let results = refresh_policy::run_bounded(
         ids,
@@ -211,6 +247,7 @@ struct Settings {
     check_app_only: bool,
     certificate_warning: Duration,
     clock: Clock,
+    pacer: Pacer,
 }
 
 /// The policy's view of a connection.
@@ -287,19 +324,22 @@ async fn one(access: &Access, cfg: &Settings, id: &str) -> (Outcome, ConnectionR
             Outcome::NotDue,
             report("not_due", Some(format!("next at {next_at}"))),
         ),
-        Decision::Due(reason) => match access.refresh(id).await {
-            Ok(out) => {
-                tracing::info!(connection = id, ?reason, rotated = out.rotated, persisted = ?out.persisted, "refreshed");
-                (
-                    Outcome::Refreshed,
-                    ConnectionReport {
-                        rotated: out.rotated,
-                        ..report("refreshed", None)
-                    },
-                )
+        Decision::Due(reason) => {
+            cfg.pacer.wait().await;
+            match access.refresh(id).await {
+                Ok(out) => {
+                    tracing::info!(connection = id, ?reason, rotated = out.rotated, persisted = ?out.persisted, "refreshed");
+                    (
+                        Outcome::Refreshed,
+                        ConnectionReport {
+                            rotated: out.rotated,
+                            ..report("refreshed", None)
+                        },
+                    )
+                }
+                Err(e) => failed(&e),
             }
-            Err(e) => failed(&e),
-        },
+        }
     }
 }
 
@@ -347,6 +387,28 @@ pub fn certificate_not_after(pem: &[u8]) -> Option<OffsetDateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_start_no_faster_than_the_write_quota_allows() {
+        let pacer = Arc::new(Pacer::per_second(MAX_REFRESHES_PER_SECOND));
+        let started = tokio::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..101 {
+            let pacer = pacer.clone();
+            tasks.spawn(async move {
+                pacer.wait().await;
+                tokio::time::Instant::now()
+            });
+        }
+        let mut starts = tasks.join_all().await;
+        starts.sort();
+        // 101 starts at 40 a second: the first at once, the last 2.5 s later, 25 ms apart.
+        assert_eq!(starts[0], started);
+        assert_eq!(starts[100] - started, Duration::from_millis(2500));
+        for pair in starts.windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(25));
+        }
+    }
 
     #[test]
     fn certificate_expiry_is_read_from_the_pem() {

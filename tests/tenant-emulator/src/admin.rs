@@ -158,6 +158,11 @@ pub(crate) async fn handle(st: &Arc<Shared>, r: Req) -> Response {
             StatusCode::OK,
             &serde_json::to_value(open_uploads(&st.db())).unwrap_or_default(),
         ),
+        (Method::GET, "requests") => json(StatusCode::OK, &json!(st.requests.snapshot())),
+        (Method::DELETE, "requests") => {
+            st.requests.reset();
+            json(StatusCode::OK, &json!({}))
+        }
         (Method::GET, "faults") => json(
             StatusCode::OK,
             &serde_json::to_value(&st.faults().rules).unwrap_or_default(),

@@ -16,7 +16,7 @@
 //! | Discovery | `{base}/discovery` | `GET /discovery/v1.0/me/services` |
 //! | Graph | `{base}/graph` | `/graph/v1.0/{drives/{id},sites/{id}/drive,me/drive}/...`, upload URLs under `/graph/_upload/{session}` |
 //! | SharePoint | `{base}` (host = `127.0.0.1:{port}`) | `/sites/{name}/_api/...`, `/sites/{name}/_vti_bin/client.svc`, `/sites/{name}/_layouts/15/{OAuthAuthorize,AppRedirect}.aspx`, OneDrive at `/personal/{user}/...` |
-//! | Admin | `{base}/_emulator` | `GET info`, `GET files`, `GET files/content?path=`, `GET uploads`, `GET/POST/DELETE faults`, `POST refresh-tokens`, `POST context-token` |
+//! | Admin | `{base}/_emulator` | `GET info`, `GET files`, `GET files/content?path=`, `GET uploads`, `GET/POST/DELETE faults`, `GET/DELETE requests` (counts by service), `POST refresh-tokens`, `POST context-token` |
 //!
 //! `{tenant}` is the tenant id (which is also the ACS realm), `common`, `organizations`,
 //! `consumers` or `contoso.onmicrosoft.com`.
@@ -58,6 +58,7 @@ mod aad;
 mod acs;
 mod admin;
 pub mod blob;
+mod counts;
 pub mod faults;
 mod graph;
 mod keys;
@@ -355,6 +356,7 @@ pub(crate) struct Shared {
     pub info: std::sync::OnceLock<serde_json::Value>,
     db: Mutex<model::Db>,
     faults: Mutex<faults::Faults>,
+    pub requests: counts::Counts,
 }
 
 impl Shared {

@@ -78,6 +78,7 @@ pub(crate) async fn start(opts: Options) -> Result<RunningEmulator, StartError> 
         db: Mutex::new(db),
         cfg,
         info: std::sync::OnceLock::new(),
+        requests: Default::default(),
     });
     let _ = shared
         .info
@@ -337,6 +338,7 @@ async fn dispatch(
     let decision = if admin {
         crate::faults::Decision::default()
     } else {
+        st.requests.add(&path);
         st.faults().decide(&path)
     };
     if decision.latency_ms > 0 {
