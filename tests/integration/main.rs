@@ -9,6 +9,7 @@ mod jobs;
 mod layering;
 mod lifecycle;
 mod log_scan;
+mod outages;
 mod secrets;
 mod signin;
 mod template;

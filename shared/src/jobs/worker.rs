@@ -29,6 +29,33 @@ use crate::webhook::WebhookSecret;
 /// The current time; tests pin it.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
+/// Tries of a job write that meets a store outage after a file landed. Losing that record would
+/// make the job's retry meet its own file (a conflict, or a second copy under `rename`), so the
+/// worker waits out a short outage: 250 ms doubling, about 8 s in all.
+const RECORD_TRIES: u32 = 6;
+const RECORD_FIRST_PAUSE: Duration = Duration::from_millis(250);
+
+/// Runs `write` until it succeeds, fails for another reason than an outage, or has been
+/// tried [`RECORD_TRIES`] times.
+async fn record<T, F, Fut>(mut write: F) -> Result<T, JobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, JobError>>,
+{
+    let mut pause = RECORD_FIRST_PAUSE;
+    for _ in 1..RECORD_TRIES {
+        match write().await {
+            Err(JobError::Unavailable(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "job store unavailable; recording again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    write().await
+}
+
 /// Worker tuning.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -197,7 +224,7 @@ impl Worker {
                 Outcome::Failed(failure)
             }
         };
-        match self.jobs.finish(&lease, &outcome, (self.clock)()).await {
+        match record(|| self.jobs.finish(&lease, &outcome, (self.clock)())).await {
             Ok(job) => {
                 tracing::info!(job = %job.id, status = job.status.as_str(), "job ended");
                 self.after(&msg, &job).await;
@@ -256,10 +283,11 @@ impl Worker {
             done += stored.size;
             let answer = outcome_json(&stored);
             let progress = Progress { done, total };
-            match self
-                .jobs
-                .file_done(lease, i, &answer, progress, (self.clock)())
-                .await
+            match record(|| {
+                self.jobs
+                    .file_done(lease, i, &answer, progress, (self.clock)())
+            })
+            .await
             {
                 Ok(()) => {}
                 Err(e) if e.is_retryable() => {
