@@ -393,11 +393,18 @@ async fn dynamodb_outage_answers_503_and_the_job_lands_once_when_it_returns() {
 
     // Queued, then DynamoDB goes before the worker takes the job: the message comes back.
     let id = new_id();
-    assert_eq!(
-        w.send(World::upload("sp", "db-b.bin", &id, &data)).await.0,
-        202
-    );
+    let (status, body, _) = w.send(World::upload("sp", "db-b.bin", &id, &data)).await;
+    assert_eq!(status, 202, "{body}");
     w.aws.dynamo.down().await;
+    // The sender's status URL answers 503 meanwhile, not 404.
+    let mut get = Request::default();
+    *get.uri_mut() = body["status_url"]
+        .as_str()
+        .expect("status_url")
+        .parse()
+        .unwrap();
+    let a = answer(upload_ingest::handle(&w.receiver, get).await);
+    w.assert_retry_later("a job status while DynamoDB is out", &a);
     assert_eq!(w.pump().await, 1);
     assert!(w.files_named("db-b").is_empty());
     w.aws.dynamo.up().await;
@@ -648,6 +655,10 @@ async fn sharepoint_and_graph_outages_retry_the_job_and_land_one_file() {
                 w.files_named(&name).is_empty(),
                 "{name}: nothing stored yet"
             );
+            if *label == "ra" {
+                // Microsoft's Retry-After (1 s) outweighs the worker's first backoff (200 ms).
+                assert_eq!(w.pump().await, 0, "{name}: redelivered before Retry-After");
+            }
             w.emu.clear_faults();
             let job = w
                 .run_until_final(&job_of(conn, &id), Duration::from_secs(20))
