@@ -3,6 +3,7 @@
 mod attacks;
 mod deliveries;
 mod events;
+mod fuzz_corpus;
 mod ingest;
 mod isolation;
 mod jobs;
