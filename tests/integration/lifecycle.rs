@@ -47,7 +47,12 @@ fn http_client() -> reqwest::Client {
 }
 
 async fn env_with(store: Option<Arc<dyn SecretStore>>) -> Env {
-    let emu = Emulator::start(Options::default()).await.unwrap();
+    env_full(store, Options::default()).await
+}
+
+/// An [`Env`] whose emulator starts with `opts` (e.g. the interactive sign-in page).
+pub(crate) async fn env_full(store: Option<Arc<dyn SecretStore>>, opts: Options) -> Env {
+    let emu = Emulator::start(opts).await.unwrap();
     spbridge_tests::secret_values::watch(emu.issued_credentials());
     let info = emu.info().clone();
     let prefix = spbridge_tests::unique_prefix();

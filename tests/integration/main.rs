@@ -1,6 +1,7 @@
 //! Integration tests, one binary made of modules.
 
 mod attacks;
+mod browser;
 mod deliveries;
 mod events;
 mod fuzz_corpus;

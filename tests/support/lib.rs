@@ -18,6 +18,7 @@ use aws_sdk_secretsmanager::{
 };
 use shared::secrets::AwsSecretStore;
 
+pub mod browser;
 pub mod outages;
 pub mod secret_values;
 

@@ -331,6 +331,18 @@ fn authorize(st: &Shared, r: &Req, tenant: &str, v2: bool) -> Response {
             "AADSTS501491: Invalid size of Code_Challenge parameter or unsupported code_challenge_method.",
         );
     }
+    if st.cfg.opts.interactive_sign_in {
+        match r.q(CHOICE) {
+            None => return sign_in_page(r, &app.name, &user.upn),
+            Some("accept") => {}
+            Some(_) => {
+                return err_redirect(
+                    "access_denied",
+                    "AADSTS65004: User declined to consent to access the app.",
+                );
+            }
+        }
+    }
     let code = opaque("1.A");
     db.issued_codes.push(code.clone());
     db.codes.insert(
@@ -362,6 +374,46 @@ fn authorize(st: &Shared, r: &Req, tenant: &str, v2: bool) -> Response {
         return form_post(&redirect_uri, &params);
     }
     redirect(&add_query(&redirect_uri, &params))
+}
+
+/// The query parameter the interactive sign-in page adds: `accept` or `cancel`.
+const CHOICE: &str = "emulator_choice";
+
+/// Microsoft's account page, reduced to what a test clicks: the account, Accept and Cancel. Each
+/// button is a link back to the same authorize URL with the choice added.
+fn sign_in_page(r: &Req, app: &str, upn: &str) -> Response {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let query: String = r
+        .query
+        .iter()
+        .filter(|(k, _)| k != CHOICE)
+        .map(|(k, v)| {
+            format!(
+                "{}={}&",
+                percent_encoding::utf8_percent_encode(k, percent_encoding::NON_ALPHANUMERIC),
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect();
+    // A query-only reference keeps the page's own path.
+    let link = |choice: &str| esc(&format!("?{query}{CHOICE}={choice}"));
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Sign in to your account</title></head><body><main><h1>Permissions requested</h1><p><b>{}</b> wants to sign you in as <b id=\"account\">{}</b> and access your files.</p><p><a id=\"accept\" href=\"{}\">Accept</a> <a id=\"cancel\" href=\"{}\">Cancel</a></p></main></body></html>",
+        esc(app),
+        esc(upn),
+        link("accept"),
+        link("cancel")
+    );
+    crate::util::bytes_response(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        html.into_bytes(),
+    )
 }
 
 pub(crate) fn form_post(action: &str, params: &[(&str, &str)]) -> Response {

@@ -75,6 +75,7 @@ use serde::Serialize;
 
 pub use faults::{FaultKind, FaultRule};
 pub use model::{RefreshState, Right};
+pub use server::{LoopbackTls, loopback_tls};
 pub use tokens::{TokenError, verify_hs256};
 
 /// How to start an emulator.
@@ -100,6 +101,9 @@ pub struct Options {
     pub refresh_token_ttl: Duration,
     /// A refresh token unused this long expires for inactivity (AADSTS700082).
     pub refresh_inactivity_ttl: Duration,
+    /// Entra's authorize shows a sign-in page (Accept / Cancel) instead of consenting at once, so
+    /// a browser walks through it as a user would (`scripts/dev` and the browser tests).
+    pub interactive_sign_in: bool,
 }
 
 impl Default for Options {
@@ -115,6 +119,7 @@ impl Default for Options {
             code_ttl: Duration::from_secs(600),
             refresh_token_ttl: Duration::from_secs(90 * 86400),
             refresh_inactivity_ttl: Duration::from_secs(30 * 86400),
+            interactive_sign_in: false,
         }
     }
 }

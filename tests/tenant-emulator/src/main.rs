@@ -38,6 +38,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.port = u16::try_from(num(it.next(), a)?).map_err(|_| "--port out of range")?
             }
             "--tls" => o.tls = true,
+            "--interactive-sign-in" => o.interactive_sign_in = true,
             "--state-dir" => {
                 o.state_dir = Some(it.next().ok_or("--state-dir needs a value")?.into())
             }

@@ -46,7 +46,9 @@ pub(crate) async fn start(opts: Options) -> Result<RunningEmulator, StartError> 
         crate::tokens::Signer::new(signing).map_err(|e| StartError::Crypto(e.to_string()))?;
 
     let (tls, ca_pem_path) = if opts.tls {
-        let (acceptor, ca_pem) = tls_acceptor()?;
+        let LoopbackTls {
+            acceptor, ca_pem, ..
+        } = loopback_tls()?;
         let path = state_dir.join("ca.pem");
         std::fs::write(&path, ca_pem)?;
         (Some(acceptor), Some(path))
@@ -177,7 +179,19 @@ fn build_info(
     }
 }
 
-fn tls_acceptor() -> Result<(tokio_rustls::TlsAcceptor, String), StartError> {
+/// A TLS server identity for 127.0.0.1 and localhost, issued by a fresh test CA.
+pub struct LoopbackTls {
+    /// Serves the leaf certificate (HTTP/1.1 only).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The CA certificate, PEM, for clients that take a root.
+    pub ca_pem: String,
+    /// Base64 SHA-256 of the leaf's SubjectPublicKeyInfo, for Chromium's
+    /// `--ignore-certificate-errors-spki-list`, which trusts exactly this key.
+    pub leaf_spki_sha256: String,
+}
+
+/// Makes a [`LoopbackTls`]; the emulator's own `--tls` uses the same.
+pub fn loopback_tls() -> Result<LoopbackTls, StartError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
@@ -216,7 +230,14 @@ fn tls_acceptor() -> Result<(tokio_rustls::TlsAcceptor, String), StartError> {
         .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
         .map_err(|e| StartError::Crypto(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca.pem()))
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    Ok(LoopbackTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        ca_pem: ca.pem(),
+        leaf_spki_sha256: base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(leaf_key.public_key_der())),
+    })
 }
 
 async fn accept_loop(
