@@ -771,25 +771,46 @@ async fn token_refresh_outages_mark_nothing_needs_consent_and_lose_no_refresh_to
     );
     switch.up().await;
 
-    // Secrets Manager goes while Microsoft answers (the token endpoint is slow): the rotated
-    // tokens cannot be stored. The run is retryable; each stored refresh token still works.
+    // Secrets Manager blinks while Microsoft answers (the token endpoint is slow): the rotated
+    // refresh tokens are stored once it is back, nothing is lost.
     env.emu
         .add_fault(FaultRule::new("", FaultKind::Latency { ms: 600 }).times(3));
-    let state = refresher(switched.clone());
+    let blink = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        switch.down().await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        switch.up().await;
+    };
+    let (result, ()) = tokio::join!(run(refresher(switched.clone())), blink);
+    let report = result.expect("the run waits out a short outage");
+    assert_eq!(report.summary.refreshed, 3, "{report:?}");
+    let rotated = refresh_tokens(&env, &ids).await;
+    for ((id, (status, rt)), (_, before)) in ids.iter().zip(&rotated).zip(&consented) {
+        assert_eq!(*status, ConnectionStatus::Active, "{id}");
+        // Entra and Microsoft accounts hand out a new refresh token on each refresh (the
+        // emulator's ACS keeps its own).
+        if *id != "a" {
+            assert_ne!(rt, before, "{id}: the rotated refresh token was stored");
+        }
+    }
+
+    // Secrets Manager goes for longer than the write is retried: the run fails as retryable,
+    // and nothing is half-written (every connection keeps the refresh token it had, which the
+    // emulator, like Entra, keeps valid after handing out a rotated one).
+    env.emu
+        .add_fault(FaultRule::new("", FaultKind::Latency { ms: 600 }).times(3));
     let cut = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         switch.down().await;
     };
-    let (result, ()) = tokio::join!(run(state), cut);
+    let (result, ()) = tokio::join!(run(refresher(switched.clone())), cut);
     let diag: lambda_runtime::Diagnostic = result.expect_err("the run fails").into();
     assert!(
         diag.error_type.starts_with("SpBridge.Retryable."),
         "{}",
         diag.error_type
     );
-    for (status, _) in refresh_tokens(&env, &ids).await {
-        assert_eq!(status, ConnectionStatus::Active);
-    }
+    assert_eq!(refresh_tokens(&env, &ids).await, rotated);
     switch.up().await;
     env.emu.clear_faults();
 

@@ -29,31 +29,14 @@ use crate::webhook::WebhookSecret;
 /// The current time; tests pin it.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
-/// Tries of a job write that meets a store outage after a file landed. Losing that record would
-/// make the job's retry meet its own file (a conflict, or a second copy under `rename`), so the
-/// worker waits out a short outage: 250 ms doubling, about 8 s in all.
-const RECORD_TRIES: u32 = 6;
-const RECORD_FIRST_PAUSE: Duration = Duration::from_millis(250);
-
-/// Runs `write` until it succeeds, fails for another reason than an outage, or has been
-/// tried [`RECORD_TRIES`] times.
-async fn record<T, F, Fut>(mut write: F) -> Result<T, JobError>
+/// A job write after a file landed: losing it would make the job's retry meet its own file
+/// (a conflict, or a second copy under `rename`), so a short job-store outage is waited out.
+async fn record<T, F, Fut>(write: F) -> Result<T, JobError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, JobError>>,
 {
-    let mut pause = RECORD_FIRST_PAUSE;
-    for _ in 1..RECORD_TRIES {
-        match write().await {
-            Err(JobError::Unavailable(e)) => {
-                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "job store unavailable; recording again");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            other => return other,
-        }
-    }
-    write().await
+    crate::outage::retry(|e| matches!(e, JobError::Unavailable(_)), write).await
 }
 
 /// Worker tuning.
