@@ -12,7 +12,12 @@ fn render(challenges: &[Challenge]) -> String {
             s.push_str(t);
         }
         for (i, (k, v)) in ch.params.iter().enumerate() {
-            s.push_str(if i == 0 { " " } else { ", " });
+            // The parser takes `scheme token68, k=v` as one challenge: a comma keeps it so.
+            s.push_str(if i == 0 && ch.token68.is_none() {
+                " "
+            } else {
+                ", "
+            });
             let escaped = v.replace('\\', "\\\\").replace('"', "\\\"");
             s.push_str(&format!("{k}=\"{escaped}\""));
         }
