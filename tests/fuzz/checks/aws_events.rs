@@ -10,8 +10,9 @@ use shared::jobs::queue::JobMessage;
 
 /// False for an event `lambda_http` 1.3 panics on instead of refusing (it `expect`s the
 /// `http::Request` it builds, `request.rs`), so the rest of the target can still run:
-/// - `isBase64Encoded` with a body that is not base64, or a `host` / `x-forwarded-proto` that is
-///   not a URI authority / scheme: API Gateway sets those itself, no caller can send them;
+/// - `isBase64Encoded` with a body that is not base64, or a host (`host` header, else
+///   `requestContext.domainName`) or `x-forwarded-proto` that is not a URI authority / scheme:
+///   API Gateway sets those itself, no caller can send them;
 /// - a `rawQueryString` with characters a URI may not hold (`"`, `{`, space…): OPEN DEFECT, a
 ///   caller can send those (e.g. `curl 'https://…/upload?name="a"'`), and the invocation then
 ///   fails before any spbridge code runs. The fix belongs in the functions' `main.rs` (percent-
@@ -33,7 +34,13 @@ fn lambda_http_takes(text: &str) -> bool {
     {
         return false;
     }
-    if str_at("/headers/host").is_some_and(|h| http::uri::Authority::from_str(h).is_err())
+    // The host is the `host` header, else the request context's domain name.
+    let host = str_at("/headers/host").or_else(|| str_at("/requestContext/domainName"));
+    let bad_host = |h: &str| {
+        http::uri::Authority::from_str(h).is_err()
+            || url::Url::parse(&format!("https://{h}/")).is_err()
+    };
+    if host.is_some_and(bad_host)
         || str_at("/headers/x-forwarded-proto")
             .is_some_and(|p| http::uri::Scheme::from_str(p).is_err())
     {
