@@ -584,7 +584,7 @@ async fn a_token_endpoint_outage_retries_the_job_until_it_lands() {
     w.emu.add_fault(FaultRule::new(
         "",
         FaultKind::TokenOutage {
-            retry_after: Some(1),
+            retry_after: Some(3),
         },
     ));
     let id = new_id();
@@ -600,7 +600,8 @@ async fn a_token_endpoint_outage_retries_the_job_until_it_lands() {
         "retried, not failed: {:?}",
         job.error
     );
-    // The token endpoint's Retry-After (1 s) holds the message back at least that long.
+    // The token endpoint's Retry-After (3 s: on a busy machine still far from the worker's
+    // 200 ms backoff) holds the message back.
     let started = Instant::now();
     assert_eq!(w.pump().await, 0, "not redelivered before Retry-After");
     w.emu.clear_faults();
@@ -608,7 +609,7 @@ async fn a_token_endpoint_outage_retries_the_job_until_it_lands() {
         .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
         .await;
     assert!(
-        started.elapsed() >= Duration::from_millis(800),
+        started.elapsed() >= Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
@@ -624,7 +625,7 @@ async fn sharepoint_and_graph_outages_retry_the_job_and_land_one_file() {
             "ra",
             FaultKind::Status {
                 status: 503,
-                retry_after: Some(1),
+                retry_after: Some(3),
             },
         ),
         (
@@ -656,7 +657,7 @@ async fn sharepoint_and_graph_outages_retry_the_job_and_land_one_file() {
                 "{name}: nothing stored yet"
             );
             if *label == "ra" {
-                // Microsoft's Retry-After (1 s) outweighs the worker's first backoff (200 ms).
+                // Microsoft's Retry-After (3 s) outweighs the worker's first backoff (200 ms).
                 assert_eq!(w.pump().await, 0, "{name}: redelivered before Retry-After");
             }
             w.emu.clear_faults();

@@ -71,7 +71,7 @@ impl Switch {
         *self.mode.lock().expect("mode")
     }
 
-    /// Connections refused while the switch was down or answered 503 while unavailable.
+    /// Requests answered 503 while unavailable (a closed port counts nothing: nothing arrives).
     pub fn refused(&self) -> u64 {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }

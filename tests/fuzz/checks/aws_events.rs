@@ -46,8 +46,8 @@ fn lambda_http_takes(text: &str) -> bool {
     {
         return false;
     }
-    !str_at("/rawQueryString")
-        .is_some_and(|q| http::uri::PathAndQuery::from_str(&format!("/?{q}")).is_err())
+    str_at("/rawQueryString")
+        .is_none_or(|q| http::uri::PathAndQuery::from_str(&format!("/?{q}")).is_ok())
 }
 
 /// Checks one input; panics when an invariant breaks.
