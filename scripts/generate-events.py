@@ -174,6 +174,26 @@ def main():
     write("upload-multipart.json", http_event(
         "POST", "/upload", "POST /upload", headers=h, body=mp, b64=True))
 
+    # A direct upload session: open (JSON body), then complete a multipart upload's parts.
+    session = json.dumps({"name": "site-video.mp4", "folder": "website", "size": 7516192768,
+                          "conflict": "rename"}, separators=(",", ":")).encode()
+    h = {"content-type": "application/json"}
+    h.update(signed_headers("msg_2pRSsN3kQeZv1yWbLx7cDq0Hfa", session))
+    write("upload-session.json", http_event(
+        "POST", "/uploads/contoso-docs/sessions", "POST /uploads/{connection}/sessions",
+        path_params={"connection": "contoso-docs"}, headers=h, body=session, b64=True))
+    done = json.dumps({"parts": [{"part_number": 1, "etag": '"9b2cf535f27731c974343645a3985328"'},
+                                 {"part_number": 2, "etag": '"6f5902ac237024bdd0c176cb93063dc4"'}]},
+                      separators=(",", ":")).encode()
+    h = {"content-type": "application/json"}
+    h.update(signed_headers("msg_2pRSt8wFhUj4oPqZ5mVx2kRg0b", done))
+    session_id = "5f5f5c1dd82013bb28ed8ab1ab00e09f"
+    write("upload-session-complete.json", http_event(
+        "POST", f"/uploads/contoso-docs/sessions/{session_id}/complete",
+        "POST /uploads/{connection}/sessions/{session}/complete",
+        path_params={"connection": "contoso-docs", "session": session_id},
+        headers=h, body=done, b64=True))
+
     sched = sam_event("cloudwatch", "scheduled-event")
     sched["id"] = "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa"
     sched["time"] = TS.strftime("%Y-%m-%dT%H:%M:%SZ")

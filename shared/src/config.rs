@@ -197,6 +197,8 @@ pub struct IngestConfig {
     pub chunk_bytes: usize,
     /// Lets `source_url` reach loopback addresses. For tests only: production keeps it off.
     pub source_allow_loopback: bool,
+    /// Direct upload sessions (`POST /uploads/{connection}/sessions`).
+    pub sessions: SessionSettings,
 }
 
 impl Default for IngestConfig {
@@ -205,6 +207,36 @@ impl Default for IngestConfig {
             max_source_bytes: 10 * 1024 * 1024 * 1024,
             chunk_bytes: 10 * 1024 * 1024,
             source_allow_loopback: false,
+            sessions: SessionSettings::default(),
+        }
+    }
+}
+
+/// S3's largest single PUT and largest part: 5 GiB.
+pub const S3_MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's smallest part (all but the last): 5 MiB.
+pub const S3_MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+
+/// How direct upload sessions hand out S3 URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Files up to this size get one presigned PUT; larger ones S3 multipart (default and most:
+    /// 5 GiB, S3's single PUT limit; tests lower it).
+    pub single_put_max_bytes: u64,
+    /// The smallest part size of a multipart session (default 64 MiB; 5 MiB to 5 GiB). A
+    /// session raises it when the file would otherwise need too many parts.
+    pub part_bytes: u64,
+    /// How long presigned URLs stay valid (default 15 minutes). S3 checks the expiry when a
+    /// request starts, so a long PUT that began in time finishes.
+    pub url_ttl: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            single_put_max_bytes: S3_MAX_PUT_BYTES,
+            part_bytes: 64 * 1024 * 1024,
+            url_ttl: Duration::from_secs(900),
         }
     }
 }
@@ -235,6 +267,9 @@ pub mod vars {
     pub const MAX_SOURCE_BYTES: &str = "SPBRIDGE_MAX_SOURCE_BYTES";
     pub const UPLOAD_CHUNK_BYTES: &str = "SPBRIDGE_UPLOAD_CHUNK_BYTES";
     pub const SOURCE_ALLOW_LOOPBACK: &str = "SPBRIDGE_SOURCE_URL_ALLOW_LOOPBACK";
+    pub const SESSION_SINGLE_PUT_MAX_BYTES: &str = "SPBRIDGE_SESSION_SINGLE_PUT_MAX_BYTES";
+    pub const SESSION_PART_BYTES: &str = "SPBRIDGE_SESSION_PART_BYTES";
+    pub const SESSION_URL_SECS: &str = "SPBRIDGE_SESSION_URL_SECS";
     /// Set by the Lambda runtime; its presence makes `aws` the default backend.
     pub const LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
 }
@@ -332,7 +367,47 @@ impl Config {
                 reason: "must be between 327680 (320 KiB) and 62914560 (60 MiB)".into(),
             });
         }
+        let sessions = SessionSettings {
+            single_put_max_bytes: parse_num(
+                &get,
+                vars::SESSION_SINGLE_PUT_MAX_BYTES,
+                defaults.sessions.single_put_max_bytes,
+            )?,
+            part_bytes: parse_num(&get, vars::SESSION_PART_BYTES, defaults.sessions.part_bytes)?,
+            url_ttl: Duration::from_secs(parse_num(
+                &get,
+                vars::SESSION_URL_SECS,
+                defaults.sessions.url_ttl.as_secs(),
+            )?),
+        };
+        let in_range = |var: &'static str, v: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    var,
+                    reason: format!("must be between {} and {}", range.start(), range.end()),
+                })
+            }
+        };
+        in_range(
+            vars::SESSION_SINGLE_PUT_MAX_BYTES,
+            sessions.single_put_max_bytes,
+            0..=S3_MAX_PUT_BYTES,
+        )?;
+        in_range(
+            vars::SESSION_PART_BYTES,
+            sessions.part_bytes,
+            S3_MIN_PART_BYTES..=S3_MAX_PUT_BYTES,
+        )?;
+        // SigV4 presigned URLs live at most 7 days.
+        in_range(
+            vars::SESSION_URL_SECS,
+            sessions.url_ttl.as_secs(),
+            60..=604_800,
+        )?;
         let ingest = IngestConfig {
+            sessions,
             max_source_bytes: parse_num(&get, vars::MAX_SOURCE_BYTES, defaults.max_source_bytes)?,
             chunk_bytes: chunk_bytes as usize,
             source_allow_loopback: match get(vars::SOURCE_ALLOW_LOOPBACK).as_deref().map(str::trim)
@@ -604,5 +679,31 @@ mod tests {
             join_path(&base, "/v1.0/me/services").as_str(),
             "https://h/discovery/v1.0/me/services"
         );
+    }
+
+    #[test]
+    fn session_settings_default_to_s3_limits_and_refuse_what_s3_would() {
+        let c = cfg(&[]).unwrap().ingest.sessions;
+        assert_eq!(c, SessionSettings::default());
+        assert_eq!(c.single_put_max_bytes, S3_MAX_PUT_BYTES);
+        let c = cfg(&[
+            ("SPBRIDGE_SESSION_SINGLE_PUT_MAX_BYTES", "8388608"),
+            ("SPBRIDGE_SESSION_PART_BYTES", "5242880"),
+            ("SPBRIDGE_SESSION_URL_SECS", "300"),
+        ])
+        .unwrap()
+        .ingest
+        .sessions;
+        assert_eq!(c.part_bytes, S3_MIN_PART_BYTES);
+        assert_eq!(c.url_ttl, Duration::from_secs(300));
+        for (var, value) in [
+            ("SPBRIDGE_SESSION_PART_BYTES", "1048576"),
+            ("SPBRIDGE_SESSION_SINGLE_PUT_MAX_BYTES", "6442450944"),
+            ("SPBRIDGE_SESSION_URL_SECS", "604801"),
+            ("SPBRIDGE_SESSION_URL_SECS", "soon"),
+        ] {
+            let e = cfg(&[(var, value)]).unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+        }
     }
 }

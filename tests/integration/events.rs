@@ -134,6 +134,8 @@ async fn every_event_file_parses_and_routes() {
         "callback-post.json",
         "upload-raw.json",
         "upload-multipart.json",
+        "upload-session.json",
+        "upload-session-complete.json",
         "schedule.json",
         "sqs-upload.json",
     ] {

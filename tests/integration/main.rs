@@ -13,6 +13,7 @@ mod lifecycle;
 mod log_scan;
 mod outages;
 mod secrets;
+mod sessions;
 mod signin;
 mod template;
 mod template_iam;

@@ -1,6 +1,8 @@
 //! upload-ingest: the HTTP endpoint webhooks POST files to, and where senders read a job.
 //!
 //! `POST /upload[/{connection}]` answers 202 with the job; `GET /uploads/{job}?token=` shows it.
+//! `POST /uploads/{connection}/sessions` opens a direct upload session (presigned S3 URLs) and
+//! `POST /uploads/{connection}/sessions/{session}/complete` queues its job.
 //! This crate only translates between API Gateway (`lambda_http`) and
 //! [`shared::ingest::pipeline::Receiver`]; the behaviour lives there.
 
@@ -77,6 +79,14 @@ enum Route {
     },
     /// `/uploads/{job}`.
     Status { job: String },
+    /// `/uploads/{connection}/sessions`.
+    CreateSession { connection: String, prefix: String },
+    /// `/uploads/{connection}/sessions/{session}/complete`.
+    CompleteSession {
+        connection: String,
+        session: String,
+        prefix: String,
+    },
 }
 
 /// Answers one API Gateway request.
@@ -99,34 +109,76 @@ pub async fn handle(state: &Result<State, String>, req: Request) -> Response<Bod
         (Some(Route::Upload { .. }), m) if m != "POST" && m != "PUT" => {
             error(ApiError::new(Kind::MethodNotAllowed, "use POST to upload"))
         }
+        (Some(Route::CreateSession { .. } | Route::CompleteSession { .. }), m) if m != "POST" => {
+            error(ApiError::new(
+                Kind::MethodNotAllowed,
+                "use POST for upload sessions",
+            ))
+        }
         (Some(Route::Upload { connection, prefix }), _) => {
-            let context = req.lambda_context_ref();
-            let deadline = context.and_then(|c| instant_of(c.deadline(), SystemTime::now()));
-            let request_id = context.map(|c| c.request_id.clone());
-            let base = state
+            let incoming = Incoming::read(state, &req, &prefix);
+            let r = incoming.request(&req, connection.as_deref());
+            respond(state.receiver.accept(r).await)
+        }
+        (Some(Route::CreateSession { connection, prefix }), _) => {
+            let incoming = Incoming::read(state, &req, &prefix);
+            let r = incoming.request(&req, Some(&connection));
+            respond(state.receiver.create_session(r).await)
+        }
+        (
+            Some(Route::CompleteSession {
+                connection,
+                session,
+                prefix,
+            }),
+            _,
+        ) => {
+            let incoming = Incoming::read(state, &req, &prefix);
+            let r = incoming.request(&req, Some(&connection));
+            respond(state.receiver.complete_session(r, &session).await)
+        }
+    }
+}
+
+/// What a POST carries besides its headers, owned for the [`IngestRequest`] borrowing it.
+struct Incoming {
+    base: Option<String>,
+    body: shared::upload::Bytes,
+    query: Option<String>,
+    deadline: Option<tokio::time::Instant>,
+    request_id: Option<String>,
+}
+
+impl Incoming {
+    fn read(state: &State, req: &Request, prefix: &str) -> Incoming {
+        let context = req.lambda_context_ref();
+        let body = match req.body() {
+            Body::Text(t) => shared::upload::Bytes::copy_from_slice(t.as_bytes()),
+            Body::Binary(b) => shared::upload::Bytes::copy_from_slice(b),
+            _ => shared::upload::Bytes::new(),
+        };
+        Incoming {
+            base: state
                 .base_url
                 .clone()
-                .or_else(|| base_from_host(&req, &prefix));
-            let body = match req.body() {
-                Body::Text(t) => shared::upload::Bytes::copy_from_slice(t.as_bytes()),
-                Body::Binary(b) => shared::upload::Bytes::copy_from_slice(b),
-                _ => shared::upload::Bytes::new(),
-            };
-            let query = req.uri().query().map(str::to_owned);
-            let answer = state
-                .receiver
-                .accept(IngestRequest {
-                    connection: connection.as_deref(),
-                    method: &method,
-                    headers: req.headers(),
-                    query: query.as_deref(),
-                    body,
-                    deadline,
-                    request_id: request_id.as_deref(),
-                    base_url: base.as_deref(),
-                })
-                .await;
-            respond(answer)
+                .or_else(|| base_from_host(req, prefix)),
+            body,
+            query: req.uri().query().map(str::to_owned),
+            deadline: context.and_then(|c| instant_of(c.deadline(), SystemTime::now())),
+            request_id: context.map(|c| c.request_id.clone()),
+        }
+    }
+
+    fn request<'a>(&'a self, req: &'a Request, connection: Option<&'a str>) -> IngestRequest<'a> {
+        IngestRequest {
+            connection,
+            method: req.method(),
+            headers: req.headers(),
+            query: self.query.as_deref(),
+            body: self.body.clone(),
+            deadline: self.deadline,
+            request_id: self.request_id.as_deref(),
+            base_url: self.base.as_deref(),
         }
     }
 }
@@ -139,14 +191,37 @@ fn route(req: &Request) -> Option<Route> {
     let at = segments
         .iter()
         .rposition(|s| *s == "upload" || *s == "uploads")?;
+    // `/uploads/{connection}/sessions…` holds its keyword first (a connection may be called
+    // `upload`); the stage prefix is one segment at most.
+    let at = match segments.iter().position(|s| *s == "uploads") {
+        Some(first @ 0..=1) if segments.get(first + 2) == Some(&"sessions") => first,
+        _ => at,
+    };
     if at > 1 {
         return None;
     }
     let prefix: String = segments[..at].iter().map(|s| format!("/{s}")).collect();
+    let param = |name: &str, from_path: &str| {
+        req.path_parameters_ref()
+            .and_then(|p| p.first(name))
+            .unwrap_or(from_path)
+            .to_owned()
+    };
     match (segments[at], &segments[at + 1..]) {
         ("uploads", [job]) => Some(Route::Status {
             job: (*job).to_owned(),
         }),
+        ("uploads", [connection, "sessions"]) => Some(Route::CreateSession {
+            connection: param("connection", connection),
+            prefix,
+        }),
+        ("uploads", [connection, "sessions", session, "complete"]) => {
+            Some(Route::CompleteSession {
+                connection: param("connection", connection),
+                session: param("session", session),
+                prefix,
+            })
+        }
         ("upload", rest) => {
             let from_path = match rest {
                 [] => None,
@@ -258,6 +333,31 @@ mod tests {
         assert_eq!(route(&req("/upload/a/b")), None);
         assert_eq!(route(&req("/a/b/upload/x")), None);
         assert_eq!(route(&req("/connect/x")), None);
+        let create = |c: &str, p: &str| {
+            Some(Route::CreateSession {
+                connection: c.into(),
+                prefix: p.into(),
+            })
+        };
+        assert_eq!(route(&req("/uploads/docs/sessions")), create("docs", ""));
+        assert_eq!(
+            route(&req("/prod/uploads/docs/sessions")),
+            create("docs", "/prod")
+        );
+        assert_eq!(
+            route(&req("/uploads/upload/sessions")),
+            create("upload", "")
+        );
+        assert_eq!(
+            route(&req("/uploads/docs/sessions/abc/complete")),
+            Some(Route::CompleteSession {
+                connection: "docs".into(),
+                session: "abc".into(),
+                prefix: "".into()
+            })
+        );
+        assert_eq!(route(&req("/uploads/docs/sessions/abc")), None);
+        assert_eq!(route(&req("/uploads/docs/other")), None);
         assert_eq!(route(&req("/")), None);
         assert_eq!(
             query_param(Some("a=1&token=x%2By"), "token").as_deref(),

@@ -188,11 +188,7 @@ pub async fn parse_request(
         Kind::Json => parse_json(&req.body, limits, names),
     }?;
     for file in &files {
-        for field in file.metadata.keys() {
-            names
-                .metadata_field(field)
-                .map_err(|e| IngestError::name(format!("metadata.{field}"), e))?;
-        }
+        check_metadata_policy(&file.metadata, names)?;
     }
     Ok(files)
 }
@@ -689,40 +685,7 @@ fn json_file(
                     .parse()
                     .map_err(|e| IngestError::bad_field(field("conflict"), e))?
             }
-            "metadata" => {
-                let Value::Object(m) = value else {
-                    return Err(IngestError::bad_field(
-                        field("metadata"),
-                        "must be an object",
-                    ));
-                };
-                if m.len() > limits.max_metadata_fields {
-                    return Err(IngestError::bad_field(
-                        field("metadata"),
-                        format!(
-                            "{} fields given; at most {} are allowed",
-                            m.len(),
-                            limits.max_metadata_fields
-                        ),
-                    ));
-                }
-                for (k, v) in m {
-                    let label = field(&format!("metadata.{k}"));
-                    let v = match v {
-                        Value::String(s) => s,
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        Value::Null => continue,
-                        _ => {
-                            return Err(IngestError::bad_field(
-                                label,
-                                "must be a string, number or boolean",
-                            ));
-                        }
-                    };
-                    insert_metadata(&mut metadata, &k, v, &label)?;
-                }
-            }
+            "metadata" => metadata = json_metadata(value, prefix, limits)?,
             other => {
                 return Err(IngestError::bad_field(
                     field(other),
@@ -764,6 +727,63 @@ fn json_file(
         metadata,
         content_type,
     })
+}
+
+/// A JSON `metadata` object (field → string, number or boolean; `null` skips the field), with
+/// error labels starting with `prefix`. The connection's field policy is checked separately
+/// ([`check_metadata_policy`]).
+pub(crate) fn json_metadata(
+    value: Value,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<BTreeMap<String, String>, IngestError> {
+    let Value::Object(m) = value else {
+        return Err(IngestError::bad_field(
+            format!("{prefix}metadata"),
+            "must be an object",
+        ));
+    };
+    if m.len() > limits.max_metadata_fields {
+        return Err(IngestError::bad_field(
+            format!("{prefix}metadata"),
+            format!(
+                "{} fields given; at most {} are allowed",
+                m.len(),
+                limits.max_metadata_fields
+            ),
+        ));
+    }
+    let mut metadata = BTreeMap::new();
+    for (k, v) in m {
+        let label = format!("{prefix}metadata.{k}");
+        let v = match v {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => continue,
+            _ => {
+                return Err(IngestError::bad_field(
+                    label,
+                    "must be a string, number or boolean",
+                ));
+            }
+        };
+        insert_metadata(&mut metadata, &k, v, &label)?;
+    }
+    Ok(metadata)
+}
+
+/// Refuses metadata fields the connection does not let senders set.
+pub(crate) fn check_metadata_policy(
+    metadata: &BTreeMap<String, String>,
+    names: &NamePolicy,
+) -> Result<(), IngestError> {
+    for field in metadata.keys() {
+        names
+            .metadata_field(field)
+            .map_err(|e| IngestError::name(format!("metadata.{field}"), e))?;
+    }
+    Ok(())
 }
 
 /// Splits `sub/folder/name.ext` into a checked sub-folder and file name.

@@ -34,7 +34,8 @@ use crate::jobs::staging::Staging;
 use crate::jobs::staging::StagingError;
 pub use crate::jobs::upload::{TokenError, TokenProvider};
 use crate::jobs::{
-    DeliveryKey, Job, JobError, JobId, JobStatus, JobStore, NewJob, StatusToken, payload_hash,
+    Created, DeliveryKey, Job, JobError, JobId, JobStatus, JobStore, NewJob, StatusToken,
+    payload_hash,
 };
 use crate::secrets::schema::UploadOptions;
 use crate::secrets::{SecretError, SecretStore};
@@ -163,7 +164,7 @@ impl From<&ReceiveError> for ApiError {
     }
 }
 
-fn jobs_error(e: JobError) -> ReceiveError {
+pub(super) fn jobs_error(e: JobError) -> ReceiveError {
     match e {
         JobError::IdReused => ReceiveError::IdReused,
         other => ReceiveError::Jobs(other.to_string()),
@@ -171,14 +172,14 @@ fn jobs_error(e: JobError) -> ReceiveError {
 }
 
 /// Who sent a request and what the connection allows.
-struct Accepting {
-    delivery: DeliveryKey,
+pub(super) struct Accepting {
+    pub(super) delivery: DeliveryKey,
     /// What a repeat must match: the body's SHA-256, and for GitHub-style senders also the
     /// `X-GitHub-Delivery` it came with (GitHub's own redelivery keeps it).
-    payload_hash: String,
-    github: bool,
-    options: UploadOptions,
-    callback_url: Option<url::Url>,
+    pub(super) payload_hash: String,
+    pub(super) github: bool,
+    pub(super) options: UploadOptions,
+    pub(super) callback_url: Option<url::Url>,
 }
 
 /// Everything a warm receiver keeps: the secret store (sender secrets only), the job table, the
@@ -186,12 +187,12 @@ struct Accepting {
 pub struct Receiver {
     config: Config,
     store: Arc<dyn SecretStore>,
-    jobs: Arc<dyn JobStore>,
-    queue: Arc<dyn JobQueue>,
-    staging: Arc<dyn Staging>,
-    clock: Clock,
-    limits: Limits,
-    retention: Duration,
+    pub(super) jobs: Arc<dyn JobStore>,
+    pub(super) queue: Arc<dyn JobQueue>,
+    pub(super) staging: Arc<dyn Staging>,
+    pub(super) clock: Clock,
+    pub(super) limits: Limits,
+    pub(super) retention: Duration,
 }
 
 impl Receiver {
@@ -238,29 +239,30 @@ impl Receiver {
     pub async fn accept(&self, req: IngestRequest<'_>) -> Answer {
         match self.run(&req).await {
             Ok(a) => a,
-            Err(e) => {
-                let api = ApiError::from(&e);
-                let (status, code) = (api.status().as_u16(), api.code());
-                if status >= 500 {
-                    tracing::warn!(status, error = code, message = %e, request_id = req.request_id, "upload refused");
-                } else {
-                    tracing::info!(status, error = code, message = %e, request_id = req.request_id, "upload refused");
-                }
-                api.into()
-            }
+            Err(e) => self.refuse(&e, &req, "upload"),
+        }
+    }
+
+    /// Logs a refusal (warn for 5xx, info for 4xx) and answers it.
+    fn refuse(&self, e: &ReceiveError, req: &IngestRequest<'_>, what: &str) -> Answer {
+        refused(ApiError::from(e), e, req, what)
+    }
+
+    /// The connection a request names, or the default one.
+    pub(super) fn connection_of(&self, req: &IngestRequest<'_>) -> Result<String, ReceiveError> {
+        match req.connection {
+            Some(c) => Ok(c.to_owned()),
+            None => self
+                .config
+                .default_connection
+                .clone()
+                .ok_or(ReceiveError::NoDefaultConnection),
         }
     }
 
     async fn run(&self, req: &IngestRequest<'_>) -> Result<Answer, ReceiveError> {
         let now = (self.clock)();
-        let connection = match req.connection {
-            Some(c) => c.to_owned(),
-            None => self
-                .config
-                .default_connection
-                .clone()
-                .ok_or(ReceiveError::NoDefaultConnection)?,
-        };
+        let connection = self.connection_of(req)?;
         let sender = self.authenticate(&connection, req, now).await?;
         let mut limits = self.limits;
         if let Some(max) = sender.options.max_file_bytes {
@@ -327,6 +329,11 @@ impl Receiver {
                 .map_err(|e| ReceiveError::Jobs(e.to_string()))?;
         }
         tracing::info!(job = %created.job.id, connection, repeated = created.existed, request_id = req.request_id, "upload accepted");
+        Ok(self.job_answer(created, req).await)
+    }
+
+    /// `202 {job, status, status_url}` for a recorded job, or its end after `Prefer: wait`.
+    pub(super) async fn job_answer(&self, created: Created, req: &IngestRequest<'_>) -> Answer {
         let status_url = status_url(req.base_url, &created.job.id, &created.token);
         let mut job = created.job;
         let wait = prefer_wait(req.headers);
@@ -355,7 +362,7 @@ impl Receiver {
         if created.existed {
             answer.headers.push(("idempotent-replayed", "true".into()));
         }
-        Ok(answer)
+        answer
     }
 
     /// Polls the job until it ends or `until`; a read failure just ends the wait.
@@ -407,7 +414,7 @@ impl Receiver {
 
     /// Checks the sender against the connection's sender secret (never its Microsoft
     /// credentials). An unknown connection refuses like a wrong signature.
-    async fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         connection: &str,
         req: &IngestRequest<'_>,
@@ -450,6 +457,23 @@ impl From<ConflictMode> for Conflict {
             ConflictMode::Rename => Conflict::Rename,
         }
     }
+}
+
+/// Logs a refusal with its internal text `message` (warn for 5xx, info for 4xx) and answers
+/// `api`, which says only what the sender may know.
+pub(super) fn refused(
+    api: ApiError,
+    message: &dyn std::fmt::Display,
+    req: &IngestRequest<'_>,
+    what: &str,
+) -> Answer {
+    let (status, code) = (api.status().as_u16(), api.code());
+    if status >= 500 {
+        tracing::warn!(status, error = code, message = %message, request_id = req.request_id, "{what} refused");
+    } else {
+        tracing::info!(status, error = code, message = %message, request_id = req.request_id, "{what} refused");
+    }
+    api.into()
 }
 
 /// Builds the job message for checked `files`, staging bodies in `staging` once the inline
@@ -524,7 +548,7 @@ fn finished_answer(job: &Job) -> Option<Answer> {
 }
 
 /// `{base}/uploads/{job}?token={token}`: a capability URL (only the token's hash is stored).
-fn status_url(base: Option<&str>, job: &JobId, token: &StatusToken) -> String {
+pub(super) fn status_url(base: Option<&str>, job: &JobId, token: &StatusToken) -> String {
     let base = base.unwrap_or("").trim_end_matches('/');
     format!("{base}/uploads/{job}?token={}", token.expose())
 }

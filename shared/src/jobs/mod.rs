@@ -110,6 +110,12 @@ impl DeliveryKey {
         DeliveryKey(format!("gh:{body_sha256}"))
     }
 
+    /// A key as a job records it ([`Job::delivery`]), to present the same delivery again (a
+    /// direct upload session's completion mints its status token this way).
+    pub fn from_stored(stored: &str) -> Self {
+        DeliveryKey(stored.to_owned())
+    }
+
     /// A request that carries no delivery id (an unsigned sender): a fresh random key, so every
     /// such request is its own job.
     pub fn unkeyed() -> Self {
