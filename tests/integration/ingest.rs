@@ -484,6 +484,8 @@ impl World {
                 lease: Duration::from_secs(u64::from(visibility) * 2 / 3),
                 base_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(2),
+
+                ..WorkerSettings::default()
             },
             clock: Arc::new(time::OffsetDateTime::now_utc),
         };

@@ -343,6 +343,8 @@ impl Bench {
                 lease: Duration::from_secs(60),
                 base_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(5),
+
+                ..WorkerSettings::default()
             },
             clock: Arc::new(OffsetDateTime::now_utc),
         };

@@ -12,6 +12,7 @@ mod layering;
 mod lifecycle;
 mod log_scan;
 mod outages;
+mod resume;
 mod secrets;
 mod sessions;
 mod signin;

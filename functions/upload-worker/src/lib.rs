@@ -102,13 +102,20 @@ pub async fn handle(
         }
     };
     let owner = event.context.request_id.clone();
+    // Lambda's deadline (ms since the epoch); 0 when not run by Lambda.
+    let deadline = (event.context.deadline > 0)
+        .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.context.deadline));
+    let stop_at = state
+        .worker
+        .settings
+        .stop_at(tokio::time::Instant::now(), deadline);
     let batch: Vec<Received> = event
         .payload
         .records
         .into_iter()
         .filter_map(|m| received(m, state.dead_letter_arn.as_deref()))
         .collect();
-    answer.set_failures(state.worker.run_batch(batch, &owner).await);
+    answer.set_failures(state.worker.run_batch(batch, &owner, stop_at).await);
     answer
 }
 

@@ -142,6 +142,8 @@ mod tests {
             lease: None,
             generation: 1,
             checkpoint: None,
+            notes: Vec::new(),
+            handoffs: 0,
             created_at: now,
             updated_at: now,
             expires_at: 0,

@@ -16,8 +16,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{
-    CallbackRecord, Created, Job, JobError, JobFailure, JobId, JobStatus, JobStore, Lease, NewJob,
-    Outcome, Progress, StatusToken,
+    CallbackRecord, Checkpoint, Created, Job, JobError, JobFailure, JobId, JobStatus, JobStore,
+    Lease, NewJob, Outcome, Progress, StatusToken,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -42,6 +42,9 @@ const NAMES: &[(&str, &str)] = &[
     ("#fd", "files_done"),
     ("#cb", "callback"),
     ("#tok", "token_hashes"),
+    ("#cp", "checkpoint"),
+    ("#notes", "notes"),
+    ("#ho", "handoffs"),
 ];
 
 /// The DynamoDB adapter.
@@ -225,7 +228,13 @@ fn parse(item: &Item) -> Result<Job, JobError> {
         callback: get_json::<CallbackRecord>(item, "callback")?,
         lease,
         generation: get_n(item, "generation").unwrap_or(0) as u64,
-        checkpoint: get_json::<Value>(item, "checkpoint")?,
+        checkpoint: get_json::<Checkpoint>(item, "checkpoint")?,
+        notes: item
+            .get("notes")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| l.iter().filter_map(|n| n.as_s().ok().cloned()).collect())
+            .unwrap_or_default(),
+        handoffs: get_n(item, "handoffs").unwrap_or(0) as u32,
         created_at: from_ms(get_n(item, "created_at").unwrap_or(0)),
         updated_at: from_ms(get_n(item, "updated_at").unwrap_or(0)),
         expires_at: get_n(item, "expires_at").unwrap_or(0),
@@ -403,7 +412,7 @@ impl JobStore for DynamoJobStore {
         Box::pin(async move {
             self.update(
                 &lease.job,
-                "SET #fd.#i = :a, #bd = :bd, #upd = :now",
+                "SET #fd.#i = :a, #bd = :bd, #upd = :now REMOVE #cp",
                 "#lo = :o AND #gen = :g AND #st = :up",
                 vec![
                     ("#i", s(&index.to_string())),
@@ -433,8 +442,9 @@ impl JobStore for DynamoJobStore {
                 Outcome::Done(v) => (JobStatus::Done, "#res", json_text(v)),
                 Outcome::Failed(f) => (JobStatus::Failed, "#err", json_text(f)),
             };
-            let expr =
-                format!("SET #st = :fin, {set} = :x, #upd = :now, #exp = :exp REMOVE #lo, #lu");
+            let expr = format!(
+                "SET #st = :fin, {set} = :x, #upd = :now, #exp = :exp REMOVE #lo, #lu, #cp"
+            );
             let out = self
                 .update(
                     &lease.job,
@@ -455,6 +465,74 @@ impl JobStore for DynamoJobStore {
                 .await
                 .map_err(|e| update_refused(&e, true))?;
             parse(out.attributes().ok_or(JobError::NotFound)?)
+        })
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        lease: &'a Lease,
+        checkpoint: Option<&'a Checkpoint>,
+        progress: Progress,
+        note: Option<&'a str>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let mut set = String::from("SET #bd = :bd, #upd = :now");
+            let mut values = vec![
+                (":bd", n(progress.done as i64)),
+                (":now", n(ms(now))),
+                (":o", s(&lease.owner)),
+                (":g", n(lease.generation as i64)),
+                (":up", s(JobStatus::Uploading.as_str())),
+            ];
+            if let Some(cp) = checkpoint {
+                set.push_str(", #cp = :cp");
+                values.push((":cp", json_text(cp)));
+            }
+            if let Some(text) = note {
+                set.push_str(", #notes = list_append(if_not_exists(#notes, :none), :note)");
+                values.push((":none", AttributeValue::L(Vec::new())));
+                values.push((":note", AttributeValue::L(vec![s(text)])));
+            }
+            if checkpoint.is_none() {
+                set.push_str(" REMOVE #cp");
+            }
+            self.update(
+                &lease.job,
+                &set,
+                "#lo = :o AND #gen = :g AND #st = :up",
+                values,
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| update_refused(&e, true))
+        })
+    }
+
+    fn hand_off<'a>(
+        &'a self,
+        lease: &'a Lease,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            self.update(
+                &lease.job,
+                "SET #upd = :now REMOVE #lo, #lu ADD #ho :one, #att :minus",
+                "#lo = :o AND #gen = :g AND #st = :up",
+                vec![
+                    (":now", n(ms(now))),
+                    (":o", s(&lease.owner)),
+                    (":g", n(lease.generation as i64)),
+                    (":up", s(JobStatus::Uploading.as_str())),
+                    (":one", n(1)),
+                    (":minus", n(-1)),
+                ],
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| update_refused(&e, true))
         })
     }
 

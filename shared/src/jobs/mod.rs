@@ -30,6 +30,7 @@ use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 
 use crate::api::{ApiError, Kind};
+use crate::upload::resume::{ResumeState, Session};
 
 pub use dynamo::DynamoJobStore;
 pub use settings::JobsConfig;
@@ -293,6 +294,49 @@ pub struct CallbackRecord {
     pub at: i64,
 }
 
+/// A resumable upload's checkpoint: which file, and where its upload session and source stand.
+/// `Debug` never shows the Graph session URL (see [`SessionUrl`]).
+///
+/// [`SessionUrl`]: crate::upload::resume::SessionUrl
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The file's index in the job.
+    pub file: usize,
+    /// The session and the offset the target holds.
+    #[serde(flatten)]
+    pub state: ResumeState,
+    /// The offset the source is read from next (the same as the target's: a chunk read but not
+    /// stored is read again).
+    pub source_offset: u64,
+    /// Times this file started again from byte 0 (an origin that ignored `Range`, an expired
+    /// Graph session); bounded, so such a file cannot loop from invocation to invocation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Checkpoint {
+    /// What a status read shows: the file, the target, the offsets; never the session URL.
+    pub fn to_status(&self) -> Value {
+        let target = match &self.state.session {
+            Some(Session::Sharepoint { .. }) => "sharepoint",
+            Some(Session::Graph { .. }) => "graph",
+            None => "none",
+        };
+        serde_json::json!({
+            "file": self.file,
+            "target": target,
+            "bytes_stored": self.state.offset,
+            "source_offset": self.source_offset,
+            "bytes_total": self.state.total,
+            "restarts": self.restarts,
+        })
+    }
+}
+
 /// A worker's hold on a job, proven on every write by `owner` and `generation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -335,8 +379,12 @@ pub struct Job {
     pub lease: Option<(String, OffsetDateTime)>,
     /// Lease generation.
     pub generation: u64,
-    /// Resumable-upload checkpoint (issue 12): opaque to this module.
-    pub checkpoint: Option<Value>,
+    /// Where the file in progress stands, saved between chunks.
+    pub checkpoint: Option<Checkpoint>,
+    /// What happened on the way that a sender should know (a restart from byte 0 and why).
+    pub notes: Vec<String>,
+    /// Invocations that ran out of time and handed the job on (not failed attempts).
+    pub handoffs: u32,
     /// When the job was created.
     pub created_at: OffsetDateTime,
     /// When it last changed.
@@ -373,6 +421,17 @@ impl Job {
         }
         if let Some(c) = &self.callback {
             v["callback"] = serde_json::to_value(c).unwrap_or(Value::Null);
+        }
+        if let Some(cp) = &self.checkpoint
+            && !self.status.is_final()
+        {
+            v["resume"] = cp.to_status();
+        }
+        if self.handoffs > 0 {
+            v["handoffs"] = self.handoffs.into();
+        }
+        if !self.notes.is_empty() {
+            v["notes"] = self.notes.clone().into();
         }
         v
     }
@@ -502,6 +561,25 @@ pub trait JobStore: Send + Sync {
         outcome: &'a Outcome,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Job, JobError>>;
+
+    /// Saves `checkpoint` (and the bytes done, and `note` if any) under the lease: refused with
+    /// [`JobError::LeaseLost`] once another worker took the job.
+    fn checkpoint<'a>(
+        &'a self,
+        lease: &'a Lease,
+        checkpoint: Option<&'a Checkpoint>,
+        progress: Progress,
+        note: Option<&'a str>,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), JobError>>;
+
+    /// Gives the lease back because the invocation's time ran out: counts a hand-off instead of
+    /// an attempt, so the next invocation continues from the checkpoint.
+    fn hand_off<'a>(
+        &'a self,
+        lease: &'a Lease,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), JobError>>;
 
     /// Gives the lease back without ending the job, so the next delivery can take it at once.
     fn release<'a>(

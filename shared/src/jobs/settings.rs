@@ -21,7 +21,9 @@ pub struct JobsConfig {
     /// `SPBRIDGE_JOB_RETENTION_DAYS` (default 7).
     pub retention: Duration,
     /// `SPBRIDGE_MAX_RECEIVES` (the queue's `maxReceiveCount`, default 5) and
-    /// `SPBRIDGE_WORKER_LEASE_SECS` (the function's timeout, default 900).
+    /// `SPBRIDGE_WORKER_LEASE_SECS` (the function's timeout, default 900),
+    /// `SPBRIDGE_WORKER_BUDGET_SECS` (one invocation's working time; unset or 0: the Lambda
+    /// deadline less [`super::worker::WorkerSettings::margin`]).
     pub worker: WorkerSettings,
 }
 
@@ -46,6 +48,10 @@ impl JobsConfig {
             max_receives: u32::try_from(number("SPBRIDGE_MAX_RECEIVES", 5)?)
                 .map_err(|_| "SPBRIDGE_MAX_RECEIVES is too large".to_owned())?,
             lease: Duration::from_secs(number("SPBRIDGE_WORKER_LEASE_SECS", 900)?),
+            budget: match number("SPBRIDGE_WORKER_BUDGET_SECS", 0)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             ..WorkerSettings::default()
         };
         Ok(JobsConfig {

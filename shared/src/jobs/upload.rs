@@ -19,10 +19,11 @@ use crate::api::{ApiError, Kind};
 use crate::secrets::schema::{self, AuthKind, ConnectionSecret, Target};
 use crate::upload::doctor::{self, Service};
 use crate::upload::graph::{DriveRef, GraphClient, GraphOptions};
+use crate::upload::resume::{Resume, Resumed, Session};
 use crate::upload::sharepoint::{SharePointClient, SharePointOptions, SharePointTarget};
 use crate::upload::{
     BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, RetryPolicy, UploadError,
-    UploadOutcome, UploadRequest, UploadSource,
+    UploadOptions, UploadOutcome, UploadRequest, UploadSource,
 };
 
 /// How one attempt at a job went wrong.
@@ -176,6 +177,79 @@ impl Uploader {
         file: &JobFile,
         source: UploadSource,
     ) -> Result<UploadOutcome, Attempt> {
+        match self
+            .upload_with(connection, conn, file, source, None)
+            .await?
+        {
+            Resumed::Done(o) => Ok(o),
+            Resumed::Paused(_) | Resumed::Restart(..) => Err(Attempt::permanent(
+                Kind::Internal,
+                "the upload stopped without a resumable session",
+            )),
+        }
+    }
+
+    /// [`Uploader::upload`] resumably: `source` starts at `resume.state.offset`, the state is
+    /// saved after each chunk, and the upload pauses at `resume.stop_at`.
+    pub async fn upload_resumable(
+        &self,
+        connection: &str,
+        conn: &ConnectionSecret,
+        file: &JobFile,
+        source: UploadSource,
+        resume: Resume<'_>,
+    ) -> Result<Resumed, Attempt> {
+        self.upload_with(connection, conn, file, source, Some(resume))
+            .await
+    }
+
+    /// Ends a saved session for good (cancel + delete the placeholder we made, or DELETE the
+    /// Graph session), so nothing half-written stays behind.
+    pub async fn abort(&self, connection: &str, conn: &ConnectionSecret, session: &Session) {
+        let bearer = Arc::new(JobBearer {
+            tokens: self.tokens.clone(),
+            connection: connection.to_owned(),
+            refused: Mutex::new(None),
+            last: Mutex::new(None),
+        });
+        let opts = UploadOptions {
+            chunk_size: self.chunk_size,
+            retry: self.retry.clone(),
+        };
+        match (&conn.target, session) {
+            (
+                Target::Sharepoint {
+                    site_url, library, ..
+                },
+                Session::Sharepoint { .. },
+            ) => {
+                let Ok(target) = sharepoint_target(site_url, library) else {
+                    return;
+                };
+                SharePointClient::new(self.http.clone(), bearer, opts)
+                    .abort(&target, session)
+                    .await;
+            }
+            (Target::Drive { .. }, Session::Graph { .. }) => {
+                GraphClient::new(self.http.clone(), self.graph.clone(), bearer, opts)
+                    .abort(session)
+                    .await;
+            }
+            _ => tracing::warn!(
+                connection,
+                "a saved session does not match the connection's target"
+            ),
+        }
+    }
+
+    async fn upload_with(
+        &self,
+        connection: &str,
+        conn: &ConnectionSecret,
+        file: &JobFile,
+        source: UploadSource,
+        resume: Option<Resume<'_>>,
+    ) -> Result<Resumed, Attempt> {
         let bearer = Arc::new(JobBearer {
             tokens: self.tokens.clone(),
             connection: connection.to_owned(),
@@ -208,16 +282,9 @@ impl Uploader {
                 library,
                 base_folder,
             } => {
-                let library_url = if library.starts_with('/') {
-                    library.clone()
-                } else {
-                    let site = site_url.path().trim_end_matches('/');
-                    format!("{site}/{}", library.trim_matches('/'))
-                };
-                let target =
-                    SharePointTarget::new(site_url.clone(), &library_url).map_err(|e| {
-                        Attempt::permanent(Kind::Misconfigured, format!("connection target: {e}"))
-                    })?;
+                let target = sharepoint_target(site_url, library).map_err(|e| {
+                    Attempt::permanent(Kind::Misconfigured, format!("connection target: {e}"))
+                })?;
                 request.folder = join(base_folder.trim_matches('/'), &file.folder);
                 host = match site_url.port() {
                     Some(p) => format!("{}:{p}", site_url.host_str().unwrap_or_default()),
@@ -227,9 +294,14 @@ impl Uploader {
                     chunk_size: self.chunk_size,
                     retry: self.retry.clone(),
                 };
-                SharePointClient::new(self.http.clone(), bearer.clone(), opts)
-                    .upload(&target, &request, source)
-                    .await
+                let client = SharePointClient::new(self.http.clone(), bearer.clone(), opts);
+                match resume {
+                    Some(r) => client.upload_resumable(&target, &request, source, r).await,
+                    None => client
+                        .upload(&target, &request, source)
+                        .await
+                        .map(Resumed::Done),
+                }
             }
             Target::Drive { drive_id } => {
                 let drive = match drive_id {
@@ -247,14 +319,20 @@ impl Uploader {
                     chunk_size: self.chunk_size,
                     retry: self.retry.clone(),
                 };
-                GraphClient::new(self.http.clone(), self.graph.clone(), bearer.clone(), opts)
-                    .upload(&drive, &request, source)
-                    .await
+                let client =
+                    GraphClient::new(self.http.clone(), self.graph.clone(), bearer.clone(), opts);
+                match resume {
+                    Some(r) => client.upload_resumable(&drive, &request, source, r).await,
+                    None => client
+                        .upload(&drive, &request, source)
+                        .await
+                        .map(Resumed::Done),
+                }
             }
         };
         let refused = bearer.refused.lock().ok().and_then(|mut r| r.take());
         match &result {
-            Ok(o) => tracing::info!(
+            Ok(Resumed::Done(o)) => tracing::info!(
                 connection,
                 size = o.size,
                 path = %o.path,
@@ -263,6 +341,13 @@ impl Uploader {
                 retries = o.retries,
                 "upload"
             ),
+            Ok(Resumed::Paused(state)) => tracing::info!(
+                connection,
+                offset = state.offset,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "upload paused"
+            ),
+            Ok(Resumed::Restart(_, why)) => tracing::info!(connection, why, "upload restarts"),
             Err(e) => tracing::warn!(
                 connection,
                 error = ApiError::from(e).code(),
@@ -305,6 +390,17 @@ impl Uploader {
             }
         })
     }
+}
+
+/// The connection's library as a [`SharePointTarget`] (a relative library is below the site).
+fn sharepoint_target(site_url: &Url, library: &str) -> Result<SharePointTarget, UploadError> {
+    let library_url = if library.starts_with('/') {
+        library.to_owned()
+    } else {
+        let site = site_url.path().trim_end_matches('/');
+        format!("{site}/{}", library.trim_matches('/'))
+    };
+    SharePointTarget::new(site_url.clone(), &library_url)
 }
 
 fn join(base: &str, sub: &str) -> String {

@@ -17,8 +17,10 @@ use url::Url;
 
 use super::error::{Api, from_response};
 use super::names::{folder_segments, graph_segment, validate_name};
+use super::resume::{Resume, ResumeState, Resumed, Session, SessionUrl};
 use super::retry::{Safety, Sender};
-use super::source::{Chunk, Chunker, UploadSource};
+use super::sharepoint::{Stop, Streamed};
+use super::source::{Chunk, Chunker, Prefetch, UploadSource};
 use super::{
     BearerSource, ConflictBehavior, ConflictOutcome, UploadError, UploadOutcome, UploadRequest,
 };
@@ -140,12 +142,23 @@ struct DriveItem {
 struct SessionStatus {
     #[serde(rename = "nextExpectedRanges", default)]
     next_expected_ranges: Vec<String>,
+    #[serde(rename = "expirationDateTime", default)]
+    expiration: Option<String>,
+}
+
+/// An `expirationDateTime` as Unix seconds.
+fn expiry(t: Option<&str>) -> Option<i64> {
+    time::OffsetDateTime::parse(t?, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 #[derive(Debug, Deserialize)]
-struct Session {
+struct NewSession {
     #[serde(rename = "uploadUrl")]
     upload_url: String,
+    #[serde(rename = "expirationDateTime", default)]
+    expiration: Option<String>,
 }
 
 fn bad_reply(why: &str) -> UploadError {
@@ -189,6 +202,53 @@ impl GraphClient {
         req: &UploadRequest,
         source: UploadSource,
     ) -> Result<UploadOutcome, UploadError> {
+        match self.run(drive, req, source, None).await? {
+            Resumed::Done(o) => Ok(o),
+            Resumed::Paused(_) | Resumed::Restart(..) => Err(bad_reply("the upload stopped")),
+        }
+    }
+
+    /// [`GraphClient::upload`] that saves its state after each chunk and stops between chunks
+    /// at `resume.stop_at`. `source` starts at `resume.state.offset`. A saved session that
+    /// expired (its `expirationDateTime` passed, or its URL answers 404) is deleted and the
+    /// answer is [`Resumed::Restart`]: the file starts again from byte 0 in a new session. A
+    /// transient failure keeps the session for the next attempt; [`GraphClient::abort`] ends it.
+    #[tracing::instrument(skip_all, fields(file = %req.file_name))]
+    pub async fn upload_resumable(
+        &self,
+        drive: &DriveRef,
+        req: &UploadRequest,
+        source: UploadSource,
+        resume: Resume<'_>,
+    ) -> Result<Resumed, UploadError> {
+        self.run(drive, req, source, Some(&resume)).await
+    }
+
+    /// Deletes a saved upload session (Graph then discards its bytes).
+    pub async fn abort(&self, session: &Session) {
+        let Session::Graph { url, .. } = session else {
+            return;
+        };
+        let Ok(url) = url.expose() else {
+            return;
+        };
+        let budget = crate::http::Budget::new(None);
+        let anonymous = Sender {
+            http: &self.http,
+            policy: &self.opts.retry,
+            budget: &budget,
+            bearer: None,
+        };
+        delete_session(&anonymous, &url).await;
+    }
+
+    async fn run(
+        &self,
+        drive: &DriveRef,
+        req: &UploadRequest,
+        source: UploadSource,
+        resume: Option<&Resume<'_>>,
+    ) -> Result<Resumed, UploadError> {
         validate_name(&req.file_name)?;
         if !req.fields.is_empty() {
             return Err(UploadError::BadInput(
@@ -210,44 +270,101 @@ impl GraphClient {
         };
         let display = format!("/{}", path.join("/"));
         let size = round_chunk_size(self.opts.chunk_size);
-        let mut chunker = Chunker::new(source);
-        let first = chunker.next(size).await?;
-        let (item, status, chunks) = if first.last {
+        let mut state = resume.map_or_else(ResumeState::fresh, |r| r.state.clone());
+        let base = state.offset;
+        if let Some(Session::Sharepoint { .. }) = &state.session {
+            return Err(UploadError::BadInput(
+                "the saved upload session is a SharePoint session".into(),
+            ));
+        }
+        let saved = match state.session.take() {
+            Some(Session::Graph { url, expires_at }) => {
+                let expired = expires_at
+                    .is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t);
+                let url = url.expose()?;
+                if expired || base == 0 {
+                    delete_session(&anonymous, &url).await;
+                    if base > 0 {
+                        return Ok(Resumed::Restart(
+                            ResumeState::fresh(),
+                            "the Graph upload session expired; the file starts again from byte 0 in a new session".into(),
+                        ));
+                    }
+                    None
+                } else {
+                    Some((url, expires_at))
+                }
+            }
+            _ if base > 0 => {
+                return Err(UploadError::BadInput(
+                    "a resumed Graph upload needs its saved session".into(),
+                ));
+            }
+            _ => None,
+        };
+        let mut chunks = Prefetch::spawn(Chunker::starting_at(source, base), size);
+        state.total = chunks.total().or(state.total);
+        let first = chunks.next().await?;
+        let (item, status, chunks) = if first.last && saved.is_none() && base == 0 {
             let (item, status) = self
                 .simple(&authed, drive, &path, req.conflict, first.bytes, &display)
                 .await?;
             (item, status, 1)
         } else {
-            let total = chunker.len().ok_or_else(|| {
+            let total = state.total.ok_or_else(|| {
                 UploadError::BadInput(
                     "the content's length is unknown and it is larger than one chunk; Graph upload sessions need the total length (give a Content-Length)".into(),
                 )
             })?;
-            let upload_url = self
-                .create_session(&authed, drive, &path, req.conflict, &display)
-                .await?;
-            match self
+            let (upload_url, expires_at) = match saved {
+                Some(s) => s,
+                None => {
+                    self.create_session(&authed, drive, &path, req.conflict, &display)
+                        .await?
+                }
+            };
+            state.session = Some(Session::Graph {
+                url: SessionUrl::new(&upload_url),
+                expires_at,
+            });
+            if let Some(r) = resume
+                && base == 0
+            {
+                // Saved before the first byte: whoever gives up later can delete it.
+                (r.save)(state.clone()).await?;
+            }
+            let streamed = self
                 .stream(
                     &anonymous,
                     &upload_url,
+                    &mut state,
                     first,
-                    &mut chunker,
-                    size,
+                    &mut chunks,
                     total,
                     &display,
+                    resume,
                 )
-                .await
-            {
-                Ok(done) => done,
-                Err(e) => {
+                .await;
+            match streamed {
+                Ok(Streamed::Done(done)) => done,
+                Ok(Streamed::Paused) => return Ok(Resumed::Paused(state)),
+                Err(Stop::Save(e)) => return Err(e),
+                Err(Stop::Upload(UploadError::Upstream { status: 404, .. }))
+                    if resume.is_some() && state.offset > 0 =>
+                {
+                    tracing::info!("the upload session vanished; starting the file again");
+                    return Ok(Resumed::Restart(
+                        ResumeState::fresh(),
+                        "the Graph upload session expired or vanished; the file starts again from byte 0 in a new session".into(),
+                    ));
+                }
+                Err(Stop::Upload(e)) if resume.is_some() && e.is_transient() => {
+                    tracing::warn!(error = %e, offset = state.offset, "upload session interrupted; it is kept");
+                    return Err(e);
+                }
+                Err(Stop::Upload(e)) => {
                     tracing::warn!(error = %e, "upload session failed; deleting it");
-                    let gone = anonymous
-                        .send(Safety::Idempotent, |c| c.delete(upload_url.clone()))
-                        .await;
-                    if !matches!(&gone, Ok(r) if r.status().is_success() || r.status().as_u16() == 404)
-                    {
-                        tracing::warn!("could not delete the upload session");
-                    }
+                    delete_session(&anonymous, &upload_url).await;
                     return Err(e);
                 }
             }
@@ -264,7 +381,7 @@ impl GraphClient {
         let mut landed = path;
         landed.pop();
         landed.push(item.name.clone());
-        Ok(UploadOutcome {
+        Ok(Resumed::Done(UploadOutcome {
             path: format!("/{}", landed.join("/")),
             web_url: item.web_url,
             size: item.size,
@@ -273,7 +390,7 @@ impl GraphClient {
             conflict_outcome,
             chunks,
             retries: budget.retries(),
-        })
+        }))
     }
 
     async fn simple(
@@ -317,7 +434,7 @@ impl GraphClient {
         path: &[String],
         conflict: ConflictBehavior,
         display: &str,
-    ) -> Result<Url, UploadError> {
+    ) -> Result<(Url, Option<i64>), UploadError> {
         let url = item_url(&self.graph, drive, path, "/createUploadSession", None)?;
         let body =
             json!({"item": {"@microsoft.graph.conflictBehavior": conflict.as_graph()}}).to_string();
@@ -335,30 +452,34 @@ impl GraphClient {
         if !(200..300).contains(&status) {
             return Err(from_response(Api::Graph, status, &headers, &bytes, display));
         }
-        let session: Session =
+        let session: NewSession =
             serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))?;
         let upload_url = Url::parse(&session.upload_url)
             .map_err(|_| bad_reply("the uploadUrl is not an absolute URL"))?;
         if !matches!(upload_url.scheme(), "http" | "https") {
             return Err(bad_reply("the uploadUrl is not http(s)"));
         }
-        Ok(upload_url)
+        Ok((upload_url, expiry(session.expiration.as_deref())))
     }
 
-    /// PUTs the chunks; returns the item, the final status and the chunk count.
+    /// PUTs the chunks; returns the item, the final status and the chunk count, or the state
+    /// to continue from when `resume` says stop.
     #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         sender: &Sender<'_>,
         upload_url: &Url,
+        state: &mut ResumeState,
         first: Chunk,
-        chunker: &mut Chunker,
-        size: usize,
+        chunks: &mut Prefetch,
         total: u64,
         display: &str,
-    ) -> Result<(DriveItem, u16, u32), UploadError> {
+        resume: Option<&Resume<'_>>,
+    ) -> Result<Streamed<(DriveItem, u16, u32)>, Stop> {
         let mut chunk = first;
-        let mut pos = 0u64;
+        let mut pos = chunk.offset;
+        // Graph moves the expiry on as chunks arrive; the saved state keeps the newest.
+        let mut expires = None;
         let mut count = 0u32;
         loop {
             count += 1;
@@ -368,7 +489,7 @@ impl GraphClient {
             let step = loop {
                 let body = chunk.bytes.slice((pos - chunk.offset) as usize..);
                 let outcome = self
-                    .put_range(sender, upload_url, pos, body, total, display)
+                    .put_range(sender, upload_url, pos, body, total, display, &mut expires)
                     .await;
                 let recover = match outcome {
                     Ok(Step::Next(n)) if n == end => break Step::Next(n),
@@ -382,14 +503,15 @@ impl GraphClient {
                     Ok(Step::Next(n)) => {
                         return Err(bad_reply(&format!(
                             "the session wants offset {n} while this chunk covers {pos}-{end}"
-                        )));
+                        ))
+                        .into());
                     }
                     Err(Recoverable(e)) => e,
-                    Err(Fatal(e)) => return Err(e),
+                    Err(Fatal(e)) => return Err(e.into()),
                 };
                 recoveries += 1;
                 if recoveries >= sender.policy.max_attempts {
-                    return Err(recover);
+                    return Err(recover.into());
                 }
                 tracing::info!(error = %recover, offset = pos, "chunk failed; asking the session where it stands");
                 sender
@@ -407,19 +529,22 @@ impl GraphClient {
                         tracing::info!(error = %e, "the session status is unavailable");
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                     Ok(Some(n)) => {
                         return Err(bad_reply(&format!(
                             "after a fault the session wants offset {n}, outside the chunk {}-{end} in hand",
                             chunk.offset
-                        )));
+                        ))
+                        .into());
                     }
-                    Ok(None) => return Err(recover),
+                    Ok(None) => return Err(recover.into()),
                 }
                 if pos == end {
                     if chunk.last {
                         // Every byte arrived but no file was reported: nothing to resend.
-                        return Err(bad_reply("the session holds every byte but did not finish"));
+                        return Err(
+                            bad_reply("the session holds every byte but did not finish").into()
+                        );
                     }
                     break Step::Next(end);
                 }
@@ -430,22 +555,39 @@ impl GraphClient {
                         return Err(bad_reply(&format!(
                             "the finished file has {} bytes, not {total}",
                             item.size
-                        )));
+                        ))
+                        .into());
                     }
-                    return Ok((item, status, count));
+                    return Ok(Streamed::Done((item, status, count)));
                 }
                 Step::Next(n) => {
                     if chunk.last {
-                        return Err(bad_reply("the session wants more bytes after the last one"));
+                        return Err(
+                            bad_reply("the session wants more bytes after the last one").into()
+                        );
                     }
-                    drop(chunk);
-                    chunk = chunker.next(size).await?;
+                    // Give this chunk back before taking the next: the reader fills only one ahead.
+                    chunks.recycle(chunk);
+                    state.offset = n;
+                    if let (Some(Session::Graph { expires_at, .. }), Some(t)) =
+                        (&mut state.session, expires)
+                    {
+                        *expires_at = Some(t);
+                    }
+                    if let Some(r) = resume {
+                        (r.save)(state.clone()).await.map_err(Stop::Save)?;
+                        if r.stop_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                            return Ok(Streamed::Paused);
+                        }
+                    }
+                    chunk = chunks.next().await?;
                     pos = n;
                 }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn put_range(
         &self,
         sender: &Sender<'_>,
@@ -454,6 +596,7 @@ impl GraphClient {
         body: Bytes,
         total: u64,
         display: &str,
+        expires: &mut Option<i64>,
     ) -> Result<Step, ChunkError> {
         if body.is_empty() {
             return Err(Fatal(bad_reply("nothing left to send in this chunk")));
@@ -481,6 +624,9 @@ impl GraphClient {
             202 => {
                 let s: SessionStatus =
                     serde_json::from_slice(&bytes).map_err(|e| Fatal(bad_reply(&e.to_string())))?;
+                if let Some(t) = expiry(s.expiration.as_deref()) {
+                    *expires = Some(t);
+                }
                 // A 202 that names no range is not the end: ask the session where it stands.
                 next_expected(&s.next_expected_ranges)
                     .map(Step::Next)
@@ -519,6 +665,16 @@ impl GraphClient {
         let s: SessionStatus =
             serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))?;
         Ok(next_expected(&s.next_expected_ranges))
+    }
+}
+
+/// `DELETE uploadUrl`, best effort: Graph drops the session's bytes.
+async fn delete_session(sender: &Sender<'_>, upload_url: &Url) {
+    let gone = sender
+        .send(Safety::Idempotent, |c| c.delete(upload_url.clone()))
+        .await;
+    if !matches!(&gone, Ok(r) if r.status().is_success() || r.status().as_u16() == 404) {
+        tracing::warn!("could not delete the upload session");
     }
 }
 
@@ -637,8 +793,9 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(next_expected(&s.next_expected_ranges), Some(12345));
-        let s: Session =
+        let s: NewSession =
             serde_json::from_str(&http_body("graph-docs_createUploadSession_200.http")).unwrap();
+        assert!(s.expiration.is_some());
         assert_eq!(
             s.upload_url,
             "https://sn3302.up.1drv.com/up/fe6987415ace7X4e1eF866337"
@@ -647,7 +804,7 @@ mod tests {
             "{FIXTURES}/graph/cli-microsoft365_file-add.spec_createUploadSession.json"
         ))
         .unwrap();
-        let s: Session = serde_json::from_str(&raw).unwrap();
+        let s: NewSession = serde_json::from_str(&raw).unwrap();
         assert!(
             Url::parse(&s.upload_url)
                 .unwrap()

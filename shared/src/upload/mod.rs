@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod error;
 pub mod graph;
 pub mod names;
+pub mod resume;
 pub mod retry;
 pub mod sharepoint;
 pub mod source;

@@ -14,13 +14,15 @@ use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use url::Url;
 use uuid::Uuid;
 
 use super::error::{Api, FieldError, from_response};
 use super::names::{folder_segments, odata_literal, renamed, url_path, validate_name};
+use super::resume::{Resume, ResumeState, Resumed, SavedOutcome, Session};
 use super::retry::{Safety, Sender};
-use super::source::{Chunk, Chunker, UploadSource};
+use super::source::{Chunk, Chunker, Prefetch, UploadSource};
 use super::{
     BearerSource, ConflictBehavior, ConflictOutcome, FieldValue, UploadError, UploadOutcome,
     UploadRequest,
@@ -393,15 +395,17 @@ impl Ctx<'_> {
         .await
     }
 
-    /// Streams the chunks into `path` and returns the finished file and the chunk count.
+    /// Streams the chunks into `path`: the finished file and the chunk count, or the state to
+    /// continue from when `resume` says stop.
     async fn stream_chunks(
         &self,
         path: &str,
+        state: &mut ResumeState,
         id: Uuid,
         first: Chunk,
-        chunker: &mut Chunker,
-        chunk_size: usize,
-    ) -> Result<(SpFile, u32), UploadError> {
+        chunks: &mut Prefetch,
+        resume: Option<&Resume<'_>>,
+    ) -> Result<Streamed<(SpFile, u32)>, Stop> {
         let mut chunk = first;
         let mut count = 0u32;
         loop {
@@ -421,9 +425,10 @@ impl Ctx<'_> {
                     return Err(bad_reply(&format!(
                         "the finished file has {} bytes, not the {expected} sent",
                         file.length
-                    )));
+                    ))
+                    .into());
                 }
-                return Ok((file, count));
+                return Ok(Streamed::Done((file, count)));
             }
             match parse_offset(&reply) {
                 Some(n) if n == expected => {}
@@ -434,25 +439,27 @@ impl Ctx<'_> {
                         message: format!(
                             "SharePoint reported offset {got:?} after a chunk ending at {expected}"
                         ),
-                    });
+                    }
+                    .into());
                 }
             }
-            // Drop this chunk before reading the next: one chunk in memory at a time.
-            drop(chunk);
-            chunk = chunker.next(chunk_size).await?;
+            // Give this chunk back before taking the next: the reader fills only one ahead.
+            chunks.recycle(chunk);
+            state.offset = expected;
+            if let Some(r) = resume {
+                (r.save)(state.clone()).await.map_err(Stop::Save)?;
+                if r.stop_at.is_some_and(|t| Instant::now() >= t) {
+                    return Ok(Streamed::Paused);
+                }
+            }
+            chunk = chunks.next().await?;
         }
     }
 
     /// Cancels the session and deletes the placeholder if we made it. Best effort: the first
     /// error has already decided the answer.
     async fn clean_up(&self, path: &str, id: Uuid, delete: bool) {
-        if let Ok(url) = file_url(self.target, path, &chunk_suffix(ChunkOp::Cancel, id))
-            && let Err(e) = self
-                .call(Safety::Idempotent, Method::POST, &url, None, "", path)
-                .await
-        {
-            tracing::debug!(error = %e, "CancelUpload failed (the session may not have started)");
-        }
+        self.cancel(path, id).await;
         if delete {
             let deleted = match file_url(self.target, path, "") {
                 Ok(url) => self
@@ -472,6 +479,17 @@ impl Ctx<'_> {
                     "could not delete the placeholder of a failed upload"
                 );
             }
+        }
+    }
+
+    /// `CancelUpload`, best effort.
+    async fn cancel(&self, path: &str, id: Uuid) {
+        if let Ok(url) = file_url(self.target, path, &chunk_suffix(ChunkOp::Cancel, id))
+            && let Err(e) = self
+                .call(Safety::Idempotent, Method::POST, &url, None, "", path)
+                .await
+        {
+            tracing::debug!(error = %e, "CancelUpload failed (the session may not have started)");
         }
     }
 
@@ -554,6 +572,59 @@ impl SharePointClient {
         req: &UploadRequest,
         source: UploadSource,
     ) -> Result<UploadOutcome, UploadError> {
+        match self.run(target, req, source, None).await? {
+            Resumed::Done(o) => Ok(o),
+            Resumed::Paused(_) | Resumed::Restart(..) => Err(bad_reply("the upload stopped")),
+        }
+    }
+
+    /// [`SharePointClient::upload`] that saves its state after each chunk and stops between
+    /// chunks at `resume.stop_at`. `source` starts at `resume.state.offset`; a saved session
+    /// with offset 0 (the source had to start again) gets a new upload id on the same file. A
+    /// transient failure keeps the session for the next attempt; [`SharePointClient::abort`]
+    /// ends it.
+    #[tracing::instrument(skip_all, fields(site = %target.site, file = %req.file_name))]
+    pub async fn upload_resumable(
+        &self,
+        target: &SharePointTarget,
+        req: &UploadRequest,
+        source: UploadSource,
+        resume: Resume<'_>,
+    ) -> Result<Resumed, UploadError> {
+        self.run(target, req, source, Some(&resume)).await
+    }
+
+    /// Cancels a saved session and deletes its placeholder if the upload made it.
+    pub async fn abort(&self, target: &SharePointTarget, session: &Session) {
+        let Session::Sharepoint {
+            upload_id,
+            path,
+            created,
+            ..
+        } = session
+        else {
+            return;
+        };
+        let budget = crate::http::Budget::new(None);
+        let ctx = Ctx {
+            target,
+            sender: Sender {
+                http: &self.http,
+                policy: &self.opts.retry,
+                budget: &budget,
+                bearer: Some(self.bearer.as_ref()),
+            },
+        };
+        ctx.clean_up(path, *upload_id, *created).await;
+    }
+
+    async fn run(
+        &self,
+        target: &SharePointTarget,
+        req: &UploadRequest,
+        source: UploadSource,
+        resume: Option<&Resume<'_>>,
+    ) -> Result<Resumed, UploadError> {
         validate_name(&req.file_name)?;
         let segments = folder_segments(&req.folder)?;
         if self.opts.chunk_size == 0 {
@@ -574,43 +645,97 @@ impl SharePointClient {
                 bearer: Some(self.bearer.as_ref()),
             },
         };
-        let size = self.opts.chunk_size;
-        let mut chunker = Chunker::new(source);
-        let first = chunker.next(size).await?;
-        let (file, conflict_outcome, chunks) = if first.last {
-            let (f, o, _) = ctx
-                .create(
-                    &folder,
-                    &segments,
-                    &req.file_name,
-                    req.conflict,
-                    &first.bytes,
-                    false,
-                )
-                .await?;
-            (f, o, 1)
-        } else {
-            let (placeholder, outcome, created) = ctx
-                .create(
-                    &folder,
-                    &segments,
-                    &req.file_name,
-                    req.conflict,
-                    &Bytes::new(),
-                    true,
-                )
-                .await?;
-            let path = placeholder.server_relative_url;
-            let id = Uuid::new_v4();
-            match ctx
-                .stream_chunks(&path, id, first, &mut chunker, size)
-                .await
-            {
-                Ok((f, n)) => (f, outcome, n),
-                Err(e) => {
-                    tracing::warn!(error = %e, "chunked upload failed; cancelling");
-                    ctx.clean_up(&path, id, created).await;
-                    return Err(e);
+        let mut state = resume.map_or_else(ResumeState::fresh, |r| r.state.clone());
+        let base = state.offset;
+        let mut chunks = Prefetch::spawn(Chunker::starting_at(source, base), self.opts.chunk_size);
+        state.total = chunks.total().or(state.total);
+        let first = chunks.next().await?;
+        let (file, conflict_outcome, chunks) = match state.session.clone() {
+            None if first.last => {
+                let (f, o, _) = ctx
+                    .create(
+                        &folder,
+                        &segments,
+                        &req.file_name,
+                        req.conflict,
+                        &first.bytes,
+                        false,
+                    )
+                    .await?;
+                (f, o, 1)
+            }
+            None if base > 0 => {
+                return Err(UploadError::BadInput(
+                    "a resumed SharePoint upload needs its saved session".into(),
+                ));
+            }
+            Some(Session::Graph { .. }) => {
+                return Err(UploadError::BadInput(
+                    "the saved upload session is a Graph session".into(),
+                ));
+            }
+            saved => {
+                let (path, created, outcome, id) = match saved {
+                    Some(Session::Sharepoint {
+                        upload_id,
+                        path,
+                        created,
+                        outcome,
+                    }) => {
+                        let id = if base == 0 {
+                            // Starting over on the same file: the old upload ends, a new one begins.
+                            ctx.cancel(&path, upload_id).await;
+                            Uuid::new_v4()
+                        } else {
+                            upload_id
+                        };
+                        (path, created, ConflictOutcome::from(&outcome), id)
+                    }
+                    _ => {
+                        let (placeholder, outcome, created) = ctx
+                            .create(
+                                &folder,
+                                &segments,
+                                &req.file_name,
+                                req.conflict,
+                                &Bytes::new(),
+                                true,
+                            )
+                            .await?;
+                        (
+                            placeholder.server_relative_url,
+                            created,
+                            outcome,
+                            Uuid::new_v4(),
+                        )
+                    }
+                };
+                state.session = Some(Session::Sharepoint {
+                    upload_id: id,
+                    path: path.clone(),
+                    created,
+                    outcome: SavedOutcome::from(&outcome),
+                });
+                if let Some(r) = resume {
+                    // Saved before the first byte: whoever gives up later can cancel it.
+                    (r.save)(state.clone()).await?;
+                }
+                match ctx
+                    .stream_chunks(&path, &mut state, id, first, &mut chunks, resume)
+                    .await
+                {
+                    Ok(Streamed::Done((f, n))) => (f, outcome, n),
+                    Ok(Streamed::Paused) => return Ok(Resumed::Paused(state)),
+                    Err(Stop::Save(e)) => return Err(e),
+                    Err(Stop::Upload(e)) if resume.is_some() && e.is_transient() => {
+                        tracing::warn!(error = %e, offset = state.offset, "chunked upload interrupted; the session is kept");
+                        return Err(e);
+                    }
+                    Err(Stop::Upload(e)) => {
+                        tracing::warn!(error = %e, "chunked upload failed; cancelling");
+                        ctx.clean_up(&path, id, created).await;
+                        return Err(e);
+                    }
                 }
             }
         };
@@ -628,7 +753,7 @@ impl SharePointClient {
                 url_path(&file.server_relative_url)
             )
         };
-        Ok(UploadOutcome {
+        Ok(Resumed::Done(UploadOutcome {
             path: file.server_relative_url,
             web_url: Some(web_url),
             size: file.length,
@@ -637,7 +762,28 @@ impl SharePointClient {
             conflict_outcome,
             chunks,
             retries: budget.retries(),
-        })
+        }))
+    }
+}
+
+/// How a chunk loop ended without an error.
+pub(crate) enum Streamed<T> {
+    /// The file is complete.
+    Done(T),
+    /// Stopped between chunks (time to hand on).
+    Paused,
+}
+
+/// Why a chunk loop stopped: the upload failed, or saving the state did (the lease is gone or
+/// the store is down; the session belongs to whoever holds the saved state, so it is left open).
+pub(crate) enum Stop {
+    Upload(UploadError),
+    Save(UploadError),
+}
+
+impl From<UploadError> for Stop {
+    fn from(e: UploadError) -> Self {
+        Stop::Upload(e)
     }
 }
 

@@ -88,6 +88,21 @@ impl UploadSource {
         policy: &RetryPolicy,
         deadline: Option<Instant>,
     ) -> Result<Self, UploadError> {
+        Ok(Self::from_url_at(http, url, 0, policy, deadline)
+            .await?
+            .source)
+    }
+
+    /// [`UploadSource::from_url`] from byte `offset` on, with `Range: bytes={offset}-`. An
+    /// origin that answers `206` resumes there; one that ignores the range (`200`) sends the
+    /// whole file, and [`Opened::start`] is then 0: the caller must start the file again.
+    pub async fn from_url_at(
+        http: &reqwest::Client,
+        url: &Url,
+        offset: u64,
+        policy: &RetryPolicy,
+        deadline: Option<Instant>,
+    ) -> Result<Opened, UploadError> {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(UploadError::BadInput(
                 "source_url must be an http(s) URL with a host".into(),
@@ -101,8 +116,16 @@ impl UploadSource {
             budget: &budget,
             bearer: None,
         };
+        let range = format!("bytes={offset}-");
         let resp = sender
-            .send(Safety::Idempotent, |c| c.get(url.clone()))
+            .send(Safety::Idempotent, |c| {
+                let rb = c.get(url.clone());
+                if offset > 0 {
+                    rb.header(reqwest::header::RANGE, range.as_str())
+                } else {
+                    rb
+                }
+            })
             .await
             .map_err(|e| match e {
                 UploadError::Upstream { message, .. } => {
@@ -122,10 +145,34 @@ impl UploadSource {
             )));
         }
         let len = resp.content_length();
+        let (start, total) = if offset > 0 && status.as_u16() == 206 {
+            let (from, total) = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range)
+                .ok_or_else(|| {
+                    UploadError::Source(format!(
+                        "source_url on {host} answered 206 without a usable Content-Range"
+                    ))
+                })?;
+            if from != offset {
+                return Err(UploadError::Source(format!(
+                    "source_url on {host} answered bytes from {from}, not {offset}"
+                )));
+            }
+            (offset, total.or(len.map(|l| l + offset)))
+        } else {
+            (0, len)
+        };
         let frames = resp
             .bytes_stream()
             .map(|r| r.map_err(|e| io::Error::other(super::error::describe_transport(&e))));
-        Ok(Self::from_stream(frames, len))
+        Ok(Opened {
+            source: Self::from_stream(frames, len),
+            start,
+            total,
+        })
     }
 
     /// The same source, failing with an error naming `max` once more than `max` bytes have
@@ -148,6 +195,34 @@ impl UploadSource {
         }
     }
 
+    /// The same source without its first `n` bytes (read and dropped frame by frame), for a
+    /// store that cannot start part-way. The announced length shrinks by `n`.
+    pub fn skip(self, n: u64) -> Self {
+        if n == 0 {
+            return self;
+        }
+        let mut left = n;
+        let stream = self.stream.filter_map(move |r| {
+            let out = match r {
+                Ok(frame) if left >= frame.len() as u64 => {
+                    left -= frame.len() as u64;
+                    None
+                }
+                Ok(frame) => {
+                    let at = left as usize;
+                    left = 0;
+                    Some(Ok(frame.slice(at..)))
+                }
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(out)
+        });
+        UploadSource {
+            stream: Box::pin(stream),
+            len: self.len.map(|l| l.saturating_sub(n)),
+        }
+    }
+
     /// The announced total length, if any.
     pub fn len(&self) -> Option<u64> {
         self.len
@@ -157,6 +232,26 @@ impl UploadSource {
     pub fn is_empty(&self) -> bool {
         self.len == Some(0)
     }
+}
+
+/// A source opened part-way ([`UploadSource::from_url_at`]).
+#[derive(Debug)]
+pub struct Opened {
+    /// The bytes from `start` on.
+    pub source: UploadSource,
+    /// The file offset of the source's first byte: the offset asked for, or 0 when the origin
+    /// ignored the range.
+    pub start: u64,
+    /// The whole file's length, when the origin said.
+    pub total: Option<u64>,
+}
+
+/// `bytes 100-199/1000` (or `…/*`): the first byte and the total, if given.
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let from = range.split_once('-')?.0.trim().parse().ok()?;
+    Some((from, total.trim().parse().ok()))
 }
 
 /// One piece of the content.
@@ -169,28 +264,44 @@ pub(crate) struct Chunk {
     pub last: bool,
 }
 
+/// Chunk buffers given back after their upload, for the next chunks: a long upload allocates
+/// its two buffers once instead of one per chunk (a heap that sees a fresh 10 MiB block per
+/// chunk keeps freed ones resident per thread arena, and RSS would creep).
+type Pool = std::sync::Arc<std::sync::Mutex<Vec<BytesMut>>>;
+
 /// Cuts a source into chunks, holding at most one chunk and one frame.
 pub(crate) struct Chunker {
     source: UploadSource,
+    pool: Pool,
     buf: BytesMut,
     eof: bool,
     read: u64,
     handed_out: u64,
+    base: u64,
 }
 
 impl Chunker {
+    #[cfg(test)]
     pub fn new(source: UploadSource) -> Self {
+        Self::starting_at(source, 0)
+    }
+
+    /// A source whose first byte is byte `base` of the file (a resumed upload).
+    pub fn starting_at(source: UploadSource, base: u64) -> Self {
         Chunker {
             source,
+            pool: Pool::default(),
             buf: BytesMut::new(),
             eof: false,
             read: 0,
-            handed_out: 0,
+            handed_out: base,
+            base,
         }
     }
 
-    pub fn len(&self) -> Option<u64> {
-        self.source.len
+    /// The whole file's length: the source's announced length plus the bytes before it.
+    pub fn total(&self) -> Option<u64> {
+        Some(self.source.len? + self.base)
     }
 
     /// Reads one more frame into the buffer, or notes the end.
@@ -225,6 +336,13 @@ impl Chunker {
     /// The next chunk of up to `size` bytes (shorter only at the end). After the last chunk it
     /// returns empty last chunks.
     pub async fn next(&mut self, size: usize) -> Result<Chunk, UploadError> {
+        if self.buf.capacity() < size {
+            let reused = self.pool.lock().ok().and_then(|mut p| p.pop());
+            if let Some(mut b) = reused.filter(|b| b.capacity() >= size) {
+                b.extend_from_slice(&self.buf);
+                self.buf = b;
+            }
+        }
         self.buf.reserve(size.saturating_sub(self.buf.len()));
         while self.buf.len() < size && !self.eof {
             self.pull().await?;
@@ -245,6 +363,70 @@ impl Chunker {
             offset,
             last: self.eof && self.buf.is_empty(),
         })
+    }
+}
+
+/// Reads the next chunk while the caller uploads the current one: a task fills one chunk ahead,
+/// and only once the caller took the previous one, so at most two chunks are in memory.
+pub(crate) struct Prefetch {
+    rx: tokio::sync::mpsc::Receiver<Result<Chunk, UploadError>>,
+    task: tokio::task::JoinHandle<()>,
+    total: Option<u64>,
+    pool: Pool,
+}
+
+impl Prefetch {
+    pub fn spawn(mut chunker: Chunker, size: usize) -> Self {
+        let total = chunker.total();
+        let pool = chunker.pool.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            // Reserve first: the slot is free only once the caller took the previous chunk.
+            while let Ok(permit) = tx.reserve().await {
+                let next = chunker.next(size).await;
+                let end = next.as_ref().map_or(true, |c| c.last);
+                permit.send(next);
+                if end {
+                    return;
+                }
+            }
+        });
+        Prefetch {
+            rx,
+            task,
+            total,
+            pool,
+        }
+    }
+
+    /// Gives an uploaded chunk's buffer back for a later chunk (when nothing else holds it).
+    pub fn recycle(&self, chunk: Chunk) {
+        if let Ok(mut b) = chunk.bytes.try_into_mut() {
+            b.clear();
+            if let Ok(mut p) = self.pool.lock()
+                && p.len() < 2
+            {
+                p.push(b);
+            }
+        }
+    }
+
+    /// The whole file's length, when the source announced its own.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    pub async fn next(&mut self) -> Result<Chunk, UploadError> {
+        self.rx
+            .recv()
+            .await
+            .unwrap_or_else(|| Err(UploadError::Source("the content reader stopped".into())))
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -481,6 +663,42 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(crate::api::ApiError::from(&err).status(), 400);
+    }
+
+    #[tokio::test]
+    async fn skipping_drops_exactly_the_first_bytes() {
+        let (all, src) = frames(&[7, 100, 3, 0, 45]);
+        let mut c = Chunker::new(src.skip(50));
+        let ch = c.next(1000).await.unwrap();
+        assert!(ch.last);
+        assert_eq!(&ch.bytes[..], &all[50..]);
+    }
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[tokio::test]
+    async fn prefetch_hands_out_every_chunk_in_order() {
+        let (all, src) = frames(&[7, 100, 3, 0, 45]);
+        let mut p = Prefetch::spawn(Chunker::starting_at(src, 1000), 40);
+        assert_eq!(p.total(), Some(1000 + all.len() as u64));
+        let mut got = Vec::new();
+        loop {
+            let ch = p.next().await.unwrap();
+            assert_eq!(ch.offset, 1000 + got.len() as u64);
+            got.extend_from_slice(&ch.bytes);
+            if ch.last {
+                break;
+            }
+        }
+        assert_eq!(got, all);
     }
 
     #[test]

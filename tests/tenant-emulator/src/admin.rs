@@ -43,14 +43,14 @@ pub(crate) fn open_uploads(db: &Db) -> Vec<OpenUpload> {
             api: "sharepoint".into(),
             id: id.clone(),
             path: s.path.clone(),
-            received: s.data.len() as u64,
+            received: s.data.len(),
         })
         .collect();
     out.extend(db.graph_uploads.iter().map(|(id, s)| OpenUpload {
         api: "graph".into(),
         id: id.clone(),
         path: s.path.clone(),
-        received: s.data.len() as u64,
+        received: s.data.len(),
     }));
     out
 }
@@ -109,6 +109,35 @@ pub(crate) async fn handle(st: &Arc<Shared>, r: Req) -> Response {
                     &json!({"error": format!("no file at {path}")}),
                 ),
             }
+        }
+        (Method::GET, "files/digest") => {
+            let Some(path) = r.q("path") else {
+                return bad("query parameter 'path' is required");
+            };
+            match st.db().get(path).and_then(|n| n.current()) {
+                Some(v) => json(
+                    StatusCode::OK,
+                    &json!({"size": v.content.len(), "sha256": v.content.sha256_hex()}),
+                ),
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("no file at {path}")}),
+                ),
+            }
+        }
+        (Method::DELETE, "files") => {
+            // Frees a large file's disk space between benchmark runs.
+            let Some(path) = r.q("path") else {
+                return bad("query parameter 'path' is required");
+            };
+            let removed = st.db().nodes.remove(&Db::key(path)).is_some();
+            let _ = std::fs::remove_file(
+                st.cfg
+                    .state_dir
+                    .join("files")
+                    .join(path.trim_start_matches('/')),
+            );
+            json(StatusCode::OK, &json!({"removed": removed}))
         }
         (Method::GET, "files/item") => {
             let Some(path) = r.q("path") else {

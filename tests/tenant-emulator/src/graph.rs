@@ -523,13 +523,20 @@ impl Ctx<'_> {
             v["folder"] = json!({"childCount": db.children(&n.path).len()});
         } else {
             let content = n.current().map(|c| c.content.clone()).unwrap_or_default();
+            // quickXorHash over a spilled multi-GiB file would read it back; give SHA-256.
+            let hashes = match &content {
+                crate::blob::Content::Mem(b) => json!({"quickXorHash": quick_xor_hash(b)}),
+                crate::blob::Content::Disk(_) => {
+                    json!({"sha256Hash": content.sha256_hex().to_uppercase()})
+                }
+            };
             v["@microsoft.graph.downloadUrl"] = json!(format!(
                 "{}/_download/{}?tempauth={}",
                 st.cfg.graph(),
                 n.item_id,
                 opaque("")
             ));
-            v["file"] = json!({"mimeType": mime_for(n.name()), "hashes": {"quickXorHash": quick_xor_hash(&content)}});
+            v["file"] = json!({"mimeType": mime_for(n.name()), "hashes": hashes});
             v["shared"] = json!({"scope": "users"});
         }
         v
@@ -654,7 +661,7 @@ impl Ctx<'_> {
                 drive_id: self.drive_id.to_string(),
                 path: path.to_string(),
                 conflict,
-                data: vec![],
+                data: crate::blob::Spool::new(&self.st.cfg.state_dir.join("spool")),
                 total: declared,
                 expires,
                 declared_size: declared,
@@ -735,6 +742,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
         }
         Some(false) => {}
     }
+    let expire_at = db.graph_expire_at;
     let Some(session) = db.graph_uploads.get_mut(id) else {
         return not_found();
     };
@@ -768,7 +776,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
             "The Content-Range header is missing or malformed.",
         );
     };
-    let received = session.data.len() as u64;
+    let received = session.data.len();
     let len = (b - a).saturating_add(1);
     if len != r.body.len() as u64 {
         return graph_error(
@@ -822,12 +830,26 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
         );
     }
     session.total = Some(total);
-    session.data.extend_from_slice(&r.body);
+    let expire_now = !last && expire_at.is_some_and(|at| received + len >= at);
+    if session.data.append(&r.body).is_err() {
+        return graph_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "quotaLimitReached",
+            "The emulator could not store the fragment.",
+        );
+    }
     if !last {
+        if expire_now {
+            session.expires = now();
+        }
         let next = format!("{}-", session.data.len());
+        let expires = session.expires;
+        if expire_now {
+            db.graph_expire_at = None;
+        }
         return json(
             StatusCode::ACCEPTED,
-            &json!({"expirationDateTime": graph_time(session.expires), "nextExpectedRanges": [next]}),
+            &json!({"expirationDateTime": graph_time(expires), "nextExpectedRanges": [next]}),
         );
     }
     let Some(session) = db.graph_uploads.remove(id) else {
@@ -840,7 +862,7 @@ fn upload_url(st: &Shared, r: &Req, id: &str) -> Response {
         Err(e) => return e,
     };
     let n = db
-        .write_file(&target, session.data.into(), "Graph client", false)
+        .write_file(&target, session.data.finish(), "Graph client", false)
         .clone();
     st.persist(&n);
     let lib = db

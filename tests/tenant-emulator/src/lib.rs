@@ -57,11 +57,13 @@
 mod aad;
 mod acs;
 mod admin;
+pub mod blob;
 pub mod faults;
 mod graph;
 mod keys;
 mod live;
 mod model;
+pub mod origin;
 mod server;
 mod sharepoint;
 mod tokens;
@@ -371,7 +373,7 @@ impl Shared {
             if let Some(parent) = target.parent() {
                 let _ = std::fs::create_dir_all(parent);
             }
-            let _ = std::fs::write(target, &v.content);
+            let _ = v.content.write_to(&target);
         }
     }
     pub fn faults(&self) -> MutexGuard<'_, faults::Faults> {
@@ -463,6 +465,32 @@ impl RunningEmulator {
             .db()
             .get(path)
             .and_then(|n| n.current().map(|v| v.content.to_vec()))
+    }
+
+    /// Size and hex SHA-256 of the current content of the file at this server-relative path,
+    /// without reading a spilled file back.
+    pub fn file_digest(&self, path: &str) -> Option<(u64, String)> {
+        self.shared.db().get(path).and_then(|n| {
+            n.current()
+                .map(|v| (v.content.len() as u64, v.content.sha256_hex()))
+        })
+    }
+
+    /// Ends every open Graph upload session now (as Graph does to idle sessions, and to all
+    /// sessions after about a day): their URLs answer 404 `itemNotFound` from here on.
+    pub fn expire_graph_sessions(&self) -> usize {
+        let mut db = self.shared.db();
+        let t = crate::util::now();
+        for s in db.graph_uploads.values_mut() {
+            s.expires = t;
+        }
+        db.graph_uploads.len()
+    }
+
+    /// Fault: the next Graph upload session to hold `bytes` bytes expires right after that
+    /// fragment (its next request answers 404 `itemNotFound`), once.
+    pub fn expire_graph_session_at(&self, bytes: u64) {
+        self.shared.db().graph_expire_at = Some(bytes);
     }
 
     /// Metadata of one stored item.

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use bytes::Bytes;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -85,7 +84,7 @@ pub struct User {
 #[derive(Clone, Debug)]
 pub struct Version {
     pub label: String,
-    pub content: Bytes,
+    pub content: crate::blob::Content,
     pub modified: OffsetDateTime,
 }
 
@@ -203,7 +202,7 @@ pub struct LiveAccess {
 
 pub struct SpUpload {
     pub path: String,
-    pub data: Vec<u8>,
+    pub data: crate::blob::Spool,
 }
 
 pub struct GraphUpload {
@@ -211,7 +210,7 @@ pub struct GraphUpload {
     /// Target server-relative path.
     pub path: String,
     pub conflict: String,
-    pub data: Vec<u8>,
+    pub data: crate::blob::Spool,
     pub total: Option<u64>,
     pub expires: OffsetDateTime,
     pub declared_size: Option<u64>,
@@ -232,6 +231,8 @@ pub struct Db {
     pub used_jti: HashSet<String>,
     pub sp_uploads: HashMap<String, SpUpload>,
     pub graph_uploads: HashMap<String, GraphUpload>,
+    /// Test fault: the next Graph session to hold this many bytes expires right after.
+    pub graph_expire_at: Option<u64>,
     pub next_item_id: u64,
     /// Consent withdrawn: client ids whose delegated grants answer AADSTS65001.
     pub consent_revoked: HashSet<String>,
@@ -377,6 +378,7 @@ impl Db {
             used_jti: HashSet::new(),
             sp_uploads: HashMap::new(),
             graph_uploads: HashMap::new(),
+            graph_expire_at: None,
             next_item_id: 1,
             consent_revoked: HashSet::new(),
         };
@@ -466,7 +468,17 @@ impl Db {
     pub fn write_file(
         &mut self,
         path: &str,
-        content: Bytes,
+        content: impl Into<crate::blob::Content>,
+        by: &str,
+        same_version: bool,
+    ) -> &Node {
+        self.write_content(path, content.into(), by, same_version)
+    }
+
+    fn write_content(
+        &mut self,
+        path: &str,
+        content: crate::blob::Content,
         by: &str,
         same_version: bool,
     ) -> &Node {

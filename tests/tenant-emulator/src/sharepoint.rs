@@ -1009,7 +1009,18 @@ impl Ctx<'_> {
                 id.to_string(),
                 SpUpload {
                     path: path.to_string(),
-                    data: body.to_vec(),
+                    data: {
+                        let mut spool =
+                            crate::blob::Spool::new(&self.st.cfg.state_dir.join("spool"));
+                        if spool.append(&body).is_err() {
+                            return self.err(
+                                StatusCode::INSUFFICIENT_STORAGE,
+                                "-2147024784, System.IO.IOException",
+                                "There is not enough space on the disk.",
+                            );
+                        }
+                        spool
+                    },
                 },
             );
             return self.scalar("StartUpload", json!(body.len().to_string()));
@@ -1031,7 +1042,7 @@ impl Ctx<'_> {
                 json(StatusCode::OK, &json!({"odata.null": true}))
             };
         }
-        let expected = session.data.len() as u64;
+        let expected = session.data.len();
         let given = offset.and_then(|o| o.parse::<u64>().ok());
         if given != Some(expected) {
             return self.bad_arg(&format!(
@@ -1039,8 +1050,14 @@ impl Ctx<'_> {
                 offset.unwrap_or("(missing)")
             ));
         }
-        session.data.extend_from_slice(&body);
-        let total = session.data.len() as u64;
+        if session.data.append(&body).is_err() {
+            return self.err(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "-2147024784, System.IO.IOException",
+                "There is not enough space on the disk.",
+            );
+        }
+        let total = session.data.len();
         if op == "continueupload" {
             return self.scalar("ContinueUpload", json!(total.to_string()));
         }
@@ -1051,7 +1068,7 @@ impl Ctx<'_> {
         // answers: 1.0 after Files/add of an empty file + FinishUpload); otherwise a new version.
         let same = db.get(path).map(|n| n.size() == 0 && matches!(&n.kind, crate::model::NodeKind::File { versions } if versions.len() == 1)).unwrap_or(false);
         let n = db
-            .write_file(path, session.data.into(), &self.caller.name, same)
+            .write_file(path, session.data.finish(), &self.caller.name, same)
             .clone();
         drop(db);
         self.persist(&n);
