@@ -163,6 +163,7 @@ impl World {
                 lease: Duration::from_secs(2),
                 base_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(1),
+                ..WorkerSettings::default()
             },
             clock: Arc::new(time::OffsetDateTime::now_utc),
         };
