@@ -644,17 +644,27 @@ impl Access {
         read: &ConnectionSecret,
         token: &Token,
     ) -> Result<Stored, AccessError> {
-        let mut write = TokenWrite::from_token(token, SecretString::from(String::new()));
-        write.refresh_token = token
-            .refresh_token
-            .as_ref()
-            .map(|rt| SecretString::from(rt.expose_secret().to_owned()));
-        let written = write_tokens(
-            self.store.as_ref(),
-            &self.secrets_cfg,
-            id,
-            write.refresh(read.generation, OffsetDateTime::now_utc()),
-        )
+        // Microsoft may already have rotated the refresh token: a short store outage is waited
+        // out rather than losing the new one.
+        let outage = |e: &WriteError| {
+            matches!(
+                e,
+                WriteError::Store(SecretError::Backend { .. } | SecretError::Throttled { .. })
+            )
+        };
+        let written = crate::outage::retry(outage, || {
+            let mut write = TokenWrite::from_token(token, SecretString::from(String::new()));
+            write.refresh_token = token
+                .refresh_token
+                .as_ref()
+                .map(|rt| SecretString::from(rt.expose_secret().to_owned()));
+            write_tokens(
+                self.store.as_ref(),
+                &self.secrets_cfg,
+                id,
+                write.refresh(read.generation, OffsetDateTime::now_utc()),
+            )
+        })
         .await
         .map_err(|e| match e {
             WriteError::Store(e) => AccessError::store(id, e),

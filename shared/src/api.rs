@@ -138,6 +138,10 @@ impl Kind {
     }
 }
 
+/// The `Retry-After` of a 503 whose cause gave no wait of its own (an unreachable store, a
+/// Microsoft 5xx without the header).
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// An error answer: a [`Kind`], a sentence for a person, and optional `Retry-After` and details.
 ///
 /// The message is returned to the caller, so it must never carry a secret, a token, an ARN or
@@ -189,10 +193,13 @@ impl ApiError {
         self.kind.code()
     }
 
-    /// `Retry-After` in whole seconds, rounded up (at least 1), when set.
+    /// `Retry-After` in whole seconds, rounded up (at least 1), when set. A 503 always has one
+    /// ([`DEFAULT_RETRY_AFTER`] when nobody said how long), so a client never retries at once.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after
-            .map(|w| (w.as_secs() + u64::from(w.subsec_nanos() > 0)).max(1))
+        let wait = self.retry_after.or_else(|| {
+            (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(DEFAULT_RETRY_AFTER)
+        });
+        wait.map(|w| (w.as_secs() + u64::from(w.subsec_nanos() > 0)).max(1))
     }
 
     /// The JSON body: `{"error", "message", ...details}`.
@@ -281,5 +288,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(r.body()).unwrap();
         assert_eq!(v["error"], "throttled");
         assert_eq!(v["microsoft_code"], "activityLimitReached");
+    }
+
+    #[test]
+    fn every_503_carries_retry_after() {
+        let down = ApiError::new(Kind::Unavailable, "the store is down");
+        assert_eq!(down.to_response().headers()["retry-after"], "5");
+        let said = down.clone().with_retry_after(Some(Duration::from_secs(2)));
+        assert_eq!(said.retry_after_secs(), Some(2));
+        let not_503 = ApiError::new(Kind::Conflict, "taken");
+        assert!(not_503.to_response().headers().get("retry-after").is_none());
     }
 }

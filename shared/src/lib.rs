@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod microsoft;
 pub mod oauth;
+pub mod outage;
 pub mod runtime;
 pub mod secrets;
 pub mod signin;

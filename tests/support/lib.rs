@@ -19,6 +19,7 @@ use aws_sdk_secretsmanager::{
 use shared::secrets::AwsSecretStore;
 
 pub mod browser;
+pub mod outages;
 pub mod secret_values;
 
 /// Use this moto instead of starting one (e.g. `http://127.0.0.1:5000`).

@@ -231,7 +231,7 @@ pub fn api_error(e: SignInError) -> ApiError {
             }
             api
         }
-        r @ (Reason::Unavailable(_) | Reason::StoreFailed(_)) => {
+        r @ (Reason::Unavailable(_) | Reason::StoreUnavailable(_) | Reason::StoreFailed(_)) => {
             tracing::warn!(connection = ?e.connection, error = ?r, "sign-in could not finish");
             ApiError::new(Kind::Unavailable, r.to_string())
         }

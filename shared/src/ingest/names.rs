@@ -249,7 +249,7 @@ pub enum NameError {
         /// Its code point.
         code: u32,
     },
-    /// Leading or trailing space.
+    /// Leading or trailing whitespace (a space, or any other Unicode whitespace such as U+00A0).
     #[error("name begins or ends with a space")]
     LeadingOrTrailingSpace,
     /// Trailing period.
@@ -700,7 +700,9 @@ fn check_name(name: &str) -> Result<(), NameError> {
             return Err(NameError::IllegalChar { ch });
         }
     }
-    if name.starts_with(' ') || name.ends_with(' ') {
+    // Any whitespace, as the uploader judges it (`upload::names::validate_name`): a name accepted
+    // here must never fail later in the worker.
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
         return Err(NameError::LeadingOrTrailingSpace);
     }
     if name.ends_with('.') {
@@ -734,8 +736,8 @@ fn sanitize_name(raw: &str) -> Result<String, NameError> {
         })
         .collect();
     name = name
-        .trim_matches(' ')
-        .trim_end_matches(['.', ' '])
+        .trim_matches(char::is_whitespace)
+        .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
         .to_owned();
     if name.is_empty() {
         return Err(NameError::Empty);
@@ -774,7 +776,9 @@ fn shorten(name: &str) -> String {
         used += ch.len_utf16();
         out.push(ch);
     }
-    let mut out = out.trim_end_matches(['.', ' ']).to_owned();
+    let mut out = out
+        .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+        .to_owned();
     if let Some(ext) = ext {
         out.push('.');
         out.push_str(ext);
@@ -785,6 +789,33 @@ fn shorten(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzz find (`names`, crash-01eb97f3…): `d` + U+202F passed here but the uploader refuses
+    /// names that begin or end with any whitespace, so the job failed after a 202.
+    #[test]
+    fn unicode_whitespace_around_a_name_is_refused_up_front_and_sanitized_away() {
+        for raw in ["d\u{202f}", "\u{00a0}d.txt", "d\u{3000}.txt\u{2009}"] {
+            assert_eq!(
+                FileName::parse(raw),
+                Err(NameError::LeadingOrTrailingSpace),
+                "{raw:?}"
+            );
+            assert_eq!(SubPath::parse(raw), Err(NameError::LeadingOrTrailingSpace));
+            let clean = NamePolicy::new().sanitize(true).file_name(raw).unwrap();
+            assert!(
+                crate::upload::names::validate_name(clean.as_str()).is_ok(),
+                "{clean:?}"
+            );
+        }
+        assert_eq!(
+            NamePolicy::new()
+                .sanitize(true)
+                .file_name("d\u{202f}")
+                .unwrap()
+                .as_str(),
+            "d"
+        );
+    }
 
     fn strict() -> NamePolicy {
         NamePolicy::new()

@@ -78,7 +78,8 @@ pub enum TokenError {
     /// A person must sign in or consent again (424).
     #[error("{0}")]
     NeedsConsent(String),
-    /// Microsoft throttled the token request (503 with Retry-After).
+    /// Microsoft throttled the token request, or was unavailable and said when to come back
+    /// (429/503 with Retry-After).
     #[error("{message}")]
     Throttled {
         /// Server-requested wait.
@@ -101,6 +102,14 @@ impl From<AccessError> for TokenError {
             AccessError::NeedsConsent { .. } => TokenError::NeedsConsent(message),
             AccessError::Throttled { retry_after, .. } => TokenError::Throttled {
                 retry_after,
+                message,
+            },
+            // Keep the token endpoint's Retry-After: the job's retry must wait for it.
+            AccessError::Transient {
+                retry_after: Some(wait),
+                ..
+            } => TokenError::Throttled {
+                retry_after: Some(wait),
                 message,
             },
             AccessError::Transient { .. } => TokenError::Transient(message),
@@ -511,6 +520,31 @@ mod tests {
         assert!(matches!(upload_attempt(&outage), Attempt::Transient { .. }));
         let consent = token_attempt(TokenError::NeedsConsent("invalid_grant".into()));
         assert!(matches!(consent, Attempt::Permanent(f) if f.error == "needs_consent"));
+    }
+
+    #[test]
+    fn a_token_endpoint_outage_keeps_its_retry_after() {
+        let down = |retry_after| AccessError::Transient {
+            connection: "c".into(),
+            retry_after,
+            detail: "503 temporarily_unavailable".into(),
+        };
+        let attempt = token_attempt(TokenError::from(down(Some(Duration::from_secs(4)))));
+        assert!(
+            matches!(attempt, Attempt::Transient { retry_after: Some(w), .. } if w == Duration::from_secs(4)),
+            "{attempt:?}"
+        );
+        let attempt = token_attempt(TokenError::from(down(None)));
+        assert!(
+            matches!(
+                attempt,
+                Attempt::Transient {
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{attempt:?}"
+        );
     }
 
     #[test]

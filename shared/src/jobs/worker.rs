@@ -36,6 +36,16 @@ use crate::webhook::WebhookSecret;
 /// The current time; tests pin it.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
+/// A job write after a file landed: losing it would make the job's retry meet its own file
+/// (a conflict, or a second copy under `rename`), so a short job-store outage is waited out.
+async fn record<T, F, Fut>(write: F) -> Result<T, JobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, JobError>>,
+{
+    crate::outage::retry(|e| matches!(e, JobError::Unavailable(_)), write).await
+}
+
 /// Worker tuning.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -283,7 +293,7 @@ impl Worker {
         if let Outcome::Failed(_) = &outcome {
             self.abort_saved(&lease, &msg).await;
         }
-        match self.jobs.finish(&lease, &outcome, (self.clock)()).await {
+        match record(|| self.jobs.finish(&lease, &outcome, (self.clock)())).await {
             Ok(job) => {
                 tracing::info!(job = %job.id, status = job.status.as_str(), "job ended");
                 self.after(&msg, &job).await;
@@ -341,10 +351,11 @@ impl Worker {
             done += stored.size;
             let answer = outcome_json(&stored);
             let progress = Progress { done, total };
-            match self
-                .jobs
-                .file_done(lease, i, &answer, progress, (self.clock)())
-                .await
+            match record(|| {
+                self.jobs
+                    .file_done(lease, i, &answer, progress, (self.clock)())
+            })
+            .await
             {
                 Ok(()) => {}
                 Err(e) if e.is_retryable() => {

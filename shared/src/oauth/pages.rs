@@ -261,11 +261,9 @@ pub fn error_page(e: &ApiError, format: Format) -> Response<String> {
             }
             body.push_str("</table>");
             let mut resp = html_response(e.status(), "Sign-in failed", &body);
-            if let Some(wait) = e.retry_after {
-                resp.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(wait.as_secs().max(1)),
-                );
+            if let Some(secs) = e.retry_after_secs() {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             resp
         }

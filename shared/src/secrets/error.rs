@@ -90,6 +90,17 @@ impl SecretError {
         }
     }
 
+    /// Whether the store itself failed (unreachable, throttled, a lost compare-and-swap), so
+    /// the same request may succeed later without anyone acting.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SecretError::Throttled { .. }
+                | SecretError::Conflict { .. }
+                | SecretError::Backend { .. }
+        )
+    }
+
     /// Whether the caller should re-read and retry (a lost compare-and-swap).
     pub fn is_conflict(&self) -> bool {
         matches!(self, SecretError::Conflict { .. })

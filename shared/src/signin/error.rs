@@ -99,6 +99,9 @@ pub enum Reason {
     /// The connection was deleted while the sign-in ran.
     #[error("the connection was deleted during the sign-in")]
     ConnectionGone,
+    /// The secret store could not be reached before anything was changed.
+    #[error("a service the sign-in depends on is unavailable; try again shortly")]
+    StoreUnavailable(String),
     /// The consent could not be stored.
     #[error("the sign-in worked but its result could not be stored; try again")]
     StoreFailed(String),

@@ -395,6 +395,11 @@ async fn state_keys(
     secrets::schema::state_keys(access.store().as_ref(), access.secrets_config())
         .await
         .map_err(|e| {
+            if e.is_transient() {
+                // An outage, not a broken key: the sign-in can be tried again.
+                tracing::warn!(secret = %warm.config.secrets.state_key_secret, error = %e, "cannot reach the state signing key");
+                return Reason::StoreUnavailable(e.to_string()).into();
+            }
             tracing::error!(secret = %warm.config.secrets.state_key_secret, error = %e, "cannot read the state signing key");
             key_fault(warm, "cannot be read")
         })
