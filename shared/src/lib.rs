@@ -10,6 +10,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod jobs;
+pub mod lambda_event;
 pub mod microsoft;
 pub mod oauth;
 pub mod outage;

@@ -13,6 +13,7 @@ mod lifecycle;
 mod log_scan;
 mod outages;
 mod resume;
+mod runtime_events;
 mod secrets;
 mod sessions;
 mod signin;

@@ -1,7 +1,5 @@
-use lambda_http::{Error, run, service_fn};
-
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     // Config, secret store, job table, queue and staging clients: once per cold start.
     let state = upload_ingest::init().await;
@@ -9,8 +7,6 @@ async fn main() -> Result<(), Error> {
         tracing::error!(error = %e, "configuration error; every request will get a 500 naming it");
     }
     let state = &state;
-    run(service_fn(move |req| async move {
-        Ok::<_, Error>(upload_ingest::handle(state, req).await)
-    }))
-    .await
+    // Not lambda_http::run: it panics on a query a caller can send (shared::lambda_event).
+    shared::lambda_event::run(move |req| upload_ingest::handle(state, req)).await
 }
