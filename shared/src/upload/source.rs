@@ -259,7 +259,8 @@ type Pool = std::sync::Arc<std::sync::Mutex<Vec<BytesMut>>>;
 pub(crate) struct Chunker {
     source: UploadSource,
     pool: Pool,
-    buf: BytesMut,
+    /// The part of the last frame not yet in a chunk.
+    pending: Bytes,
     eof: bool,
     read: u64,
     handed_out: u64,
@@ -277,7 +278,7 @@ impl Chunker {
         Chunker {
             source,
             pool: Pool::default(),
-            buf: BytesMut::new(),
+            pending: Bytes::new(),
             eof: false,
             read: 0,
             handed_out: base,
@@ -290,7 +291,7 @@ impl Chunker {
         Some(self.source.len? + self.base)
     }
 
-    /// Reads one more frame into the buffer, or notes the end.
+    /// Reads one more frame into `pending` (which is empty), or notes the end.
     async fn pull(&mut self) -> Result<(), UploadError> {
         match self.source.stream.next().await {
             Some(Ok(frame)) => {
@@ -302,7 +303,7 @@ impl Chunker {
                         "the content is longer than the announced {len} bytes"
                     )));
                 }
-                self.buf.extend_from_slice(&frame);
+                self.pending = frame;
                 Ok(())
             }
             Some(Err(e)) => Err(UploadError::Source(e.to_string())),
@@ -319,35 +320,41 @@ impl Chunker {
         }
     }
 
+    /// An empty buffer of at least `size` bytes: a recycled one, or a new one of exactly
+    /// `size` (never grown later: a frame is copied only as far as the chunk has room).
+    fn buffer(&self, size: usize) -> BytesMut {
+        let reused = self.pool.lock().ok().and_then(|mut p| p.pop());
+        reused
+            .filter(|b| b.capacity() >= size)
+            .unwrap_or_else(|| BytesMut::with_capacity(size))
+    }
+
     /// The next chunk of up to `size` bytes (shorter only at the end). After the last chunk it
     /// returns empty last chunks.
     pub async fn next(&mut self, size: usize) -> Result<Chunk, UploadError> {
-        if self.buf.capacity() < size {
-            let reused = self.pool.lock().ok().and_then(|mut p| p.pop());
-            if let Some(mut b) = reused.filter(|b| b.capacity() >= size) {
-                b.extend_from_slice(&self.buf);
-                self.buf = b;
+        let mut buf = self.buffer(size);
+        while buf.len() < size {
+            if self.pending.is_empty() {
+                if self.eof {
+                    break;
+                }
+                self.pull().await?;
+                continue;
             }
+            let n = (size - buf.len()).min(self.pending.len());
+            buf.extend_from_slice(&self.pending.split_to(n));
         }
-        self.buf.reserve(size.saturating_sub(self.buf.len()));
-        while self.buf.len() < size && !self.eof {
-            self.pull().await?;
-        }
-        let take = size.min(self.buf.len());
-        let bytes = self.buf.split_to(take).freeze();
-        // The rest still shares the chunk's allocation; move it (at most a frame) out, or the
-        // next chunk's buffer would be allocated while this one is still held: two chunks.
-        self.buf = BytesMut::from(&self.buf[..]);
         // Look one frame ahead so the caller knows whether this chunk is the last.
-        while self.buf.is_empty() && !self.eof {
+        while self.pending.is_empty() && !self.eof {
             self.pull().await?;
         }
+        let bytes = buf.freeze();
         let offset = self.handed_out;
         self.handed_out += bytes.len() as u64;
         Ok(Chunk {
             bytes,
             offset,
-            last: self.eof && self.buf.is_empty(),
+            last: self.eof && self.pending.is_empty(),
         })
     }
 }
