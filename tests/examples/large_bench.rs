@@ -174,6 +174,8 @@ struct Env {
 struct Run {
     secs: f64,
     peak_mib: Option<f64>,
+    /// RSS when the run started (what earlier runs left resident).
+    start_mib: Option<f64>,
     invocations: u32,
 }
 
@@ -237,6 +239,7 @@ impl Env {
             Box::pin(async { Ok(()) })
         };
         reset_peak();
+        let (start_mib, _) = rss_mib();
         let started = Instant::now();
         let mut state = ResumeState::fresh();
         let mut invocations = 1;
@@ -282,27 +285,33 @@ impl Env {
         Ok(Run {
             secs,
             peak_mib: Some(peak),
+            start_mib: Some(start_mib),
             invocations,
         })
     }
 
-    /// Writes chunk `at` of the origin's file to `path` (not timed).
+    /// Writes chunk `at` of the origin's file to `path` (not timed). Frame by frame: a whole
+    /// chunk in this process's heap would stay resident and count in the next run's peak RSS.
     async fn chunk_file(&self, at: u64, path: &std::path::Path) -> Result<u64, Error> {
+        use std::io::Write;
         let end = (at + CHUNK).min(self.len);
-        let bytes = self
+        let mut resp = self
             .http
             .get(self.origin.clone())
             .header("range", format!("bytes={at}-{}", end - 1))
             .send()
             .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        if bytes.len() as u64 != end - at {
+            .error_for_status()?;
+        let mut file = std::fs::File::create(path)?;
+        let mut written = 0u64;
+        while let Some(frame) = resp.chunk().await? {
+            file.write_all(&frame)?;
+            written += frame.len() as u64;
+        }
+        if written != end - at {
             return Err("the origin sent a short chunk".into());
         }
-        std::fs::write(path, &bytes)?;
-        Ok(end - at)
+        Ok(written)
     }
 
     /// One curl request; answers curl's own `time_total` and the body.
@@ -405,6 +414,7 @@ impl Env {
         Ok(Run {
             secs,
             peak_mib: None,
+            start_mib: None,
             invocations: 1,
         })
     }
@@ -440,8 +450,10 @@ async fn main() -> Result<(), Error> {
             .and_then(|b| b.parse().ok())
             .unwrap_or(20),
     );
-    println!("| size | target | path | seconds | MiB/s | vs curl | peak RSS MiB | invocations |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| size | target | path | seconds | MiB/s | vs curl | peak RSS MiB | RSS at start MiB | invocations |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for len in sizes {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["--serve", "--len", &len.to_string()])
@@ -493,6 +505,7 @@ async fn main() -> Result<(), Error> {
                 Run {
                     secs: f64::NAN,
                     peak_mib: None,
+                    start_mib: None,
                     invocations: 0,
                 }
             } else {
@@ -500,7 +513,7 @@ async fn main() -> Result<(), Error> {
             };
             for (path, run) in [("spbridge resumable", &ours), ("curl", &curl)] {
                 println!(
-                    "| {label} | {target} | {path} | {:.2} | {:.1} | {} | {} | {} |",
+                    "| {label} | {target} | {path} | {:.2} | {:.1} | {} | {} | {} | {} |",
                     run.secs,
                     mib / run.secs,
                     if path == "curl" {
@@ -509,6 +522,7 @@ async fn main() -> Result<(), Error> {
                         format!("{:.2}", curl.secs / ours.secs)
                     },
                     run.peak_mib.map_or("-".to_owned(), |p| format!("{p:.1}")),
+                    run.start_mib.map_or("-".to_owned(), |p| format!("{p:.1}")),
                     if path == "curl" {
                         "-".to_owned()
                     } else {
