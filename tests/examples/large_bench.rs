@@ -14,7 +14,10 @@
 //! the chunk was written to beforehand; curl's time is the sum of its own `time_total`, so
 //! neither the chunk fetch nor curl's process start counts against it. Each stored file's
 //! SHA-256 is compared with the origin's. Peak RSS is this process's VmHWM, reset before each
-//! run (curl runs in its own processes).
+//! run (curl runs in its own processes); both resumable runs of a size come before its curl
+//! runs, and "RSS at start" shows what earlier runs left resident (the chunk buffers are kept
+//! for the process, as in a warm worker). Run each size in a process of its own to compare
+//! sizes.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -497,10 +500,16 @@ async fn main() -> Result<(), Error> {
             format!("{:.0} MiB", len as f64 / (1u64 << 20) as f64)
         };
         let mib = len as f64 / (1024.0 * 1024.0);
+        // Both resumable runs first: the curl side's own requests (reading each chunk to a
+        // file) would otherwise leave memory resident that the next run's peak counts.
+        let mut ours = Vec::new();
         for target in ["sharepoint", "graph"] {
-            let ours = env
-                .resumable(target, &format!("{target}-resumable.bin"))
-                .await?;
+            ours.push(
+                env.resumable(target, &format!("{target}-resumable.bin"))
+                    .await?,
+            );
+        }
+        for (target, ours) in ["sharepoint", "graph"].into_iter().zip(ours) {
             let curl = if args.iter().any(|a| a == "--no-curl") {
                 Run {
                     secs: f64::NAN,
