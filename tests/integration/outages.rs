@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_http::{Body, Request, Response};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
@@ -20,7 +21,7 @@ use shared::ingest::pipeline::Receiver;
 use shared::jobs::callback::Callbacks;
 use shared::jobs::upload::Uploader;
 use shared::jobs::worker::{Worker, WorkerSettings};
-use shared::jobs::{DeliveryKey, DynamoJobStore, JobId, JobStatus, JobStore, NewJob};
+use shared::jobs::{DeliveryKey, DynamoJobStore, Job, JobId, JobStatus, JobStore, NewJob};
 use shared::secrets::SecretStore;
 use shared::secrets::schema::ConnectionStatus;
 use shared::upload::RetryPolicy;
@@ -186,23 +187,20 @@ impl World {
         answer(upload_ingest::handle(&self.receiver, req).await)
     }
 
-    /// A signed raw upload of `body` as `name` to connection `conn`, delivery `id`.
-    fn upload(conn: &str, name: &str, id: &str, body: &[u8]) -> Request {
-        signed_raw(
-            &format!("/upload/{conn}"),
-            &format!("name={name}"),
-            id,
-            body,
-        )
-    }
-
     /// One round of Lambda's event source mapping; answers how many messages ran.
     async fn pump(&self) -> usize {
         spbridge_tests::pump_once(&self.worker, &self.sqs, &self.infra.queue_url, ARN).await
     }
 
+    /// Hands `event` to the worker as Lambda would.
+    async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut ctx = lambda_runtime::Context::default();
+        ctx.request_id = uuid::Uuid::new_v4().to_string();
+        upload_worker::handle(&self.worker, lambda_runtime::LambdaEvent::new(event, ctx)).await
+    }
+
     /// Pumps until the job ends (or `within` passes); answers the job.
-    async fn run_until_final(&self, job: &JobId, within: Duration) -> shared::jobs::Job {
+    async fn run_until_final(&self, job: &JobId, within: Duration) -> Job {
         let deadline = Instant::now() + within;
         loop {
             let job = self.jobs.get(job).await.expect("job readable");
@@ -260,23 +258,126 @@ impl World {
         ]
     }
 
-    /// Asserts a 503 with `Retry-After` that names the condition and nothing internal.
+    /// Asserts the receiver's 503 `unavailable` with `Retry-After` that names nothing internal.
     fn assert_retry_later(
         &self,
         what: &str,
         (status, body, headers): &(u16, Value, HashMap<String, String>),
     ) {
-        assert_eq!(*status, 503, "{what}: {body}");
-        assert_eq!(body["error"], "unavailable", "{what}: {body}");
-        let wait: u64 = headers
-            .get("retry-after")
-            .unwrap_or_else(|| panic!("{what}: no Retry-After: {headers:?}"))
-            .parse()
-            .expect("Retry-After in seconds");
-        assert!((1..=60).contains(&wait), "{what}: Retry-After {wait}");
         let names = self.internal_names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        spbridge_tests::assert_reveals_nothing(what, &body.to_string(), &names);
+        assert_retry_later(
+            what,
+            *status,
+            headers.get("retry-after").map(String::as_str),
+            &body.to_string(),
+            &names,
+        );
+        assert_eq!(body["error"], "unavailable", "{what}: {body}");
+    }
+
+    /// While `switch` is down, then while it answers 503: `d` gets a clear 503 (`what`).
+    async fn refused_while_out(&self, switch: &Switch, what: &str, d: &Delivery<'_>) {
+        for mode in [Mode::Down, Mode::Unavailable] {
+            switch.set(mode).await;
+            let a = self.send(d.request()).await;
+            self.assert_retry_later(&format!("{what} ({mode:?})"), &a);
+        }
+    }
+
+    /// Sends `d` and asserts it is accepted; answers the body and the headers.
+    async fn accept(&self, d: &Delivery<'_>) -> (Value, HashMap<String, String>) {
+        let (status, body, headers) = self.send(d.request()).await;
+        assert_eq!(status, 202, "{}: {body}", d.name);
+        (body, headers)
+    }
+
+    /// `switch` is back: the sender's retry of `d` is accepted and lands one file. Answers the
+    /// headers of the accept and the job.
+    async fn resent_lands(
+        &self,
+        switch: &Switch,
+        d: &Delivery<'_>,
+    ) -> (HashMap<String, String>, Job) {
+        switch.up().await;
+        let (_, headers) = self.accept(d).await;
+        (headers, self.lands(d).await)
+    }
+
+    /// One worker round during an outage: `d`'s job is retried, not failed, and nothing is
+    /// stored yet. Answers the job.
+    async fn retried_not_failed(&self, d: &Delivery<'_>) -> Job {
+        assert_eq!(self.pump().await, 1, "{}", d.name);
+        let job = self.jobs.get(&d.job()).await.expect("job readable");
+        assert_eq!(
+            job.status,
+            JobStatus::Uploading,
+            "{}: retried, not failed: {:?}",
+            d.name,
+            job.error
+        );
+        assert!(
+            self.files_named(d.stem()).is_empty(),
+            "{}: nothing stored yet",
+            d.name
+        );
+        job
+    }
+
+    /// Pumps until `d`'s job ends: done, with exactly one file holding its bytes.
+    async fn lands(&self, d: &Delivery<'_>) -> Job {
+        let job = self
+            .run_until_final(&d.job(), Duration::from_secs(20))
+            .await;
+        assert_eq!(job.status, JobStatus::Done, "{}: {:?}", d.name, job.error);
+        assert_one_file(self, SP_LIB, &d.name, d.data);
+        job
+    }
+}
+
+/// One delivery: a signed raw upload of `data` as `name` to connection `conn`, with its own
+/// `webhook-id`.
+struct Delivery<'a> {
+    conn: &'a str,
+    name: String,
+    id: String,
+    data: &'a [u8],
+}
+
+impl<'a> Delivery<'a> {
+    fn new(conn: &'a str, name: impl Into<String>, data: &'a [u8]) -> Self {
+        Delivery {
+            conn,
+            name: name.into(),
+            id: new_id(),
+            data,
+        }
+    }
+
+    fn request(&self) -> Request {
+        signed_raw(
+            &format!("/upload/{}", self.conn),
+            &format!("name={}", self.name),
+            &self.id,
+            self.data,
+        )
+    }
+
+    /// The job this delivery names.
+    fn job(&self) -> JobId {
+        NewJob {
+            connection: self.conn.into(),
+            delivery: DeliveryKey::webhook_id(&self.id),
+            payload_hash: String::new(),
+            bytes_total: None,
+            retention: shared::jobs::DEFAULT_RETENTION,
+        }
+        .id()
+    }
+
+    /// The file name without its extension.
+    fn stem(&self) -> &str {
+        self.name.split('.').next().unwrap_or(&self.name)
     }
 }
 
@@ -291,16 +392,22 @@ fn answer(resp: Response<Body>) -> (u16, Value, HashMap<String, String>) {
     (status, body, headers)
 }
 
-/// The job a delivery to `connection` with this `webhook-id` names.
-fn job_of(connection: &str, webhook_id: &str) -> JobId {
-    NewJob {
-        connection: connection.into(),
-        delivery: DeliveryKey::webhook_id(webhook_id),
-        payload_hash: String::new(),
-        bytes_total: None,
-        retention: shared::jobs::DEFAULT_RETENTION,
-    }
-    .id()
+/// Asserts a 503 whose `Retry-After` is 1 to 60 seconds and whose body carries none of
+/// `internal`.
+fn assert_retry_later(
+    what: &str,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    internal: &[&str],
+) {
+    assert_eq!(status, 503, "{what}: {body}");
+    let wait: u64 = retry_after
+        .unwrap_or_else(|| panic!("{what}: no Retry-After"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{what}: Retry-After {retry_after:?} is not in seconds"));
+    assert!((1..=60).contains(&wait), "{what}: Retry-After {wait}");
+    spbridge_tests::assert_reveals_nothing(what, body, internal);
 }
 
 /// Asserts that exactly one file named `name` exists in the SharePoint library, holding `bytes`
@@ -330,73 +437,45 @@ fn assert_one_file(w: &World, folder_path: &str, name: &str, bytes: &[u8]) {
 #[tokio::test]
 async fn secrets_manager_outage_answers_503_and_retries_the_job() {
     let w = World::start().await;
+    let sm = &w.aws.secrets;
     let data = content(3000, 1);
 
     // The receiver cannot read the sender secret: 503, and nothing is recorded.
-    let id = new_id();
-    for mode in [Mode::Down, Mode::Unavailable] {
-        w.aws.secrets.set(mode).await;
-        let a = w.send(World::upload("sp", "sm-a.bin", &id, &data)).await;
-        w.assert_retry_later("an upload while Secrets Manager is out", &a);
-    }
-    assert!(w.aws.secrets.refused() > 0, "the store was really asked");
-    assert_eq!(w.job_count().await, 0, "nothing recorded");
-    w.aws.secrets.up().await;
-    let (status, body, _) = w.send(World::upload("sp", "sm-a.bin", &id, &data)).await;
-    assert_eq!(status, 202, "{body}");
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
+    let a = Delivery::new("sp", "sm-a.bin", &data);
+    w.refused_while_out(sm, "an upload while Secrets Manager is out", &a)
         .await;
-    assert_eq!(job.status, JobStatus::Done);
-    assert_one_file(&w, SP_LIB, "sm-a.bin", &data);
+    assert!(sm.refused() > 0, "the store was really asked");
+    assert_eq!(w.job_count().await, 0, "nothing recorded");
+    w.resent_lands(sm, &a).await;
 
     // Accepted, then the store goes: the worker cannot read the connection and retries.
-    let id = new_id();
-    let (status, body, _) = w.send(World::upload("sp", "sm-b.bin", &id, &data)).await;
-    assert_eq!(status, 202, "{body}");
-    w.aws.secrets.down().await;
-    assert_eq!(w.pump().await, 1);
-    let job = w.jobs.get(&job_of("sp", &id)).await.unwrap();
-    assert_eq!(job.status, JobStatus::Uploading, "retried, not failed");
+    let b = Delivery::new("sp", "sm-b.bin", &data);
+    w.accept(&b).await;
+    sm.down().await;
+    let job = w.retried_not_failed(&b).await;
     assert!(job.lease.is_none(), "the lease is given back");
-    assert!(w.files_named("sm-b").is_empty());
-    w.aws.secrets.up().await;
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
-        .await;
-    assert_eq!(job.status, JobStatus::Done, "{:?}", job.error);
-    assert_eq!(job.attempts, 2);
-    assert_one_file(&w, SP_LIB, "sm-b.bin", &data);
+    sm.up().await;
+    assert_eq!(w.lands(&b).await.attempts, 2);
 }
 
 #[tokio::test]
 async fn dynamodb_outage_answers_503_and_the_job_lands_once_when_it_returns() {
     let w = World::start().await;
+    let db = &w.aws.dynamo;
     let data = content(2500, 2);
 
     // The receiver cannot record the job: 503, and nothing is queued.
-    let id = new_id();
-    for mode in [Mode::Down, Mode::Unavailable] {
-        w.aws.dynamo.set(mode).await;
-        let a = w.send(World::upload("sp", "db-a.bin", &id, &data)).await;
-        w.assert_retry_later("an upload while DynamoDB is out", &a);
-    }
-    assert_eq!(w.pump().await, 0, "no message was queued");
-    w.aws.dynamo.up().await;
-    assert_eq!(w.job_count().await, 0);
-    let (status, body, _) = w.send(World::upload("sp", "db-a.bin", &id, &data)).await;
-    assert_eq!(status, 202, "{body}");
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
+    let a = Delivery::new("sp", "db-a.bin", &data);
+    w.refused_while_out(db, "an upload while DynamoDB is out", &a)
         .await;
-    assert_eq!(job.status, JobStatus::Done);
-    assert_one_file(&w, SP_LIB, "db-a.bin", &data);
+    assert_eq!(w.pump().await, 0, "no message was queued");
+    assert_eq!(w.job_count().await, 0);
+    w.resent_lands(db, &a).await;
 
     // Queued, then DynamoDB goes before the worker takes the job: the message comes back.
-    let id = new_id();
-    let (status, body, _) = w.send(World::upload("sp", "db-b.bin", &id, &data)).await;
-    assert_eq!(status, 202, "{body}");
-    w.aws.dynamo.down().await;
+    let b = Delivery::new("sp", "db-b.bin", &data);
+    let (body, _) = w.accept(&b).await;
+    db.down().await;
     // The sender's status URL answers 503 meanwhile, not 404.
     let mut get = Request::default();
     *get.uri_mut() = body["status_url"]
@@ -407,41 +486,34 @@ async fn dynamodb_outage_answers_503_and_the_job_lands_once_when_it_returns() {
     let a = answer(upload_ingest::handle(&w.receiver, get).await);
     w.assert_retry_later("a job status while DynamoDB is out", &a);
     assert_eq!(w.pump().await, 1);
-    assert!(w.files_named("db-b").is_empty());
-    w.aws.dynamo.up().await;
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
-        .await;
-    assert_eq!(job.status, JobStatus::Done, "{:?}", job.error);
-    assert_one_file(&w, SP_LIB, "db-b.bin", &data);
+    assert!(w.files_named(b.stem()).is_empty());
+    db.up().await;
+    w.lands(&b).await;
 
     // DynamoDB goes while the file is being uploaded and comes back a second and a half later:
     // the file lands, and the worker records it once the table answers again (a lost record
     // would make the job's retry meet its own file as a conflict).
-    let id = new_id();
-    assert_eq!(
-        w.send(World::upload("sp", "db-c.bin", &id, &data)).await.0,
-        202
-    );
+    let c = Delivery::new("sp", "db-c.bin", &data);
+    w.accept(&c).await;
     w.emu.add_fault(FaultRule::new(
         "/sites/team/_api",
         FaultKind::Latency { ms: 700 },
     ));
     let blip = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        w.aws.dynamo.down().await;
+        db.down().await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(
-            w.files_named("db-c").len(),
+            w.files_named(c.stem()).len(),
             1,
             "the file landed during the outage"
         );
-        w.aws.dynamo.up().await;
+        db.up().await;
     };
     let (ran, ()) = tokio::join!(w.pump(), blip);
     assert_eq!(ran, 1);
     w.emu.clear_faults();
-    let job = w.jobs.get(&job_of("sp", &id)).await.unwrap();
+    let job = w.jobs.get(&c.job()).await.unwrap();
     assert_eq!(
         (job.status, job.attempts),
         (JobStatus::Done, 1),
@@ -458,55 +530,35 @@ async fn dynamodb_outage_answers_503_and_the_job_lands_once_when_it_returns() {
 #[tokio::test]
 async fn sqs_outage_answers_503_and_a_lost_delete_makes_no_second_file() {
     let w = World::start().await;
+    let q = &w.aws.sqs;
     let data = content(2000, 3);
 
     // The job is recorded but cannot be queued: 503. Nothing is uploaded meanwhile, and the
     // sender's retry finds the same job and queues it.
-    let id = new_id();
-    w.aws.sqs.down().await;
-    let a = w.send(World::upload("sp", "q-a.bin", &id, &data)).await;
-    w.assert_retry_later("an upload while SQS is out", &a);
-    w.aws.sqs.unavailable().await;
-    let a = w.send(World::upload("sp", "q-a.bin", &id, &data)).await;
-    w.assert_retry_later("an upload while SQS answers 503", &a);
-    let job = w
-        .jobs
-        .get(&job_of("sp", &id))
-        .await
-        .expect("the job is recorded");
+    let a = Delivery::new("sp", "q-a.bin", &data);
+    w.refused_while_out(q, "an upload while SQS is out", &a)
+        .await;
+    let job = w.jobs.get(&a.job()).await.expect("the job is recorded");
     assert_eq!((job.status, job.attempts), (JobStatus::Accepted, 0));
     assert_eq!(w.pump().await, 0, "nothing queued");
-    w.aws.sqs.up().await;
-    let (status, body, headers) = w.send(World::upload("sp", "q-a.bin", &id, &data)).await;
-    assert_eq!(status, 202, "{body}");
+    let (headers, _) = w.resent_lands(q, &a).await;
     assert_eq!(
         headers.get("idempotent-replayed").map(String::as_str),
         Some("true")
     );
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
-        .await;
-    assert_eq!(job.status, JobStatus::Done);
     assert_eq!(w.job_count().await, 1, "one job for the delivery");
-    assert_one_file(&w, SP_LIB, "q-a.bin", &data);
 
     // The worker stores the file, then SQS goes before the message is deleted: it comes back
     // after its visibility timeout, and the worker sees the job done.
-    let id = new_id();
-    assert_eq!(
-        w.send(World::upload("sp", "q-b.bin", &id, &data)).await.0,
-        202
-    );
+    let b = Delivery::new("sp", "q-b.bin", &data);
+    w.accept(&b).await;
     let event = spbridge_tests::sqs_event(&w.sqs, &w.infra.queue_url, ARN, 1).await;
     assert_eq!(event.records.len(), 1);
     let receipt = event.records[0].receipt_handle.clone().unwrap();
-    let mut ctx = lambda_runtime::Context::default();
-    ctx.request_id = uuid::Uuid::new_v4().to_string();
-    let out = upload_worker::handle(&w.worker, lambda_runtime::LambdaEvent::new(event, ctx)).await;
-    assert!(out.batch_item_failures.is_empty());
-    w.aws.sqs.down().await;
+    assert!(w.handle(event).await.batch_item_failures.is_empty());
+    q.down().await;
     let switched =
-        aws_sdk_sqs::Client::new(&spbridge_tests::outages::sdk_config_at(&w.aws.sqs.url()).await);
+        aws_sdk_sqs::Client::new(&spbridge_tests::outages::sdk_config_at(&q.url()).await);
     let deleted = switched
         .delete_message()
         .queue_url(&w.infra.queue_url)
@@ -514,19 +566,16 @@ async fn sqs_outage_answers_503_and_a_lost_delete_makes_no_second_file() {
         .send()
         .await;
     assert!(deleted.is_err(), "the delete is lost in the outage");
-    w.aws.sqs.up().await;
+    q.up().await;
     let back =
         spbridge_tests::sqs_event(&w.sqs, &w.infra.queue_url, ARN, VISIBILITY_SECS as i32 + 2)
             .await;
     assert_eq!(back.records.len(), 1, "the message comes back");
-    let mut ctx = lambda_runtime::Context::default();
-    ctx.request_id = uuid::Uuid::new_v4().to_string();
-    let out = upload_worker::handle(&w.worker, lambda_runtime::LambdaEvent::new(back, ctx)).await;
     assert!(
-        out.batch_item_failures.is_empty(),
+        w.handle(back).await.batch_item_failures.is_empty(),
         "a finished job is acknowledged"
     );
-    let job = w.jobs.get(&job_of("sp", &id)).await.unwrap();
+    let job = w.jobs.get(&b.job()).await.unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Done, 1));
     assert_one_file(&w, SP_LIB, "q-b.bin", &data);
 }
@@ -534,47 +583,24 @@ async fn sqs_outage_answers_503_and_a_lost_delete_makes_no_second_file() {
 #[tokio::test]
 async fn s3_outage_answers_503_for_a_large_body_and_the_worker_waits_for_it() {
     let w = World::start().await;
+    let s3 = &w.aws.s3;
     // Above the inline budget: the body is staged in S3.
     let data = content(300 * 1024, 4);
 
-    let id = new_id();
-    for mode in [Mode::Down, Mode::Unavailable] {
-        w.aws.s3.set(mode).await;
-        let a = w.send(World::upload("sp", "s3-a.bin", &id, &data)).await;
-        w.assert_retry_later("a large upload while S3 is out", &a);
-    }
-    assert_eq!(w.pump().await, 0, "nothing queued without its body");
-    w.aws.s3.up().await;
-    let (status, body, _) = w.send(World::upload("sp", "s3-a.bin", &id, &data)).await;
-    assert_eq!(status, 202, "{body}");
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
+    let a = Delivery::new("sp", "s3-a.bin", &data);
+    w.refused_while_out(s3, "a large upload while S3 is out", &a)
         .await;
-    assert_eq!(job.status, JobStatus::Done, "{:?}", job.error);
+    assert_eq!(w.pump().await, 0, "nothing queued without its body");
+    w.resent_lands(s3, &a).await;
     assert_eq!(w.job_count().await, 1);
-    assert_one_file(&w, SP_LIB, "s3-a.bin", &data);
 
     // Staged, then S3 goes before the worker reads the body: retried, then lands.
-    let id = new_id();
-    assert_eq!(
-        w.send(World::upload("sp", "s3-b.bin", &id, &data)).await.0,
-        202
-    );
-    w.aws.s3.down().await;
-    assert_eq!(w.pump().await, 1);
-    let job = w.jobs.get(&job_of("sp", &id)).await.unwrap();
-    assert_eq!(
-        job.status,
-        JobStatus::Uploading,
-        "retried, not failed: {:?}",
-        job.error
-    );
-    w.aws.s3.up().await;
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
-        .await;
-    assert_eq!(job.status, JobStatus::Done, "{:?}", job.error);
-    assert_one_file(&w, SP_LIB, "s3-b.bin", &data);
+    let b = Delivery::new("sp", "s3-b.bin", &data);
+    w.accept(&b).await;
+    s3.down().await;
+    w.retried_not_failed(&b).await;
+    s3.up().await;
+    w.lands(&b).await;
 }
 
 #[tokio::test]
@@ -588,34 +614,20 @@ async fn a_token_endpoint_outage_retries_the_job_until_it_lands() {
             retry_after: Some(3),
         },
     ));
-    let id = new_id();
-    assert_eq!(
-        w.send(World::upload("sp", "tok.bin", &id, &data)).await.0,
-        202
-    );
-    assert_eq!(w.pump().await, 1);
-    let job = w.jobs.get(&job_of("sp", &id)).await.unwrap();
-    assert_eq!(
-        job.status,
-        JobStatus::Uploading,
-        "retried, not failed: {:?}",
-        job.error
-    );
+    let d = Delivery::new("sp", "tok.bin", &data);
+    w.accept(&d).await;
+    w.retried_not_failed(&d).await;
     // The token endpoint's Retry-After (3 s: on a busy machine still far from the worker's
     // 200 ms backoff) holds the message back.
     let started = Instant::now();
     assert_eq!(w.pump().await, 0, "not redelivered before Retry-After");
     w.emu.clear_faults();
-    let job = w
-        .run_until_final(&job_of("sp", &id), Duration::from_secs(20))
-        .await;
+    w.lands(&d).await;
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(job.status, JobStatus::Done, "{:?}", job.error);
-    assert_one_file(&w, SP_LIB, "tok.bin", &data);
 }
 
 #[tokio::test]
@@ -640,34 +652,23 @@ async fn sharepoint_and_graph_outages_retry_the_job_and_land_one_file() {
     ];
     for (conn, prefix) in [("sp", "/sites/team/_api"), ("drive", "/graph/")] {
         for (label, fault) in &faults {
-            let name = format!("{conn}-{label}.bin");
             let data = content(4000, label.len() as u8);
-            let id = new_id();
+            let d = Delivery::new(conn, format!("{conn}-{label}.bin"), &data);
             w.emu.add_fault(FaultRule::new(prefix, fault.clone()));
-            assert_eq!(w.send(World::upload(conn, &name, &id, &data)).await.0, 202);
-            assert_eq!(w.pump().await, 1);
-            let job = w.jobs.get(&job_of(conn, &id)).await.unwrap();
-            assert_eq!(
-                job.status,
-                JobStatus::Uploading,
-                "{name}: retried, not failed: {:?}",
-                job.error
-            );
-            assert!(
-                w.files_named(&name).is_empty(),
-                "{name}: nothing stored yet"
-            );
+            w.accept(&d).await;
+            w.retried_not_failed(&d).await;
             if *label == "ra" {
                 // Microsoft's Retry-After (3 s) outweighs the worker's first backoff (200 ms).
-                assert_eq!(w.pump().await, 0, "{name}: redelivered before Retry-After");
+                assert_eq!(
+                    w.pump().await,
+                    0,
+                    "{}: redelivered before Retry-After",
+                    d.name
+                );
             }
             w.emu.clear_faults();
-            let job = w
-                .run_until_final(&job_of(conn, &id), Duration::from_secs(20))
-                .await;
-            assert_eq!(job.status, JobStatus::Done, "{name}: {:?}", job.error);
-            assert!(job.attempts >= 2, "{name}: {} attempts", job.attempts);
-            assert_one_file(&w, SP_LIB, &name, &data);
+            let job = w.lands(&d).await;
+            assert!(job.attempts >= 2, "{}: {} attempts", d.name, job.attempts);
         }
     }
     assert!(
@@ -682,6 +683,16 @@ fn all_due() -> LifecycleConfig {
         (k == "SPBRIDGE_REFRESH_ACCESS_SKEW_SECS").then(|| "172800".to_owned())
     })
     .expect("lifecycle config")
+}
+
+/// Asserts a token-refresh run that failed as retryable (the scheduler runs it again).
+fn assert_retryable<T: std::fmt::Debug, E: Into<lambda_runtime::Diagnostic>>(run: Result<T, E>) {
+    let diag: lambda_runtime::Diagnostic = run.expect_err("the run fails").into();
+    assert!(
+        diag.error_type.starts_with("SpBridge.Retryable."),
+        "{}",
+        diag.error_type
+    );
 }
 
 async fn refresh_tokens(
@@ -739,15 +750,7 @@ async fn token_refresh_outages_mark_nothing_needs_consent_and_lose_no_refresh_to
         "",
         FaultKind::TokenOutage { retry_after: None },
     ));
-    let err = run(refresher(env.store.clone()))
-        .await
-        .expect_err("the run fails");
-    let diag: lambda_runtime::Diagnostic = err.into();
-    assert!(
-        diag.error_type.starts_with("SpBridge.Retryable."),
-        "{}",
-        diag.error_type
-    );
+    assert_retryable(run(refresher(env.store.clone())).await);
     assert_eq!(
         refresh_tokens(&env, &ids).await,
         consented,
@@ -757,15 +760,7 @@ async fn token_refresh_outages_mark_nothing_needs_consent_and_lose_no_refresh_to
 
     // Secrets Manager is down: the run fails as retryable before anything is asked of Microsoft.
     switch.down().await;
-    let err = run(refresher(switched.clone()))
-        .await
-        .expect_err("the run fails");
-    let diag: lambda_runtime::Diagnostic = err.into();
-    assert!(
-        diag.error_type.starts_with("SpBridge.Retryable."),
-        "{}",
-        diag.error_type
-    );
+    assert_retryable(run(refresher(switched.clone())).await);
     assert_eq!(
         refresh_tokens(&env, &ids).await,
         consented,
@@ -806,12 +801,7 @@ async fn token_refresh_outages_mark_nothing_needs_consent_and_lose_no_refresh_to
         switch.down().await;
     };
     let (result, ()) = tokio::join!(run(refresher(switched.clone())), cut);
-    let diag: lambda_runtime::Diagnostic = result.expect_err("the run fails").into();
-    assert!(
-        diag.error_type.starts_with("SpBridge.Retryable."),
-        "{}",
-        diag.error_type
-    );
+    assert_retryable(result);
     assert_eq!(refresh_tokens(&env, &ids).await, rotated);
     switch.up().await;
     env.emu.clear_faults();
@@ -842,22 +832,15 @@ async fn oauth_callback_answers_503_while_secrets_manager_is_out_and_then_comple
         .with_store(switched),
     );
     let check_503 = |resp: &Response<Body>, what: &str| {
-        assert_eq!(
-            resp.status(),
-            503,
-            "{what}: {}",
-            String::from_utf8_lossy(resp.body())
+        assert_retry_later(
+            what,
+            resp.status().as_u16(),
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap_or("")),
+            &String::from_utf8_lossy(resp.body()),
+            &[&env.config.secrets.prefix],
         );
-        let wait = resp
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap_or(""));
-        assert!(
-            wait.is_some_and(|w| w.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s))),
-            "{what}: Retry-After {wait:?}"
-        );
-        let body = String::from_utf8_lossy(resp.body()).into_owned();
-        spbridge_tests::assert_reveals_nothing(what, &body, &[&env.config.secrets.prefix]);
     };
 
     // /connect while the store is out.

@@ -11,6 +11,7 @@ use aws_sdk_s3::presigning::{PresignedRequest, PresigningConfig};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumMode, CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -282,46 +283,7 @@ impl Staging for S3Staging {
         etag: Option<&'a str>,
     ) -> BoxFuture<'a, Result<UploadSource, StagingError>> {
         Box::pin(async move {
-            let mut get = self.client.get_object().bucket(&self.bucket).key(key);
-            if from > 0 {
-                get = get.range(format!("bytes={from}-"));
-            }
-            if let Some(etag) = etag {
-                get = get.if_match(etag);
-            }
-            let out = match get.send().await {
-                Ok(o) => o,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(StagingError::Missing(key.to_owned()));
-                }
-                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
-                    return Err(StagingError::Changed(key.to_owned()));
-                }
-                Err(e) => return Err(unavailable(&e)),
-            };
-            // S3 honours Range; a store that did not would hand the bytes from 0 as if from `from`.
-            if from > 0 {
-                let start = out
-                    .content_range()
-                    .and_then(crate::upload::source::parse_content_range)
-                    .map(|(start, _)| start);
-                if start != Some(from) {
-                    return Err(StagingError::Unavailable(format!(
-                        "the ranged read of {key} from byte {from} did not start there"
-                    )));
-                }
-            }
-            let len = out.content_length().and_then(|l| u64::try_from(l).ok());
-            let frames = futures_util::stream::unfold(out.body, |mut body| async move {
-                match body.next().await {
-                    Some(Ok(b)) => Some((Ok(b), body)),
-                    Some(Err(e)) => Some((
-                        Err(std::io::Error::other(format!("staged body: {e}"))),
-                        body,
-                    )),
-                    None => None,
-                }
-            });
+            let (frames, len) = self.frames(key, from, etag).await?;
             Ok(UploadSource::from_stream(frames, len))
         })
     }
@@ -473,26 +435,16 @@ impl Staging for S3Staging {
 
     fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DirectError>> {
         Box::pin(async move {
-            let out = match self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-            {
-                Ok(o) => o,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(direct_error(&e, key)),
+            let mut frames = match self.frames(key, 0, None).await {
+                Ok((frames, _)) => frames,
+                Err(StagingError::Missing(_)) => return Ok(None),
+                Err(e) => return Err(read_error(e)),
             };
-            let body = out
-                .body
-                .collect()
-                .await
-                .map_err(|e| DirectError::Unavailable(format!("reading {key}: {e}")))?;
-            Ok(Some(body.into_bytes()))
+            let mut body = bytes::BytesMut::new();
+            while let Some(frame) = frames.next().await {
+                body.extend_from_slice(&frame.map_err(|e| read_failed(key, &e))?);
+            }
+            Ok(Some(body.freeze()))
         })
     }
 
@@ -500,23 +452,84 @@ impl Staging for S3Staging {
         Box::pin(async move {
             use base64::Engine as _;
             use sha2::Digest as _;
-            let mut out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| direct_error(&e, key))?;
+            let (mut frames, _) = self.frames(key, 0, None).await.map_err(read_error)?;
             let mut hash = sha2::Sha256::new();
-            while let Some(frame) = out.body.next().await {
-                let frame =
-                    frame.map_err(|e| DirectError::Unavailable(format!("reading {key}: {e}")))?;
-                hash.update(&frame);
+            while let Some(frame) = frames.next().await {
+                hash.update(frame.map_err(|e| read_failed(key, &e))?);
             }
             Ok(base64::engine::general_purpose::STANDARD.encode(hash.finalize()))
         })
     }
+}
+
+impl S3Staging {
+    /// The one `GetObject` behind [`Staging::open`], `read` and `sha256`: from byte `from`
+    /// (ranged), of version `etag` only (`If-Match`), as frames and the length S3 announced.
+    async fn frames(
+        &self,
+        key: &str,
+        from: u64,
+        etag: Option<&str>,
+    ) -> Result<(Frames, Option<u64>), StagingError> {
+        let mut get = self.client.get_object().bucket(&self.bucket).key(key);
+        if from > 0 {
+            get = get.range(format!("bytes={from}-"));
+        }
+        if let Some(etag) = etag {
+            get = get.if_match(etag);
+        }
+        let out = match get.send().await {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StagingError::Missing(key.to_owned()));
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                return Err(StagingError::Changed(key.to_owned()));
+            }
+            Err(e) => return Err(unavailable(&e)),
+        };
+        // S3 honours Range; a store that did not would hand the bytes from 0 as if from `from`.
+        if from > 0 {
+            let start = out
+                .content_range()
+                .and_then(crate::upload::source::parse_content_range)
+                .map(|(start, _)| start);
+            if start != Some(from) {
+                return Err(StagingError::Unavailable(format!(
+                    "the ranged read of {key} from byte {from} did not start there"
+                )));
+            }
+        }
+        let len = out.content_length().and_then(|l| u64::try_from(l).ok());
+        let frames = futures_util::stream::unfold(out.body, |mut body| async move {
+            match body.next().await {
+                Some(Ok(b)) => Some((Ok(b), body)),
+                Some(Err(e)) => Some((
+                    Err(std::io::Error::other(format!("staged body: {e}"))),
+                    body,
+                )),
+                None => None,
+            }
+        });
+        Ok((Box::pin(frames), len))
+    }
+}
+
+/// A staged object's bytes as S3 sends them.
+type Frames = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A failed read of a whole object, for the direct-upload steps.
+fn read_error(e: StagingError) -> DirectError {
+    match e {
+        StagingError::Missing(key) => DirectError::Missing(key),
+        StagingError::Unavailable(why) => DirectError::Unavailable(why),
+        // Only a read with an `ETag` can meet another version.
+        StagingError::Changed(key) => DirectError::Unavailable(format!("{key} changed while read")),
+    }
+}
+
+fn read_failed(key: &str, e: &std::io::Error) -> DirectError {
+    DirectError::Unavailable(format!("reading {key}: {e}"))
 }
 
 #[cfg(test)]

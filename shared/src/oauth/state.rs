@@ -169,9 +169,6 @@ pub use crate::identity::secret::{PkceError, PkceVerifier};
 pub enum Flow {
     /// Authorization code (`response_type=code`), answered on `GET /callback?code=…`.
     Code,
-    /// Microsoft-account token flow (`response_type=token`): the token comes back in the URL
-    /// fragment. Never issued: that token cannot be refreshed, so spbridge refuses the flow.
-    Token,
     /// Entra admin consent (`/adminconsent`), answered with `admin_consent=True`.
     AdminConsent,
 }

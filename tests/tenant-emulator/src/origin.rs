@@ -175,9 +175,7 @@ impl State {
 fn serve(st: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Response<Body> {
     st.requests.fetch_add(1, Ordering::SeqCst);
     if req.uri().path() != "/file.bin" {
-        let mut r = Response::new(Body::empty());
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
+        return respond(StatusCode::NOT_FOUND, Body::empty(), []);
     }
     // `bytes=N-` or `bytes=N-M`.
     let range = req
@@ -207,15 +205,12 @@ fn serve(st: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Response<Body
     let end = if honour { end } else { len };
     let from = match range {
         Some(n) if honour && n < len => Some(n),
-        Some(_) if st.honour_range.load(Ordering::SeqCst) => {
-            let mut r = Response::new(Body::empty());
-            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{len}"))
-                    .unwrap_or(HeaderValue::from_static("*")),
+        Some(_) if honour => {
+            return respond(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Body::empty(),
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
             );
-            return r;
         }
         _ => None,
     };
@@ -242,19 +237,37 @@ fn serve(st: &Arc<State>, req: &Request<hyper::body::Incoming>) -> Response<Body
             Some((Ok::<_, std::io::Error>(frame), next))
         }
     });
-    let mut r = Response::new(Body::from_stream(frames));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    r.headers_mut()
-        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    if from.is_some() {
-        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (header::ACCEPT_RANGES, "bytes".to_owned()),
+        (header::CONTENT_LENGTH, (end - start).to_string()),
+    ];
+    let body = Body::from_stream(frames);
+    match from {
+        Some(_) => respond(
+            StatusCode::PARTIAL_CONTENT,
+            body,
+            headers.into_iter().chain([(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{len}", end - 1),
+            )]),
+        ),
+        None => respond(StatusCode::OK, body, headers),
+    }
+}
+
+/// A response with `status`, `body` and `headers` (a value that is not a valid header value
+/// is left out).
+fn respond(
+    status: StatusCode,
+    body: Body,
+    headers: impl IntoIterator<Item = (header::HeaderName, String)>,
+) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
         }
     }
     r
