@@ -4,7 +4,8 @@ The functions under test get `AWS_ENDPOINT_URL` pointing here. Every request is 
 operation (`SecretsManager.GetSecretValue`, `DynamoDB_20120810.PutItem`, `S3 PUT`, ...), delayed by
 the latency configured for its service, then forwarded to moto unchanged (moto does not check
 SigV4 signatures, so the Host change is harmless). The times of PutSecretValue calls are kept to
-show how writes spread over time.
+show how writes spread over time, and the time moto itself took to answer (`upstream_s`), so a
+cold start through the proxy can be split into moto's part and the rest.
 """
 import http.client
 import threading
@@ -23,6 +24,7 @@ class AwsProxy:
         self.counts = Counter()
         self.latency_ms = {}  # service prefix of the operation (e.g. "secretsmanager") -> ms
         self.put_secret_times = []
+        self.upstream_s = 0.0
         self.lock = threading.Lock()
         self.local = threading.local()
         proxy = self
@@ -59,7 +61,10 @@ class AwsProxy:
                     time.sleep(delay / 1000)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 headers["content-length"] = str(len(body))
+                t = time.perf_counter()
                 status, reason, rheaders, rbody = proxy.send(self.command, self.path, body, headers)
+                with proxy.lock:
+                    proxy.upstream_s += time.perf_counter() - t
                 self.send_response(status, reason)
                 for k, v in rheaders:
                     if k.lower() not in HOP and k.lower() != "content-length":
@@ -112,6 +117,7 @@ class AwsProxy:
         with self.lock:
             self.counts.clear()
             self.put_secret_times.clear()
+            self.upstream_s = 0.0
 
     def snapshot(self):
         with self.lock:

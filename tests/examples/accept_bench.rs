@@ -143,7 +143,12 @@ async fn main() {
         DEFAULT_RETENTION,
     );
     let state = Ok(upload_ingest::State::new(receiver, None));
-    println!("receiver accept against moto (debug build; {n} warm uploads per size)");
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("receiver accept against moto ({build} build; {n} warm uploads per size)");
     println!(
         "{:<8} {:>8} {:>8}   AWS calls per accepted upload",
         "size", "p50 ms", "p99 ms"

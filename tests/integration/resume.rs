@@ -46,6 +46,16 @@ impl World {
     /// SharePoint connection (`sp`) and a Graph drive connection (`drive`), and the worker's
     /// environment with `SPBRIDGE_WORKER_BUDGET_SECS` = `budget_secs`.
     async fn start(opts: Options, budget_secs: u64, max_receives: u32) -> World {
+        Self::start_with(opts, budget_secs, max_receives, 30).await
+    }
+
+    /// [`World::start`] with the queue's visibility timeout (seconds).
+    async fn start_with(
+        opts: Options,
+        budget_secs: u64,
+        max_receives: u32,
+        visibility_secs: u32,
+    ) -> World {
         let state_dir = tempfile::tempdir().expect("state dir");
         let emu = Emulator::start(Options {
             state_dir: Some(state_dir.path().to_path_buf()),
@@ -55,7 +65,7 @@ impl World {
         .expect("emulator starts");
         spbridge_tests::secret_values::watch(emu.issued_credentials());
         let info = emu.info().clone();
-        let infra = JobsInfra::create(max_receives).await;
+        let infra = JobsInfra::create_with(max_receives, visibility_secs).await;
         let prefix = spbridge_tests::unique_prefix();
         let store: Arc<dyn SecretStore> = Arc::new(spbridge_tests::moto_store().await);
         let site = info.site("team").expect("site").clone();
@@ -130,6 +140,17 @@ impl World {
 
     /// Records and queues a job moving `url` into `connection` as `name`.
     async fn accept(&self, connection: &str, name: &str, url: &str) -> JobId {
+        self.accept_as(connection, name, url, Conflict::Fail).await
+    }
+
+    /// [`World::accept`] with a conflict mode.
+    async fn accept_as(
+        &self,
+        connection: &str,
+        name: &str,
+        url: &str,
+        conflict: Conflict,
+    ) -> JobId {
         let new = NewJob {
             connection: connection.into(),
             delivery: DeliveryKey::webhook_id(&format!("msg_{}", uuid::Uuid::new_v4().simple())),
@@ -147,7 +168,7 @@ impl World {
             files: vec![JobFile {
                 name: name.into(),
                 folder: String::new(),
-                conflict: Conflict::Fail,
+                conflict,
                 metadata: Default::default(),
                 body: JobBody::SourceUrl {
                     url: url.parse().expect("url"),
@@ -162,11 +183,7 @@ impl World {
 
     /// One invocation in a fresh `resume-worker` process.
     async fn invoke(&self) -> Invocation {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_resume-worker"))
-            .envs(&self.env)
-            .output()
-            .await
-            .expect("resume-worker runs");
+        let out = self.invoke_with(&[]).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -180,6 +197,16 @@ impl World {
             records: v["records"].as_u64().unwrap_or(0),
             peak_rss_kib: v["peak_rss_kib"].as_u64().unwrap_or(0),
         }
+    }
+
+    /// Runs a `resume-worker` process with extra environment; answers its output.
+    async fn invoke_with(&self, extra: &[(&str, &str)]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_resume-worker"))
+            .envs(&self.env)
+            .envs(extra.iter().copied())
+            .output()
+            .await
+            .expect("resume-worker runs")
     }
 
     /// Invokes the worker until the job ends; answers it with the invocations that ran a
@@ -362,6 +389,155 @@ async fn an_expired_graph_session_is_recreated_and_the_file_starts_again() {
     assert_eq!(origin.requests(), 2);
 }
 
+/// The worker process dies at `point` (`SPBRIDGE_TEST_EXIT_AT`): `after_store` is right after
+/// the target stored the file (SharePoint's `FinishUpload` answered, Graph's last range
+/// accepted) and before the job recorded it; `before_final_chunk` is after the checkpoint says
+/// the final chunk is being sent, but before it is. The retry must tell whether the file at the
+/// path is ours: one file of ours, the right bytes, the job done. With `rename` and `replace`,
+/// a different file of the same size already holds the name and must never be taken for ours
+/// (`rename` leaves it untouched; `replace` overwrites it).
+async fn a_worker_dying(connection: &str, conflict: Conflict, point: &str) {
+    let mut w = World::start_with(Options::default(), 600, 5, 2).await;
+    // A dead worker's lease lapses quickly, so the retry may take the job.
+    w.env
+        .insert("SPBRIDGE_WORKER_LEASE_SECS".into(), "1".into());
+    let len = 3 * CHUNK + 4321;
+    let name = "landed.bin";
+    let path = format!("{SP_LIB}/{name}");
+    let other = if conflict == Conflict::Fail {
+        None
+    } else {
+        let before = Origin::start(OriginOptions {
+            len,
+            seed: 40,
+            honour_range: true,
+        })
+        .await
+        .expect("origin");
+        let id = w.accept(connection, name, before.url()).await;
+        let (job, _) = w.run_to_end(&id, |_, _| {}).await;
+        assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
+        Some(before.sha256())
+    };
+    let origin = Origin::start(OriginOptions {
+        len,
+        // The origin uses `seed | 1`: 40 and 42 give different bytes.
+        seed: 42,
+        honour_range: true,
+    })
+    .await
+    .expect("origin");
+    let id = w.accept_as(connection, name, origin.url(), conflict).await;
+    let out = w.invoke_with(&[("SPBRIDGE_TEST_EXIT_AT", point)]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(86),
+        "the worker did not stop at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored_at = if conflict == Conflict::Rename {
+        format!("{SP_LIB}/landed 1.bin")
+    } else {
+        path.clone()
+    };
+    let crashed = w.jobs.get(&id).await.expect("job");
+    assert_eq!(
+        crashed.status,
+        JobStatus::Uploading,
+        "{}",
+        crashed.to_json()
+    );
+    assert!(
+        crashed
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.state.finishing.is_some()),
+        "the checkpoint does not say the final chunk was sent: {:?}",
+        crashed.checkpoint
+    );
+    let at_crash = w.emu.file_digest(&stored_at);
+    if point == "after_store" {
+        assert_eq!(
+            at_crash,
+            Some((len, origin.sha256())),
+            "the target did not store the file before the worker died"
+        );
+    } else {
+        assert_ne!(at_crash, Some((len, origin.sha256())), "stored too early");
+    }
+    let (job, ran) = w.run_to_end(&id, |_, _| {}).await;
+    println!(
+        "worker died at {point}, {connection} {conflict:?}: job {} after {} more invocation(s)",
+        job.status.as_str(),
+        ran.len()
+    );
+    assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
+    let result = job.result.as_ref().expect("result");
+    assert_eq!(result["size"], json!(len), "{result}");
+    let file_name = stored_at.rsplit('/').next().unwrap_or_default();
+    assert!(
+        result["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with(&format!("/{file_name}"))),
+        "{result}"
+    );
+    assert_eq!(
+        w.emu.file_digest(&stored_at),
+        Some((len, origin.sha256())),
+        "stored bytes differ from the source"
+    );
+    let files: Vec<_> = w
+        .emu
+        .files()
+        .into_iter()
+        .filter(|f| !f.is_folder && f.path.starts_with(&format!("{SP_LIB}/landed")))
+        .map(|f| f.path)
+        .collect();
+    if conflict == Conflict::Rename {
+        let other = other.unwrap_or_default();
+        assert_ne!(other, origin.sha256());
+        assert_eq!(w.emu.file_digest(&path), Some((len, other)));
+        assert_eq!(files.len(), 2, "{files:?}");
+    } else {
+        assert_eq!(files.len(), 1, "{files:?}");
+    }
+    assert!(
+        w.emu.open_uploads().is_empty(),
+        "{:?}",
+        w.emu.open_uploads()
+    );
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_sharepoint_stored_the_file_makes_one_file() {
+    a_worker_dying("sp", Conflict::Fail, "after_store").await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_graph_stored_the_file_makes_one_file() {
+    a_worker_dying("drive", Conflict::Fail, "after_store").await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_sharepoint_stored_a_renamed_file_makes_one_file() {
+    a_worker_dying("sp", Conflict::Rename, "after_store").await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_graph_stored_a_renamed_file_makes_one_file() {
+    a_worker_dying("drive", Conflict::Rename, "after_store").await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_before_its_final_sharepoint_chunk_does_not_take_the_old_file() {
+    a_worker_dying("sp", Conflict::Replace, "before_final_chunk").await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_before_its_final_graph_chunk_does_not_take_the_old_file() {
+    a_worker_dying("drive", Conflict::Replace, "before_final_chunk").await;
+}
+
 #[tokio::test]
 async fn an_origin_that_ignores_range_restarts_the_file_and_the_status_says_so() {
     let w = World::start(Options::default(), 600, 5).await;
@@ -459,6 +635,7 @@ async fn a_worker_with_an_older_generation_cannot_write_the_checkpoint() {
             session: None,
             offset,
             total: Some(3 * CHUNK),
+            finishing: None,
         },
         source_offset: offset,
         restarts: 0,

@@ -54,7 +54,7 @@ pub async fn init_with(
     sdk: &aws_config::SdkConfig,
     base_url: Option<String>,
 ) -> Result<State, String> {
-    let store = shared::secrets::from_config(&config)
+    let store = shared::secrets::from_config_with(&config, Some(sdk))
         .await
         .map_err(|e| e.to_string())?;
     let (table, queue, staging) = jobs.connect(sdk);

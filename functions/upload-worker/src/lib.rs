@@ -32,9 +32,13 @@ impl State {
 pub async fn init() -> Result<State, String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let jobs = JobsConfig::from_env()?;
-    let warm = Warm::from_config(config.clone())?;
-    let access = warm.access().await.map_err(|e| e.to_string())?;
+    // One SDK configuration for every AWS client, the secret store's too: one HTTP client.
     let sdk = aws_config::load_from_env().await;
+    let store = shared::secrets::from_config_with(&config, Some(&sdk))
+        .await
+        .map_err(|e| e.to_string())?;
+    let warm = Warm::from_config(config.clone())?.with_store(store);
+    let access = warm.access().await.map_err(|e| e.to_string())?;
     let (store, queue, staging) = jobs.connect(&sdk);
     let http = access.http().clone();
     let store_handle = access.store().clone();

@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
@@ -27,9 +28,7 @@ use super::{
 };
 use crate::api::{ApiError, Kind};
 use crate::config::Config;
-use crate::jobs::queue::{
-    Conflict, INLINE_LIMIT, JobBody, JobFile, JobMessage, JobQueue, staged_key,
-};
+use crate::jobs::queue::{Conflict, INLINE_LIMIT, JobBody, JobFile, JobMessage, JobQueue};
 use crate::jobs::staging::Staging;
 use crate::jobs::staging::StagingError;
 pub use crate::jobs::upload::{TokenError, TokenProvider};
@@ -177,6 +176,8 @@ pub(super) struct Accepting {
     /// What a repeat must match: the body's SHA-256, and for GitHub-style senders also the
     /// `X-GitHub-Delivery` it came with (GitHub's own redelivery keeps it).
     pub(super) payload_hash: String,
+    /// SHA-256 of the request body, computed once for the payload hash and the staging PUT.
+    pub(super) body_sha256: [u8; 32],
     pub(super) github: bool,
     pub(super) options: UploadOptions,
     pub(super) callback_url: Option<url::Url>,
@@ -306,27 +307,45 @@ impl Receiver {
             bytes_total,
             retention: self.retention,
         };
-        let created = match self.jobs.create(&new, now).await {
-            Err(JobError::IdReused) if sender.github => return Err(ReceiveError::GitHubReplay),
+        let body = BodyDigest {
+            body: &req.body,
+            sha256: sender.body_sha256,
+        };
+        let planned = plan_message(&connection, files, sender.callback_url, &new, Some(body));
+        // The job row and the staged bodies are written at once. Both keys are known before
+        // either write: a repeat of this delivery rewrites the same bytes under the same key,
+        // and a different body under a reused id gets keys of its own, so it never touches this
+        // job's objects. The message goes only after both, so no worker sees a job without its
+        // bodies.
+        let (created, stored) = tokio::join!(
+            self.jobs.create(&new, now),
+            store_staged(self.staging.as_ref(), &planned.staged)
+        );
+        let created = match created {
+            Err(JobError::IdReused) => {
+                delete_staged(self.staging.as_ref(), &planned.staged).await;
+                return Err(if sender.github {
+                    ReceiveError::GitHubReplay
+                } else {
+                    ReceiveError::IdReused
+                });
+            }
             other => other.map_err(jobs_error)?,
         };
         // A job still `accepted` may have been recorded by a delivery that failed to enqueue
         // it: send again (a duplicate message is harmless, the worker's lease sorts it out).
         if !created.existed || created.job.status == JobStatus::Accepted {
-            let mut msg = job_message(
-                created.job.id.clone(),
-                &connection,
-                files,
-                sender.callback_url,
-                self.staging.as_ref(),
-            )
-            .await
-            .map_err(|e| ReceiveError::Jobs(e.to_string()))?;
+            stored.map_err(|e| ReceiveError::Jobs(e.to_string()))?;
+            let mut msg = planned.message;
             msg.max_file_bytes = sender.options.max_file_bytes;
             self.queue
                 .send(&msg)
                 .await
                 .map_err(|e| ReceiveError::Jobs(e.to_string()))?;
+        } else if created.job.status.is_final() {
+            // The worker deleted the job's bodies when it ended; this repeat's copies are left
+            // over. An unfinished job's worker may be reading them (the same bytes): kept.
+            delete_staged(self.staging.as_ref(), &planned.staged).await;
         }
         tracing::info!(job = %created.job.id, connection, repeated = created.existed, request_id = req.request_id, "upload accepted");
         Ok(self.job_answer(created, req).await)
@@ -424,8 +443,19 @@ impl Receiver {
         let verified = sender
             .verify(req.headers, &req.body, now)
             .map_err(IngestError::from)?;
-        let body_hash = payload_hash(&req.body);
-        let (delivery, payload, github) = match sender.replay_key(&verified, &req.body) {
+        let key = sender.replay_key(&verified, &req.body);
+        // One pass over the body: a GitHub-style key has hashed it already.
+        let body_sha256: [u8; 32] = match &key {
+            Some(ReplayKey::Body { sha256, .. }) => {
+                let mut raw = [0u8; 32];
+                hex::decode_to_slice(sha256, &mut raw)
+                    .map_err(|e| ReceiveError::Jobs(format!("the body digest is not hex: {e}")))?;
+                raw
+            }
+            _ => Sha256::digest(&req.body).into(),
+        };
+        let body_hash = hex::encode(body_sha256);
+        let (delivery, payload, github) = match key {
             Some(ReplayKey::WebhookId(id)) => (DeliveryKey::webhook_id(&id), body_hash, false),
             // GitHub signs neither its delivery id nor a time: the body names the delivery, and
             // a repeat under another (or no) X-GitHub-Delivery is a replay, refused.
@@ -442,6 +472,7 @@ impl Receiver {
         Ok(Accepting {
             delivery,
             payload_hash: payload,
+            body_sha256,
             github,
             options: sender.options(),
             callback_url: sender.secret().and_then(|s| s.callback_url.clone()),
@@ -476,19 +507,65 @@ pub(super) fn refused(
     api.into()
 }
 
-/// Builds the job message for checked `files`, staging bodies in `staging` once the inline
-/// budget is spent (key `{job}/{index}`).
-pub async fn job_message(
-    job: JobId,
+/// A request body and its SHA-256, so a file that is the whole body is not hashed again.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDigest<'a> {
+    /// The request body.
+    pub body: &'a Bytes,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// The SHA-256 of `file`: the body's when `file` is the body itself (a raw upload).
+fn digest_of(file: &Bytes, body: Option<BodyDigest<'_>>) -> [u8; 32] {
+    match body {
+        Some(b) if file.as_ptr() == b.body.as_ptr() && file.len() == b.body.len() => b.sha256,
+        _ => Sha256::digest(file).into(),
+    }
+}
+
+/// One body to store in the staging bucket before the job's message is sent.
+#[derive(Debug, Clone)]
+pub struct StagedBody {
+    /// Its key.
+    pub key: String,
+    /// Its bytes.
+    pub body: Bytes,
+    /// Their SHA-256, which the bucket checks.
+    pub sha256: [u8; 32],
+}
+
+/// A job message and the bodies it refers to in the staging bucket, not yet stored.
+#[derive(Debug)]
+pub struct PlannedMessage {
+    /// The message to send once the bodies are stored.
+    pub message: JobMessage,
+    /// The bodies to store first.
+    pub staged: Vec<StagedBody>,
+}
+
+/// The staging key of file `index` of `new`'s job: the job id and the first 16 hex digits of
+/// its payload hash, so a different body under a reused delivery id can never overwrite it.
+fn staging_key(new: &NewJob, index: usize) -> String {
+    let hash = new.payload_hash.get(..16).unwrap_or(&new.payload_hash);
+    format!("{}/{hash}/{index}", new.id())
+}
+
+/// Builds the job message for checked `files` of `new`'s job: small bodies inline, the rest
+/// staged once the inline budget is spent. `body` is the request body with its digest, when
+/// known. Nothing is written.
+pub fn plan_message(
     connection: &str,
     files: Vec<IncomingFile>,
     callback_url: Option<url::Url>,
-    staging: &dyn Staging,
-) -> Result<JobMessage, StagingError> {
+    new: &NewJob,
+    body: Option<BodyDigest<'_>>,
+) -> PlannedMessage {
     let mut budget = INLINE_LIMIT;
     let mut out = Vec::with_capacity(files.len());
+    let mut staged = Vec::new();
     for (i, f) in files.into_iter().enumerate() {
-        let body = match f.content {
+        let job_body = match f.content {
             Content::SourceUrl(url) => JobBody::SourceUrl { url },
             Content::Bytes(b) => {
                 let encoded = base64::encoded_len(b.len(), true).unwrap_or(usize::MAX);
@@ -501,9 +578,13 @@ pub async fn job_message(
                         ),
                     }
                 } else {
-                    let key = staged_key(&job, i);
+                    let key = staging_key(new, i);
                     let size = b.len() as u64;
-                    staging.put(&key, b).await?;
+                    staged.push(StagedBody {
+                        key: key.clone(),
+                        sha256: digest_of(&b, body),
+                        body: b,
+                    });
                     JobBody::Staged {
                         key,
                         size,
@@ -517,16 +598,57 @@ pub async fn job_message(
             folder: f.folder.map(|p| p.as_str().to_owned()).unwrap_or_default(),
             conflict: f.conflict.into(),
             metadata: f.metadata,
-            body,
+            body: job_body,
         });
     }
-    Ok(JobMessage {
-        job,
-        connection: connection.to_owned(),
-        files: out,
-        callback_url,
-        max_file_bytes: None,
-    })
+    PlannedMessage {
+        message: JobMessage {
+            job: new.id(),
+            connection: connection.to_owned(),
+            files: out,
+            callback_url,
+            max_file_bytes: None,
+        },
+        staged,
+    }
+}
+
+/// Builds the job message for `files` of the recorded job `new` and stores its staged bodies
+/// (for callers that record the job first; the receiver writes both at once).
+pub async fn job_message(
+    new: &NewJob,
+    connection: &str,
+    files: Vec<IncomingFile>,
+    callback_url: Option<url::Url>,
+    staging: &dyn Staging,
+) -> Result<JobMessage, StagingError> {
+    let planned = plan_message(connection, files, callback_url, new, None);
+    store_staged(staging, &planned.staged).await?;
+    Ok(planned.message)
+}
+
+/// Stores every planned body, at once.
+pub async fn store_staged(
+    staging: &dyn Staging,
+    staged: &[StagedBody],
+) -> Result<(), StagingError> {
+    futures_util::future::try_join_all(
+        staged
+            .iter()
+            .map(|s| staging.put(&s.key, s.body.clone(), s.sha256)),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Deletes bodies no job will read; a failure is logged, and the bucket's lifecycle rule
+/// removes what is left.
+async fn delete_staged(staging: &dyn Staging, staged: &[StagedBody]) {
+    for s in staged {
+        if let Err(e) = staging.delete(&s.key).await {
+            tracing::warn!(key = %s.key, error = %e, "could not delete a staged body no job uses");
+        }
+    }
 }
 
 /// The answer for a job that ended during `Prefer: wait`: 201 with the result, or the

@@ -23,6 +23,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sha2::Digest as _;
 
 use super::body::{check_metadata_policy, json_metadata};
 use super::pipeline::{
@@ -475,8 +476,9 @@ impl Receiver {
                 };
                 let text = serde_json::to_vec(&manifest)
                     .map_err(|e| SessionError::Corrupt(e.to_string()))?;
+                let digest = sha2::Sha256::digest(&text).into();
                 self.staging
-                    .put(&manifest_key(&session), Bytes::from(text))
+                    .put(&manifest_key(&session), Bytes::from(text), digest)
                     .await
                     .map_err(|e| staging(DirectError::Unavailable(e.to_string())))?;
                 manifest

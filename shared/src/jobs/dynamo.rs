@@ -106,6 +106,30 @@ impl DynamoJobStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
     }
 
+    /// An `UpdateItem` that applies only while `lease` still holds the job (same owner and
+    /// generation, and with `uploading` the job still uploading). Adds the condition's values.
+    async fn leased_update(
+        &self,
+        lease: &Lease,
+        set: &str,
+        uploading: bool,
+        mut values: Vec<(&str, AttributeValue)>,
+    ) -> Result<(), JobError> {
+        let condition = if uploading {
+            values.push((":up", s(JobStatus::Uploading.as_str())));
+            "#lo = :o AND #gen = :g AND #st = :up"
+        } else {
+            "#lo = :o AND #gen = :g"
+        };
+        values.push((":o", s(&lease.owner)));
+        values.push((":g", n(lease.generation as i64)));
+        self.update(&lease.job, set, condition, values)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| update_refused(&e, true))
+    }
+
     /// Why a conditional write on an existing job failed, from the item it saw.
     fn refused(old: Option<&Item>, lease_expected: bool) -> JobError {
         let Some(item) = old else {
@@ -409,26 +433,17 @@ impl JobStore for DynamoJobStore {
         progress: Progress,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<(), JobError>> {
-        Box::pin(async move {
-            self.update(
-                &lease.job,
-                "SET #fd.#i = :a, #bd = :bd, #upd = :now REMOVE #cp",
-                "#lo = :o AND #gen = :g AND #st = :up",
-                vec![
-                    ("#i", s(&index.to_string())),
-                    (":a", json_text(answer)),
-                    (":bd", n(progress.done as i64)),
-                    (":now", n(ms(now))),
-                    (":o", s(&lease.owner)),
-                    (":g", n(lease.generation as i64)),
-                    (":up", s(JobStatus::Uploading.as_str())),
-                ],
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| update_refused(&e, true))
-        })
+        Box::pin(self.leased_update(
+            lease,
+            "SET #fd.#i = :a, #bd = :bd, #upd = :now REMOVE #cp",
+            true,
+            vec![
+                ("#i", s(&index.to_string())),
+                (":a", json_text(answer)),
+                (":bd", n(progress.done as i64)),
+                (":now", n(ms(now))),
+            ],
+        ))
     }
 
     fn finish<'a>(
@@ -478,13 +493,7 @@ impl JobStore for DynamoJobStore {
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
             let mut set = String::from("SET #bd = :bd, #upd = :now");
-            let mut values = vec![
-                (":bd", n(progress.done as i64)),
-                (":now", n(ms(now))),
-                (":o", s(&lease.owner)),
-                (":g", n(lease.generation as i64)),
-                (":up", s(JobStatus::Uploading.as_str())),
-            ];
+            let mut values = vec![(":bd", n(progress.done as i64)), (":now", n(ms(now)))];
             if let Some(cp) = checkpoint {
                 set.push_str(", #cp = :cp");
                 values.push((":cp", json_text(cp)));
@@ -497,16 +506,7 @@ impl JobStore for DynamoJobStore {
             if checkpoint.is_none() {
                 set.push_str(" REMOVE #cp");
             }
-            self.update(
-                &lease.job,
-                &set,
-                "#lo = :o AND #gen = :g AND #st = :up",
-                values,
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| update_refused(&e, true))
+            self.leased_update(lease, &set, true, values).await
         })
     }
 
@@ -515,25 +515,12 @@ impl JobStore for DynamoJobStore {
         lease: &'a Lease,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<(), JobError>> {
-        Box::pin(async move {
-            self.update(
-                &lease.job,
-                "SET #upd = :now REMOVE #lo, #lu ADD #ho :one, #att :minus",
-                "#lo = :o AND #gen = :g AND #st = :up",
-                vec![
-                    (":now", n(ms(now))),
-                    (":o", s(&lease.owner)),
-                    (":g", n(lease.generation as i64)),
-                    (":up", s(JobStatus::Uploading.as_str())),
-                    (":one", n(1)),
-                    (":minus", n(-1)),
-                ],
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| update_refused(&e, true))
-        })
+        Box::pin(self.leased_update(
+            lease,
+            "SET #upd = :now REMOVE #lo, #lu ADD #ho :one, #att :minus",
+            true,
+            vec![(":now", n(ms(now))), (":one", n(1)), (":minus", n(-1))],
+        ))
     }
 
     fn release<'a>(
@@ -541,22 +528,12 @@ impl JobStore for DynamoJobStore {
         lease: &'a Lease,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<(), JobError>> {
-        Box::pin(async move {
-            self.update(
-                &lease.job,
-                "SET #upd = :now REMOVE #lo, #lu",
-                "#lo = :o AND #gen = :g",
-                vec![
-                    (":now", n(ms(now))),
-                    (":o", s(&lease.owner)),
-                    (":g", n(lease.generation as i64)),
-                ],
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| update_refused(&e, true))
-        })
+        Box::pin(self.leased_update(
+            lease,
+            "SET #upd = :now REMOVE #lo, #lu",
+            false,
+            vec![(":now", n(ms(now)))],
+        ))
     }
 
     fn abandon<'a>(

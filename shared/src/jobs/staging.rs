@@ -112,8 +112,14 @@ pub struct Part {
 /// The direct-upload methods (presigning, multipart, `head`, `read`) have defaults that answer
 /// [`DirectError::Unsupported`], so adapters for the worker's needs alone stay small.
 pub trait Staging: Send + Sync {
-    /// Stores `body` under `key`.
-    fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), StagingError>>;
+    /// Stores `body` under `key`; `sha256` is its digest, which the store checks the bytes
+    /// against (the receiver has it already, so nothing hashes the body again to send it).
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> BoxFuture<'a, Result<(), StagingError>>;
 
     /// Opens `key` as a stream from byte `from` (a ranged GET, so a resumed job does not read
     /// what it already stored); frames arrive as S3 sends them, nothing is buffered whole. With
@@ -244,13 +250,25 @@ fn presigning(ttl: Duration) -> Result<PresigningConfig, DirectError> {
 }
 
 impl Staging for S3Staging {
-    fn put<'a>(&'a self, key: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), StagingError>> {
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> BoxFuture<'a, Result<(), StagingError>> {
         Box::pin(async move {
+            use base64::Engine as _;
+            // The signed `x-amz-checksum-sha256` binds the body to the request and S3 refuses
+            // other bytes, so SigV4 need not hash the body again (`UNSIGNED-PAYLOAD`, over TLS),
+            // and the SDK adds no CRC32 pass of its own when a checksum is given.
             self.client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
+                .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(sha256))
                 .body(ByteStream::from(body))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map(|_| ())

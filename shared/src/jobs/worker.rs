@@ -343,7 +343,11 @@ impl Worker {
                 restarts: Arc::new(AtomicU32::new(0)),
             };
             let stored = match cx.run(saved).await {
-                Ok(FileEnd::Stored(o)) => o,
+                Ok(FileEnd::Stored(o)) => {
+                    #[cfg(feature = "test-hooks")]
+                    crate::upload::resume::exit_at("after_store");
+                    o
+                }
                 Ok(FileEnd::HandedOff) => return Ok(Ran::HandedOff),
                 Ok(FileEnd::LeaseLost) => return Ok(Ran::LeaseLost),
                 Err(a) => return Err(with_earlier(source_too_large(a), answers.len())),

@@ -128,9 +128,20 @@ pub trait SecretStore: Send + Sync {
 /// Call once per cold start: for AWS this loads the SDK configuration (region, credentials,
 /// `AWS_ENDPOINT_URL_SECRETS_MANAGER`) and builds the client.
 pub async fn from_config(config: &Config) -> Result<Arc<dyn SecretStore>, SecretError> {
-    let inner: Arc<dyn SecretStore> = match &config.secrets.backend {
-        SecretBackend::Aws => Arc::new(AwsSecretStore::from_env().await),
-        SecretBackend::File { dir } => Arc::new(FileSecretStore::open(dir)?),
+    from_config_with(config, None).await
+}
+
+/// [`from_config`] over an SDK configuration the caller has loaded already, so the function's
+/// AWS clients share one HTTP client (one TLS setup, one connection pool) and one credential
+/// resolution; `None` loads one.
+pub async fn from_config_with(
+    config: &Config,
+    sdk: Option<&aws_config::SdkConfig>,
+) -> Result<Arc<dyn SecretStore>, SecretError> {
+    let inner: Arc<dyn SecretStore> = match (&config.secrets.backend, sdk) {
+        (SecretBackend::Aws, Some(sdk)) => Arc::new(AwsSecretStore::new(sdk)),
+        (SecretBackend::Aws, None) => Arc::new(AwsSecretStore::from_env().await),
+        (SecretBackend::File { dir }, _) => Arc::new(FileSecretStore::open(dir)?),
     };
     Ok(Arc::new(
         CachingStore::new(inner, config.secrets.cache_ttl)

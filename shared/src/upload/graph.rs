@@ -16,10 +16,10 @@ use serde_json::json;
 use url::Url;
 
 use super::error::{Api, from_response};
-use super::names::{folder_segments, graph_segment, validate_name};
-use super::resume::{Resume, ResumeState, Resumed, Session, SessionUrl};
+use super::names::{folder_segments, graph_segment, renamed, validate_name};
+use super::resume::{Finishing, Resume, ResumeState, Resumed, Session, SessionUrl};
 use super::retry::{Safety, Sender};
-use super::sharepoint::{Stop, Streamed};
+use super::sharepoint::{MAX_RENAMES, Stop, Streamed};
 use super::source::{Chunk, Chunker, Prefetch, UploadSource};
 use super::{
     BearerSource, ConflictBehavior, ConflictOutcome, UploadError, UploadOutcome, UploadRequest,
@@ -277,13 +277,39 @@ impl GraphClient {
                 "the saved upload session is a SharePoint session".into(),
             ));
         }
+        if let Some(Session::Graph { name: Some(n), .. }) = &state.session {
+            validate_name(n)?;
+            path.pop();
+            path.push(n.clone());
+        }
+        if let (Some(f), Some(Session::Graph { .. })) = (&state.finishing, &state.session)
+            && base > 0
+        {
+            // Checked before the session: a finished session is gone, like an expired one.
+            let at = item_url(&self.graph, drive, &path, "", None)?;
+            if let Some(item) = self.finished(&authed, &at, f, &display).await? {
+                tracing::info!("the final chunk had landed before the last worker stopped");
+                let status = if f.etag_before.is_some() { 200 } else { 201 };
+                return Ok(Resumed::Done(outcome(req, path, item, status, 0, &budget)));
+            }
+        }
+        let mut name = None;
         let saved = match state.session.take() {
-            Some(Session::Graph { url, expires_at }) => {
+            Some(Session::Graph {
+                url,
+                expires_at,
+                name: chosen,
+            }) => {
                 let expired = expires_at
                     .is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t);
                 let url = url.expose()?;
                 if expired || base == 0 {
                     delete_session(&anonymous, &url).await;
+                    if chosen.is_some() {
+                        // A new session chooses the name again.
+                        path.pop();
+                        path.push(req.file_name.clone());
+                    }
                     if base > 0 {
                         return Ok(Resumed::Restart(
                             ResumeState::fresh(),
@@ -292,6 +318,7 @@ impl GraphClient {
                     }
                     None
                 } else {
+                    name = chosen;
                     Some((url, expires_at))
                 }
             }
@@ -318,6 +345,13 @@ impl GraphClient {
             })?;
             let (upload_url, expires_at) = match saved {
                 Some(s) => s,
+                None if req.conflict == ConflictBehavior::Rename => {
+                    let (s, chosen) = self
+                        .create_renaming(&authed, drive, &mut path, &display)
+                        .await?;
+                    name = chosen;
+                    s
+                }
                 None => {
                     self.create_session(&authed, drive, &path, req.conflict, &display)
                         .await?
@@ -326,7 +360,9 @@ impl GraphClient {
             state.session = Some(Session::Graph {
                 url: SessionUrl::new(&upload_url),
                 expires_at,
+                name,
             });
+            let item_at = item_url(&self.graph, drive, &path, "", None)?;
             if let Some(r) = resume
                 && base == 0
             {
@@ -336,6 +372,7 @@ impl GraphClient {
             let streamed = self
                 .stream(
                     &anonymous,
+                    (&authed, &item_at),
                     &upload_url,
                     &mut state,
                     first,
@@ -369,28 +406,87 @@ impl GraphClient {
                 }
             }
         };
-        let conflict_outcome = if item.name != req.file_name {
-            ConflictOutcome::Renamed {
-                from: req.file_name.clone(),
+        Ok(Resumed::Done(outcome(
+            req, path, item, status, chunks, &budget,
+        )))
+    }
+
+    /// The item at `url` (an [`item_url`] without action), if there is one.
+    async fn item(
+        &self,
+        sender: &Sender<'_>,
+        url: &Url,
+        display: &str,
+    ) -> Result<Option<DriveItem>, UploadError> {
+        let resp = sender
+            .send(Safety::Idempotent, |c| {
+                c.get(url.clone()).header(ACCEPT, "application/json")
+            })
+            .await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| UploadError::transport(&e))?;
+        match status {
+            404 => Ok(None),
+            200..=299 => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| bad_reply(&e.to_string())),
+            _ => Err(from_response(Api::Graph, status, &headers, &bytes, display)),
+        }
+    }
+
+    /// The item at `url` if it is the file our final chunk made: the full size and an `eTag`
+    /// other than what stood there before.
+    async fn finished(
+        &self,
+        sender: &Sender<'_>,
+        url: &Url,
+        f: &Finishing,
+        display: &str,
+    ) -> Result<Option<DriveItem>, UploadError> {
+        Ok(self
+            .item(sender, url, display)
+            .await?
+            .filter(|i| i.size == f.size && i.etag.is_some() && i.etag != f.etag_before))
+    }
+
+    /// A session for the first free name among `name`, `name 1`, … (`fail` on that name), so
+    /// the file's final name is known before its last chunk: Graph's own `rename` picks it only
+    /// when the session completes, and a retry could not tell which file is ours. Sets the
+    /// name in `path`; answers the session and the name when it is not the one asked for.
+    async fn create_renaming(
+        &self,
+        sender: &Sender<'_>,
+        drive: &DriveRef,
+        path: &mut Vec<String>,
+        display: &str,
+    ) -> Result<((Url, Option<i64>), Option<String>), UploadError> {
+        let asked = path.pop().unwrap_or_default();
+        for n in 0..=MAX_RENAMES {
+            let candidate = if n == 0 {
+                asked.clone()
+            } else {
+                renamed(&asked, n)
+            };
+            path.push(candidate.clone());
+            let at = item_url(&self.graph, drive, path, "", None)?;
+            if self.item(sender, &at, display).await?.is_none() {
+                match self
+                    .create_session(sender, drive, path, ConflictBehavior::Fail, display)
+                    .await
+                {
+                    Ok(s) => return Ok((s, (n > 0).then_some(candidate))),
+                    // Someone took it between the check and the session: try the next.
+                    Err(UploadError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
-        } else if status == 200 {
-            ConflictOutcome::Replaced
-        } else {
-            ConflictOutcome::Created
-        };
-        let mut landed = path;
-        landed.pop();
-        landed.push(item.name.clone());
-        Ok(Resumed::Done(UploadOutcome {
-            path: format!("/{}", landed.join("/")),
-            web_url: item.web_url,
-            size: item.size,
-            id: item.id,
-            etag: item.etag,
-            conflict_outcome,
-            chunks,
-            retries: budget.retries(),
-        }))
+            path.pop();
+        }
+        Err(UploadError::Conflict {
+            path: display.to_owned(),
+            microsoft: None,
+        })
     }
 
     async fn simple(
@@ -468,6 +564,7 @@ impl GraphClient {
     async fn stream(
         &self,
         sender: &Sender<'_>,
+        (authed, item_at): (&Sender<'_>, &Url),
         upload_url: &Url,
         state: &mut ResumeState,
         first: Chunk,
@@ -484,6 +581,19 @@ impl GraphClient {
         loop {
             count += 1;
             let end = chunk.offset + chunk.bytes.len() as u64;
+            if let (true, Some(r)) = (chunk.last, resume) {
+                // Saved first: a worker that dies after the last range is accepted but before
+                // the job records the file lets its retry recognise the file as its own.
+                let before = self.item(authed, item_at, display).await?;
+                state.finishing = Some(Finishing {
+                    size: total,
+                    etag_before: before.and_then(|i| i.etag),
+                    unique_id: None,
+                });
+                (r.save)(state.clone()).await.map_err(Stop::Save)?;
+                #[cfg(feature = "test-hooks")]
+                super::resume::exit_at("before_final_chunk");
+            }
             let mut recoveries = 0u32;
             // Send the part of this chunk the session still wants, until it wants the next.
             let step = loop {
@@ -665,6 +775,38 @@ impl GraphClient {
         let s: SessionStatus =
             serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))?;
         Ok(next_expected(&s.next_expected_ranges))
+    }
+}
+
+/// What an upload that ended with `item` (answered with `status`) reports.
+fn outcome(
+    req: &UploadRequest,
+    mut path: Vec<String>,
+    item: DriveItem,
+    status: u16,
+    chunks: u32,
+    budget: &crate::http::Budget,
+) -> UploadOutcome {
+    let conflict_outcome = if item.name != req.file_name {
+        ConflictOutcome::Renamed {
+            from: req.file_name.clone(),
+        }
+    } else if status == 200 {
+        ConflictOutcome::Replaced
+    } else {
+        ConflictOutcome::Created
+    };
+    path.pop();
+    path.push(item.name.clone());
+    UploadOutcome {
+        path: format!("/{}", path.join("/")),
+        web_url: item.web_url,
+        size: item.size,
+        id: item.id,
+        etag: item.etag,
+        conflict_outcome,
+        chunks,
+        retries: budget.retries(),
     }
 }
 

@@ -119,7 +119,27 @@ pub enum Session {
         /// `expirationDateTime` as Unix seconds, when Graph said.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<i64>,
+        /// The name the file gets, when a `rename` conflict chose another one before the
+        /// session was created (so a retry knows where the file lands).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
+}
+
+/// Saved just before the final chunk is sent: what the file at the session's path must look
+/// like afterwards for a retry to know that the final chunk landed (the worker may die between
+/// the target storing the file and the job recording it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finishing {
+    /// The file's length once complete.
+    pub size: u64,
+    /// The `ETag` of what stood at the path before the final chunk (SharePoint: our
+    /// placeholder; Graph: a file being replaced), if anything did. The final chunk changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag_before: Option<String>,
+    /// SharePoint: the placeholder's `UniqueId`, which the finished file keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_id: Option<String>,
 }
 
 /// Where one file's resumable upload stands: what a checkpoint saves.
@@ -133,6 +153,9 @@ pub struct ResumeState {
     /// The file's whole length, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// Set once the final chunk is about to be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finishing: Option<Finishing>,
 }
 
 impl ResumeState {
@@ -142,6 +165,7 @@ impl ResumeState {
             session: None,
             offset: 0,
             total: None,
+            finishing: None,
         }
     }
 }
@@ -173,6 +197,17 @@ pub enum Resumed {
     Restart(ResumeState, String),
 }
 
+/// Test switch (feature `test-hooks`, never in a deployed function): exits the process at
+/// `point` when `SPBRIDGE_TEST_EXIT_AT` names it, as a worker dying there would.
+/// Points: `before_final_chunk` (its checkpoint saved), `after_store` (before the job records
+/// the file).
+#[cfg(feature = "test-hooks")]
+pub fn exit_at(point: &str) {
+    if std::env::var("SPBRIDGE_TEST_EXIT_AT").is_ok_and(|v| v == point) {
+        std::process::exit(86);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,9 +219,15 @@ mod tests {
             session: Some(Session::Graph {
                 url: SessionUrl::new(&url),
                 expires_at: Some(5),
+                name: None,
             }),
             offset: 10,
             total: Some(20),
+            finishing: Some(Finishing {
+                size: 20,
+                etag_before: Some("\"{A},1\"".into()),
+                unique_id: None,
+            }),
         };
         assert!(!format!("{state:?}").contains("SECRET"));
         let text = serde_json::to_string(&state).unwrap();

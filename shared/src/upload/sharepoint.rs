@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::error::{Api, FieldError, from_response};
 use super::names::{folder_segments, odata_literal, renamed, url_path, validate_name};
-use super::resume::{Resume, ResumeState, Resumed, SavedOutcome, Session};
+use super::resume::{Finishing, Resume, ResumeState, Resumed, SavedOutcome, Session};
 use super::retry::{Safety, Sender};
 use super::source::{Chunk, Chunker, Prefetch, UploadSource};
 use super::{
@@ -30,7 +30,7 @@ use super::{
 
 const NOMETADATA: &str = "application/json;odata=nometadata";
 /// How many `name n.ext` candidates a rename tries before giving up.
-const MAX_RENAMES: u32 = 200;
+pub(crate) const MAX_RENAMES: u32 = 200;
 
 /// A document library on a SharePoint site.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,15 +256,31 @@ impl Ctx<'_> {
     /// Whether a file exists: `GET GetFileByServerRelativePath(…)` answers the file or 404
     /// (the same on every SharePoint version, unlike the `/Exists` property).
     async fn exists(&self, path: &str) -> Result<bool, UploadError> {
+        Ok(self.file(path).await?.is_some())
+    }
+
+    /// The file at `path`, if there is one.
+    async fn file(&self, path: &str) -> Result<Option<SpFile>, UploadError> {
         let url = file_url(self.target, path, "")?;
         match self
             .call(Safety::Idempotent, Method::GET, &url, None, "", path)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(UploadError::NotFound { .. }) => Ok(false),
+            Ok(body) => parse_file(&body).map(Some),
+            Err(UploadError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The file at `path` if it is ours, finished: the placeholder (same `UniqueId`) with the
+    /// full length and a new `ETag` (`FinishUpload` commits a new version).
+    async fn finished(&self, path: &str, f: &Finishing) -> Result<Option<SpFile>, UploadError> {
+        Ok(self.file(path).await?.filter(|file| {
+            file.length == f.size
+                && file.etag.is_some()
+                && file.etag != f.etag_before
+                && file.unique_id == f.unique_id
+        }))
     }
 
     async fn add(
@@ -417,8 +433,21 @@ impl Ctx<'_> {
             } else {
                 ChunkOp::Continue(chunk.offset)
             };
-            let reply = self.chunk_op(path, op, id, &chunk).await?;
             let expected = chunk.offset + chunk.bytes.len() as u64;
+            if let (ChunkOp::Finish(_), Some(r)) = (op, resume) {
+                // Saved first: a worker that dies after `FinishUpload` but before the job
+                // records the file lets its retry recognise the finished file as its own.
+                let before = self.file(path).await?;
+                state.finishing = Some(Finishing {
+                    size: expected,
+                    etag_before: before.as_ref().and_then(|f| f.etag.clone()),
+                    unique_id: before.and_then(|f| f.unique_id),
+                });
+                (r.save)(state.clone()).await.map_err(Stop::Save)?;
+                #[cfg(feature = "test-hooks")]
+                super::resume::exit_at("before_final_chunk");
+            }
+            let reply = self.chunk_op(path, op, id, &chunk).await?;
             if let ChunkOp::Finish(_) = op {
                 let file = parse_file(&reply)?;
                 if file.length != expected {
@@ -720,21 +749,30 @@ impl SharePointClient {
                     // Saved before the first byte: whoever gives up later can cancel it.
                     (r.save)(state.clone()).await?;
                 }
-                match ctx
-                    .stream_chunks(&path, &mut state, id, first, &mut chunks, resume)
-                    .await
-                {
-                    Ok(Streamed::Done((f, n))) => (f, outcome, n),
-                    Ok(Streamed::Paused) => return Ok(Resumed::Paused(state)),
-                    Err(Stop::Save(e)) => return Err(e),
-                    Err(Stop::Upload(e)) if resume.is_some() && e.is_transient() => {
-                        tracing::warn!(error = %e, offset = state.offset, "chunked upload interrupted; the session is kept");
-                        return Err(e);
-                    }
-                    Err(Stop::Upload(e)) => {
-                        tracing::warn!(error = %e, "chunked upload failed; cancelling");
-                        ctx.clean_up(&path, id, created).await;
-                        return Err(e);
+                let landed = match &state.finishing {
+                    Some(f) if base > 0 => ctx.finished(&path, f).await?,
+                    _ => None,
+                };
+                if let Some(file) = landed {
+                    tracing::info!("the final chunk had landed before the last worker stopped");
+                    (file, outcome, 0)
+                } else {
+                    match ctx
+                        .stream_chunks(&path, &mut state, id, first, &mut chunks, resume)
+                        .await
+                    {
+                        Ok(Streamed::Done((f, n))) => (f, outcome, n),
+                        Ok(Streamed::Paused) => return Ok(Resumed::Paused(state)),
+                        Err(Stop::Save(e)) => return Err(e),
+                        Err(Stop::Upload(e)) if resume.is_some() && e.is_transient() => {
+                            tracing::warn!(error = %e, offset = state.offset, "chunked upload interrupted; the session is kept");
+                            return Err(e);
+                        }
+                        Err(Stop::Upload(e)) => {
+                            tracing::warn!(error = %e, "chunked upload failed; cancelling");
+                            ctx.clean_up(&path, id, created).await;
+                            return Err(e);
+                        }
                     }
                 }
             }

@@ -250,16 +250,48 @@ pub(crate) struct Chunk {
     pub last: bool,
 }
 
-/// Chunk buffers given back after their upload, for the next chunks: a long upload allocates
-/// its two buffers once instead of one per chunk (a heap that sees a fresh 10 MiB block per
-/// chunk keeps freed ones resident per thread arena, and RSS would creep).
-type Pool = std::sync::Arc<std::sync::Mutex<Vec<BytesMut>>>;
+/// Chunk buffers given back after their upload, kept for the process's next chunks, across
+/// uploads and invocations: a warm worker allocates its two buffers once. Freed and allocated
+/// again instead, each 10 MiB block lands in whichever thread's malloc arena the reader task
+/// runs on, freed ones stay resident there, and RSS creeps up with the chunks and invocations.
+static POOL: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
+
+/// Buffers [`POOL`] keeps: the chunk uploading and the one read ahead.
+const POOLED: usize = 2;
+
+/// Keeps `b` for a later chunk, if the pool has room.
+fn give_back(mut b: BytesMut) {
+    if b.capacity() == 0 {
+        return;
+    }
+    b.clear();
+    if let Ok(mut p) = POOL.lock()
+        && p.len() < POOLED
+    {
+        p.push(b);
+    }
+}
+
+/// An empty buffer of at least `size` bytes: a pooled one, or a new one of exactly `size`
+/// (never grown later: a frame is copied only as far as the chunk has room).
+fn buffer(size: usize) -> BytesMut {
+    if let Ok(mut p) = POOL.lock() {
+        if let Some(i) = p.iter().position(|b| b.capacity() >= size) {
+            return p.swap_remove(i);
+        }
+        // Buffers of a smaller chunk size are of no use any more.
+        p.clear();
+    }
+    BytesMut::with_capacity(size)
+}
 
 /// Cuts a source into chunks, holding at most one chunk and one frame.
 pub(crate) struct Chunker {
     source: UploadSource,
-    pool: Pool,
-    buf: BytesMut,
+    /// The chunk being filled (kept here, not on the stack, so a dropped reader gives it back).
+    filling: BytesMut,
+    /// The part of the last frame not yet in a chunk.
+    pending: Bytes,
     eof: bool,
     read: u64,
     handed_out: u64,
@@ -276,8 +308,8 @@ impl Chunker {
     pub fn starting_at(source: UploadSource, base: u64) -> Self {
         Chunker {
             source,
-            pool: Pool::default(),
-            buf: BytesMut::new(),
+            filling: BytesMut::new(),
+            pending: Bytes::new(),
             eof: false,
             read: 0,
             handed_out: base,
@@ -290,7 +322,7 @@ impl Chunker {
         Some(self.source.len? + self.base)
     }
 
-    /// Reads one more frame into the buffer, or notes the end.
+    /// Reads one more frame into `pending` (which is empty), or notes the end.
     async fn pull(&mut self) -> Result<(), UploadError> {
         match self.source.stream.next().await {
             Some(Ok(frame)) => {
@@ -302,7 +334,7 @@ impl Chunker {
                         "the content is longer than the announced {len} bytes"
                     )));
                 }
-                self.buf.extend_from_slice(&frame);
+                self.pending = frame;
                 Ok(())
             }
             Some(Err(e)) => Err(UploadError::Source(e.to_string())),
@@ -322,33 +354,39 @@ impl Chunker {
     /// The next chunk of up to `size` bytes (shorter only at the end). After the last chunk it
     /// returns empty last chunks.
     pub async fn next(&mut self, size: usize) -> Result<Chunk, UploadError> {
-        if self.buf.capacity() < size {
-            let reused = self.pool.lock().ok().and_then(|mut p| p.pop());
-            if let Some(mut b) = reused.filter(|b| b.capacity() >= size) {
-                b.extend_from_slice(&self.buf);
-                self.buf = b;
+        if self.filling.capacity() < size {
+            give_back(std::mem::take(&mut self.filling));
+            self.filling = buffer(size);
+        }
+        while self.filling.len() < size {
+            if self.pending.is_empty() {
+                if self.eof {
+                    break;
+                }
+                self.pull().await?;
+                continue;
             }
+            let n = (size - self.filling.len()).min(self.pending.len());
+            self.filling.extend_from_slice(&self.pending.split_to(n));
         }
-        self.buf.reserve(size.saturating_sub(self.buf.len()));
-        while self.buf.len() < size && !self.eof {
-            self.pull().await?;
-        }
-        let take = size.min(self.buf.len());
-        let bytes = self.buf.split_to(take).freeze();
-        // The rest still shares the chunk's allocation; move it (at most a frame) out, or the
-        // next chunk's buffer would be allocated while this one is still held: two chunks.
-        self.buf = BytesMut::from(&self.buf[..]);
         // Look one frame ahead so the caller knows whether this chunk is the last.
-        while self.buf.is_empty() && !self.eof {
+        while self.pending.is_empty() && !self.eof {
             self.pull().await?;
         }
+        let bytes = std::mem::take(&mut self.filling).freeze();
         let offset = self.handed_out;
         self.handed_out += bytes.len() as u64;
         Ok(Chunk {
             bytes,
             offset,
-            last: self.eof && self.buf.is_empty(),
+            last: self.eof && self.pending.is_empty(),
         })
+    }
+}
+
+impl Drop for Chunker {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.filling));
     }
 }
 
@@ -358,13 +396,11 @@ pub(crate) struct Prefetch {
     rx: tokio::sync::mpsc::Receiver<Result<Chunk, UploadError>>,
     task: tokio::task::JoinHandle<()>,
     total: Option<u64>,
-    pool: Pool,
 }
 
 impl Prefetch {
     pub fn spawn(mut chunker: Chunker, size: usize) -> Self {
         let total = chunker.total();
-        let pool = chunker.pool.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
             // Reserve first: the slot is free only once the caller took the previous chunk.
@@ -377,23 +413,13 @@ impl Prefetch {
                 }
             }
         });
-        Prefetch {
-            rx,
-            task,
-            total,
-            pool,
-        }
+        Prefetch { rx, task, total }
     }
 
     /// Gives an uploaded chunk's buffer back for a later chunk (when nothing else holds it).
     pub fn recycle(&self, chunk: Chunk) {
-        if let Ok(mut b) = chunk.bytes.try_into_mut() {
-            b.clear();
-            if let Ok(mut p) = self.pool.lock()
-                && p.len() < 2
-            {
-                p.push(b);
-            }
+        if let Ok(b) = chunk.bytes.try_into_mut() {
+            give_back(b);
         }
     }
 
@@ -412,6 +438,10 @@ impl Prefetch {
 
 impl Drop for Prefetch {
     fn drop(&mut self) {
+        // A chunk read ahead but never uploaded (a pause) keeps its buffer for the next upload.
+        while let Ok(Ok(chunk)) = self.rx.try_recv() {
+            self.recycle(chunk);
+        }
         self.task.abort();
     }
 }
