@@ -67,9 +67,7 @@ async fn a_delivery_makes_one_job_however_often_it_arrives() {
     let (store, _, _) = infra.adapters();
     let new = new_job("contoso-docs", b"hello");
     let now = OffsetDateTime::now_utc();
-    // One after another: moto does not serialize concurrent writes to one item (two racing
-    // conditional updates can both pass there), while DynamoDB does; the condition is what
-    // this test checks.
+    // One after another: what a repeat sees (racing deliveries: `racing_workers_get_one_lease`).
     let mut created = Vec::new();
     for _ in 0..8 {
         created.push(store.create(&new, now).await.expect("create answers"));
@@ -100,8 +98,8 @@ async fn one_worker_holds_a_job_and_a_lapsed_lease_is_taken_over() {
     store.create(&new, now).await.expect("created");
     let id = new.id();
     let until = now + Duration::from_secs(60);
-    // Two workers get the same message (SQS standard queues deliver at least once); they
-    // arrive one after the other (see the note on moto above).
+    // Two workers get the same message (SQS standard queues deliver at least once), one after
+    // the other here; racing ones: `racing_workers_get_one_lease`.
     let (first, job) = store
         .acquire(&id, "worker-a", until, now)
         .await
@@ -148,6 +146,42 @@ async fn one_worker_holds_a_job_and_a_lapsed_lease_is_taken_over() {
         Err(JobError::Finished(_))
     ));
     assert_eq!(store.get(&id).await.unwrap().status, JobStatus::Done);
+}
+
+/// Workers racing for one job get one lease between them, and deliveries racing to record it
+/// make one job. This is DynamoDB's per-item serialization, which the test moto provides
+/// (`tests/support/moto_server.py`); plain moto let two of eight racers win in about one round
+/// of five.
+#[tokio::test]
+async fn racing_workers_get_one_lease() {
+    let infra = JobsInfra::create(5).await;
+    let (store, _, _) = infra.adapters();
+    let now = OffsetDateTime::now_utc();
+    let until = now + Duration::from_secs(60);
+    for round in 0..25 {
+        let new = new_job("contoso-docs", format!("race {round}").as_bytes());
+        let created = futures_util::future::join_all((0..8).map(|_| store.create(&new, now))).await;
+        let fresh = created
+            .iter()
+            .filter(|c| matches!(c, Ok(c) if !c.existed))
+            .count();
+        assert_eq!(fresh, 1, "round {round}: one delivery records the job");
+        let id = new.id();
+        let owners: Vec<String> = (0..8).map(|i| format!("worker-{i}")).collect();
+        let tries = futures_util::future::join_all(
+            owners.iter().map(|o| store.acquire(&id, o, until, now)),
+        )
+        .await;
+        let won = tries.iter().filter(|t| t.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: one worker holds the job");
+        assert!(
+            tries
+                .iter()
+                .all(|t| matches!(t, Ok(_) | Err(JobError::LeaseHeld { .. }))),
+            "round {round}: the others are told the lease is held"
+        );
+        assert_eq!(store.get(&id).await.expect("job").attempts, 1);
+    }
 }
 
 #[tokio::test]

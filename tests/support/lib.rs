@@ -24,8 +24,11 @@ pub mod secret_values;
 
 /// Use this moto instead of starting one (e.g. `http://127.0.0.1:5000`).
 pub const MOTO_URL_VAR: &str = "SPBRIDGE_TEST_MOTO_URL";
-/// Path of the `moto_server` executable; default: `moto_server` from `PATH`.
+/// Path of the `moto_server` executable; default: [`MOTO_SERVER`].
 pub const MOTO_SERVER_VAR: &str = "SPBRIDGE_MOTO_SERVER";
+/// moto's server with DynamoDB's atomic conditional writes (`support/moto_server.py`; it needs
+/// the venv's `python3` on `PATH`, as `scripts/venv.sh` sets).
+pub const MOTO_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/support/moto_server.py");
 
 /// A running moto server.
 #[derive(Debug)]
@@ -42,8 +45,8 @@ impl MotoHandle {
 
 static MOTO: OnceLock<MotoHandle> = OnceLock::new();
 
-/// The process-wide moto server: `$SPBRIDGE_TEST_MOTO_URL` if set, otherwise a
-/// `moto_server` started on a free port on first use.
+/// The process-wide moto server: `$SPBRIDGE_TEST_MOTO_URL` if set, otherwise [`MOTO_SERVER`]
+/// started on a free port on first use.
 ///
 /// The server is watched by a tiny shell loop that kills it once this test process is gone
 /// (statics are never dropped, and a crashed or killed test run must not leave moto behind).
@@ -56,7 +59,7 @@ pub fn moto() -> &'static MotoHandle {
                 .unwrap_or_else(|e| panic!("{MOTO_URL_VAR}={url} does not answer: {e}"));
             return MotoHandle { url };
         }
-        let bin = std::env::var(MOTO_SERVER_VAR).unwrap_or_else(|_| "moto_server".to_owned());
+        let bin = std::env::var(MOTO_SERVER_VAR).unwrap_or_else(|_| MOTO_SERVER.to_owned());
         let mut last_error = String::new();
         // A free port can be taken between probing and moto binding it; try a few.
         for _ in 0..3 {
