@@ -73,17 +73,21 @@ pub fn request_from_event(json: &str, context: Context) -> Result<Request, ApiEr
     {
         *query = encoded;
     }
-    if event.is_base64_encoded
-        && let Some(body) = event.body.as_deref()
-        && base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .is_err()
-    {
-        return Err(ApiError::new(
-            Kind::BadRequest,
-            "the request body is marked base64 but is not valid base64",
-        ));
-    }
+    // Decoded here, once: lambda_http would decode it again and panic on bad base64.
+    let binary = match event.body.take_if(|_| event.is_base64_encoded) {
+        Some(encoded) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|_| {
+                    ApiError::new(
+                        Kind::BadRequest,
+                        "the request body is marked base64 but is not valid base64",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    event.is_base64_encoded = false;
     check_uri(&event)?;
     // check_uri mirrors lambda_http's URI building, and is what keeps deployed functions up: their
     // release profile aborts on panic (Cargo.toml). Where panics unwind (tests), a disagreement
@@ -91,6 +95,9 @@ pub fn request_from_event(json: &str, context: Context) -> Result<Request, ApiEr
     let event = LambdaRequest::ApiGatewayV2(event);
     let mut req: Request = std::panic::catch_unwind(AssertUnwindSafe(|| event.into()))
         .map_err(|_| ApiError::new(Kind::BadRequest, UNCONVERTIBLE))?;
+    if let Some(bytes) = binary {
+        *req.body_mut() = Body::Binary(bytes);
+    }
     if let Some(trace) = context
         .xray_trace_id
         .as_deref()
@@ -269,6 +276,15 @@ mod tests {
         let req = request_from_event(repro, Context::default()).unwrap();
         assert_eq!(req.uri().path(), "/connect/x");
         assert_eq!(req.uri().query(), Some("a=%22b%20c{"));
+    }
+
+    #[test]
+    fn a_base64_body_reaches_the_handler_decoded() {
+        let mut v: serde_json::Value = serde_json::from_str(&event("a=1")).unwrap();
+        v["isBase64Encoded"] = true.into();
+        v["body"] = "AP9oZWxsbw==".into();
+        let req = request_from_event(&v.to_string(), Context::default()).unwrap();
+        assert_eq!(req.body().as_ref(), b"\x00\xffhello");
     }
 
     #[test]
