@@ -713,6 +713,40 @@ async fn a_worker_dying_before_one_renamed_graph_request_renames_past_another_fi
     a_worker_dying_on_one_request("drive", Conflict::Rename, "before_single", true).await;
 }
 
+/// The record costs no Microsoft request on the warm path: a one-request `fail` upload into
+/// each target makes exactly one request to it (the upload itself), no look-up first.
+#[tokio::test]
+async fn a_one_request_upload_makes_one_microsoft_request() {
+    let w = World::start(Options::default(), 600, 5).await;
+    let origin = Origin::start(OriginOptions {
+        len: 4321,
+        seed: 42,
+        honour_range: true,
+    })
+    .await
+    .expect("origin");
+    let admin = format!("{}/_emulator/requests", w.emu.info().base_url);
+    let http = reqwest::Client::new();
+    // Both connections use the team site's library: a name each.
+    for (connection, service) in [("sp", "sharepoint"), ("drive", "graph")] {
+        http.delete(&admin).send().await.expect("counts reset");
+        let name = format!("warm-{connection}.bin");
+        let id = w.accept(connection, &name, origin.url()).await;
+        let (job, _) = w.run_to_end(&id, |_, _| {}).await;
+        assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
+        let counts: Value = http
+            .get(&admin)
+            .send()
+            .await
+            .expect("counts")
+            .json()
+            .await
+            .expect("counts json");
+        println!("one-request upload into {connection}: requests {counts}");
+        assert_eq!(counts[service], json!(1), "{counts}");
+    }
+}
+
 #[tokio::test]
 async fn an_origin_that_ignores_range_restarts_the_file_and_the_status_says_so() {
     let w = World::start(Options::default(), 600, 5).await;
