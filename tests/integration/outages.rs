@@ -492,7 +492,9 @@ async fn dynamodb_outage_answers_503_and_the_job_lands_once_when_it_returns() {
 
     // DynamoDB goes while the file is being uploaded and comes back a second and a half later:
     // the file lands, and the worker records it once the table answers again (a lost record
-    // would make the job's retry meet its own file as a conflict).
+    // would make the job's retry meet its own file as a conflict). The outage starts once the
+    // job says where its one request writes (saved just before that request, which the
+    // latency holds back).
     let c = Delivery::new("sp", "db-c.bin", &data);
     w.accept(&c).await;
     w.emu.add_fault(FaultRule::new(
@@ -500,7 +502,22 @@ async fn dynamodb_outage_answers_503_and_the_job_lands_once_when_it_returns() {
         FaultKind::Latency { ms: 700 },
     ));
     let blip = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let job = w.jobs.get(&c.job()).await.unwrap();
+            if job
+                .checkpoint
+                .as_ref()
+                .is_some_and(|cp| cp.state.single.is_some())
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "no record before the request"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         db.down().await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(

@@ -538,6 +538,215 @@ async fn a_worker_dying_before_its_final_graph_chunk_does_not_take_the_old_file(
     a_worker_dying("drive", Conflict::Replace, "before_final_chunk").await;
 }
 
+/// A file of one chunk or less goes up in one request, with no session. The worker dies at
+/// `point`: `after_store` (the target stored the file, the job did not record it) or
+/// `before_single` (the record naming where the request writes is saved, the request not
+/// sent). With `other`, a different file of the same length already holds the name. The retry
+/// must take the file at the path for ours only if it is: `fail` ends `done` with our file, or
+/// `failed` with a conflict when the file there is somebody else's; `rename` keeps the other
+/// file and stores ours once beside it; `replace` rewrites ours in place.
+async fn a_worker_dying_on_one_request(
+    connection: &str,
+    conflict: Conflict,
+    point: &str,
+    other: bool,
+) {
+    let mut w = World::start_with(Options::default(), 600, 5, 2).await;
+    // A dead worker's lease lapses quickly, so the retry may take the job.
+    w.env
+        .insert("SPBRIDGE_WORKER_LEASE_SECS".into(), "1".into());
+    let len = 4321;
+    let name = "single.bin";
+    let path = format!("{SP_LIB}/{name}");
+    let before = if other {
+        let before = Origin::start(OriginOptions {
+            len,
+            seed: 40,
+            honour_range: true,
+        })
+        .await
+        .expect("origin");
+        let id = w.accept(connection, name, before.url()).await;
+        let (job, _) = w.run_to_end(&id, |_, _| {}).await;
+        assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
+        Some(before.sha256())
+    } else {
+        None
+    };
+    let origin = Origin::start(OriginOptions {
+        len,
+        // The origin uses `seed | 1`: 40 and 42 give different bytes.
+        seed: 42,
+        honour_range: true,
+    })
+    .await
+    .expect("origin");
+    assert_ne!(before.as_deref(), Some(origin.sha256().as_str()));
+    let id = w.accept_as(connection, name, origin.url(), conflict).await;
+    let out = w.invoke_with(&[("SPBRIDGE_TEST_EXIT_AT", point)]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(86),
+        "the worker did not stop at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored_at = if conflict == Conflict::Rename && other {
+        format!("{SP_LIB}/single 1.bin")
+    } else {
+        path.clone()
+    };
+    let crashed = w.jobs.get(&id).await.expect("job");
+    assert_eq!(
+        crashed.status,
+        JobStatus::Uploading,
+        "{}",
+        crashed.to_json()
+    );
+    let at_crash = w.emu.file_digest(&stored_at);
+    if point == "after_store" {
+        assert_eq!(
+            at_crash,
+            Some((len, origin.sha256())),
+            "the target did not store the file before the worker died"
+        );
+    } else {
+        assert_ne!(at_crash, Some((len, origin.sha256())), "stored too early");
+    }
+    let (job, ran) = w.run_to_end(&id, |_, _| {}).await;
+    println!(
+        "worker died at {point} on one request, {connection} {conflict:?} other={other}: job {} after {} more invocation(s)",
+        job.status.as_str(),
+        ran.len()
+    );
+    assert_eq!(ran.len(), 1, "{}", job.to_json());
+    let files: Vec<_> = w
+        .emu
+        .files()
+        .into_iter()
+        .filter(|f| !f.is_folder && f.path.starts_with(&format!("{SP_LIB}/single")))
+        .map(|f| f.path)
+        .collect();
+    if conflict == Conflict::Fail && other {
+        assert_eq!(job.status, JobStatus::Failed, "{}", job.to_json());
+        let error = job.to_json()["error"].clone();
+        assert_eq!(error["error"], "conflict", "{error}");
+        assert_eq!(
+            w.emu.file_digest(&path),
+            Some((len, before.unwrap_or_default()))
+        );
+        assert_eq!(files.len(), 1, "{files:?}");
+        return;
+    }
+    assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
+    let result = job.result.as_ref().expect("result");
+    assert_eq!(result["size"], json!(len), "{result}");
+    let file_name = stored_at.rsplit('/').next().unwrap_or_default();
+    assert!(
+        result["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with(&format!("/{file_name}"))),
+        "{result}"
+    );
+    assert_eq!(
+        w.emu.file_digest(&stored_at),
+        Some((len, origin.sha256())),
+        "stored bytes differ from the source"
+    );
+    if conflict == Conflict::Rename && other {
+        assert_eq!(
+            w.emu.file_digest(&path),
+            Some((len, before.unwrap_or_default()))
+        );
+        assert_eq!(files.len(), 2, "{files:?}");
+    } else {
+        assert_eq!(files.len(), 1, "{files:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_sharepoint_stored_one_request_makes_one_file() {
+    a_worker_dying_on_one_request("sp", Conflict::Fail, "after_store", false).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_graph_stored_one_request_makes_one_file() {
+    a_worker_dying_on_one_request("drive", Conflict::Fail, "after_store", false).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_sharepoint_stored_one_renamed_request_makes_one_file() {
+    a_worker_dying_on_one_request("sp", Conflict::Rename, "after_store", true).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_graph_stored_one_renamed_request_makes_one_file() {
+    a_worker_dying_on_one_request("drive", Conflict::Rename, "after_store", true).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_sharepoint_replaced_in_one_request_makes_one_file() {
+    a_worker_dying_on_one_request("sp", Conflict::Replace, "after_store", true).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_after_graph_replaced_in_one_request_makes_one_file() {
+    a_worker_dying_on_one_request("drive", Conflict::Replace, "after_store", true).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_before_one_sharepoint_request_does_not_take_another_file() {
+    a_worker_dying_on_one_request("sp", Conflict::Fail, "before_single", true).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_before_one_graph_request_does_not_take_another_file() {
+    a_worker_dying_on_one_request("drive", Conflict::Fail, "before_single", true).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_before_one_renamed_sharepoint_request_renames_past_another_file() {
+    a_worker_dying_on_one_request("sp", Conflict::Rename, "before_single", true).await;
+}
+
+#[tokio::test]
+async fn a_worker_dying_before_one_renamed_graph_request_renames_past_another_file() {
+    a_worker_dying_on_one_request("drive", Conflict::Rename, "before_single", true).await;
+}
+
+/// The record costs no Microsoft request on the warm path: a one-request `fail` upload into
+/// each target makes exactly one request to it (the upload itself), no look-up first.
+#[tokio::test]
+async fn a_one_request_upload_makes_one_microsoft_request() {
+    let w = World::start(Options::default(), 600, 5).await;
+    let origin = Origin::start(OriginOptions {
+        len: 4321,
+        seed: 42,
+        honour_range: true,
+    })
+    .await
+    .expect("origin");
+    let admin = format!("{}/_emulator/requests", w.emu.info().base_url);
+    let http = reqwest::Client::new();
+    // Both connections use the team site's library: a name each.
+    for (connection, service) in [("sp", "sharepoint"), ("drive", "graph")] {
+        http.delete(&admin).send().await.expect("counts reset");
+        let name = format!("warm-{connection}.bin");
+        let id = w.accept(connection, &name, origin.url()).await;
+        let (job, _) = w.run_to_end(&id, |_, _| {}).await;
+        assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
+        let counts: Value = http
+            .get(&admin)
+            .send()
+            .await
+            .expect("counts")
+            .json()
+            .await
+            .expect("counts json");
+        println!("one-request upload into {connection}: requests {counts}");
+        assert_eq!(counts[service], json!(1), "{counts}");
+    }
+}
+
 #[tokio::test]
 async fn an_origin_that_ignores_range_restarts_the_file_and_the_status_says_so() {
     let w = World::start(Options::default(), 600, 5).await;
@@ -636,6 +845,7 @@ async fn a_worker_with_an_older_generation_cannot_write_the_checkpoint() {
             offset,
             total: Some(3 * CHUNK),
             finishing: None,
+            single: None,
         },
         source_offset: offset,
         restarts: 0,

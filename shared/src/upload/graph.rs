@@ -17,7 +17,7 @@ use url::Url;
 
 use super::error::{Api, from_response};
 use super::names::{folder_segments, graph_segment, renamed, validate_name};
-use super::resume::{Finishing, Resume, ResumeState, Resumed, Session, SessionUrl};
+use super::resume::{Finishing, Resume, ResumeState, Resumed, Session, SessionUrl, Single};
 use super::retry::{Safety, Sender};
 use super::sharepoint::{MAX_RENAMES, Stop, Streamed};
 use super::source::{Chunk, Chunker, Prefetch, UploadSource};
@@ -136,6 +136,74 @@ struct DriveItem {
     web_url: Option<String>,
     #[serde(rename = "eTag", default)]
     etag: Option<String>,
+    #[serde(rename = "createdDateTime", default)]
+    created: Option<String>,
+    #[serde(default)]
+    file: Option<FileFacet>,
+}
+
+/// A driveItem's `file` facet: the content hashes Graph computed.
+#[derive(Debug, Deserialize)]
+struct FileFacet {
+    #[serde(default)]
+    hashes: Hashes,
+}
+
+/// Business drives give `quickXorHash`; personal ones `sha1Hash` and `sha256Hash`.
+#[derive(Debug, Deserialize, Default)]
+struct Hashes {
+    #[serde(rename = "quickXorHash", default)]
+    quick_xor: Option<String>,
+    #[serde(rename = "sha256Hash", default)]
+    sha256: Option<String>,
+    #[serde(rename = "sha1Hash", default)]
+    sha1: Option<String>,
+}
+
+impl Hashes {
+    /// Whether `body` has these hashes, by the first one Graph gave (none: not known to match).
+    fn match_body(&self, body: &[u8]) -> bool {
+        use sha1::Digest as _;
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02X}")).collect::<String>();
+        if let Some(q) = &self.quick_xor {
+            *q == quick_xor_hash(body)
+        } else if let Some(h) = &self.sha256 {
+            h.eq_ignore_ascii_case(&hex(&sha2::Sha256::digest(body)))
+        } else if let Some(h) = &self.sha1 {
+            h.eq_ignore_ascii_case(&hex(&sha1::Sha1::digest(body)))
+        } else {
+            false
+        }
+    }
+}
+
+/// OneDrive's QuickXorHash (base64): bytes XORed into a 160-bit ring, each shifted 11 bits
+/// further than the last, then the length XORed into the last 8 bytes.
+fn quick_xor_hash(data: &[u8]) -> String {
+    use base64::Engine as _;
+    const WIDTH: usize = 160;
+    const SHIFT: usize = 11;
+    // 160 bits as two 64-bit cells and one of 32.
+    let mut cells = [0u64; 3];
+    let mut at = 0usize;
+    for &byte in data {
+        let (cell, bit) = (at / 64, at % 64);
+        let cell_bits = if cell == 2 { 32 } else { 64 };
+        cells[cell] ^= u64::from(byte) << bit;
+        if bit + 8 > cell_bits {
+            // The byte straddles the cell's end: its high bits wrap into the next cell.
+            cells[(cell + 1) % 3] ^= u64::from(byte) >> (cell_bits - bit);
+        }
+        at = (at + SHIFT) % WIDTH;
+    }
+    let mut out = [0u8; 20];
+    out[..8].copy_from_slice(&cells[0].to_le_bytes());
+    out[8..16].copy_from_slice(&cells[1].to_le_bytes());
+    out[16..].copy_from_slice(&cells[2].to_le_bytes()[..4]);
+    for (o, l) in out[12..].iter_mut().zip((data.len() as u64).to_le_bytes()) {
+        *o ^= l;
+    }
+    base64::engine::general_purpose::STANDARD.encode(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,10 +401,27 @@ impl GraphClient {
         state.total = chunks.total().or(state.total);
         let first = chunks.next().await?;
         let (item, status, chunks) = if first.last && saved.is_none() && base == 0 {
-            let (item, status) = self
-                .simple(&authed, drive, &path, req.conflict, first.bytes, &display)
-                .await?;
-            (item, status, 1)
+            match resume {
+                // A repeated `replace` rewrites the same bytes in place: nothing to record.
+                Some(r) if req.conflict != ConflictBehavior::Replace => {
+                    self.single_recorded(
+                        &authed,
+                        drive,
+                        &mut path,
+                        req.conflict,
+                        (r, &mut state),
+                        first.bytes,
+                        &display,
+                    )
+                    .await?
+                }
+                _ => {
+                    let (item, status) = self
+                        .simple(&authed, drive, &path, req.conflict, first.bytes, &display)
+                        .await?;
+                    (item, status, 1)
+                }
+            }
         } else {
             let total = state.total.ok_or_else(|| {
                 UploadError::BadInput(
@@ -482,6 +567,85 @@ impl GraphClient {
                 }
             }
             path.pop();
+        }
+        Err(UploadError::Conflict {
+            path: display.to_owned(),
+            microsoft: None,
+        })
+    }
+
+    /// The one request of a resumable `fail` or `rename` upload, recorded first: a [`Single`]
+    /// naming where the request writes is saved before each PUT, so a retry that meets a file
+    /// there takes it for ours only when it was created after the record with our bytes (by
+    /// Graph's hash: no download). `rename` walks `name`, `name 1`, … itself with `fail` PUTs,
+    /// as Graph's own `rename` would name the file only in its answer. Answers the item, the
+    /// status and the requests that carried content.
+    #[allow(clippy::too_many_arguments)]
+    async fn single_recorded(
+        &self,
+        sender: &Sender<'_>,
+        drive: &DriveRef,
+        path: &mut Vec<String>,
+        conflict: ConflictBehavior,
+        (r, state): (&Resume<'_>, &mut ResumeState),
+        body: Bytes,
+        display: &str,
+    ) -> Result<(DriveItem, u16, u32), UploadError> {
+        let asked = path.pop().unwrap_or_default();
+        if let Some(single) = state.single.take() {
+            validate_name(&single.name)?;
+            path.push(single.name.clone());
+            let at = item_url(&self.graph, drive, path, "", None)?;
+            let item = self.item(sender, &at, display).await?;
+            path.pop();
+            if let Some(item) = item.filter(|i| {
+                single.may_be(i.size, i.created.as_deref())
+                    && i.file.as_ref().is_some_and(|f| f.hashes.match_body(&body))
+            }) {
+                tracing::info!("the one request had landed before the last worker stopped");
+                path.push(asked);
+                return Ok((item, 201, 0));
+            }
+        }
+        let tries = if conflict == ConflictBehavior::Rename {
+            MAX_RENAMES
+        } else {
+            0
+        };
+        for n in 0..=tries {
+            let candidate = if n == 0 {
+                asked.clone()
+            } else {
+                renamed(&asked, n)
+            };
+            path.push(candidate.clone());
+            if n > 0 {
+                let at = item_url(&self.graph, drive, path, "", None)?;
+                if self.item(sender, &at, display).await?.is_some() {
+                    path.pop();
+                    continue;
+                }
+            }
+            state.single = Some(Single::new(&candidate, body.len() as u64));
+            (r.save)(state.clone()).await?;
+            #[cfg(feature = "test-hooks")]
+            super::resume::exit_at("before_single");
+            match self
+                .simple(
+                    sender,
+                    drive,
+                    path,
+                    ConflictBehavior::Fail,
+                    body.clone(),
+                    display,
+                )
+                .await
+            {
+                Ok((item, status)) => return Ok((item, status, 1)),
+                // Taken (before us, or between the check and the PUT): try the next name.
+                Err(UploadError::Conflict { .. }) if n < tries => path.pop(),
+                Err(e) => return Err(e),
+            };
         }
         Err(UploadError::Conflict {
             path: display.to_owned(),
@@ -897,6 +1061,31 @@ mod tests {
         }
         let err = item_url(&graph(), &bad, &["a".into()], "", None).unwrap_err();
         assert_eq!(crate::api::ApiError::from(&err).status(), 400);
+    }
+
+    #[test]
+    fn quick_xor_hashes_match_rclones_vectors() {
+        use base64::Engine as _;
+        // Inputs and hashes from rclone's onedrive/quickxorhash tests (both base64).
+        for (input, want) in [
+            ("", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            ("Sg==", "SgAAAAAAAAAAAAAAAQAAAAAAAAA="),
+            ("luBZlaT6", "lgBHFipBCn0AAAAABgAAAAAAAAA="),
+            ("qaApEj66lw==", "qQBFCiTgA11cAgAABwAAAAAAAAA="),
+            ("/aNzzCFPS/A=", "/RjFHJgRgicsAR4ACAAAAAAAAAA="),
+        ] {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(input)
+                .unwrap();
+            assert_eq!(quick_xor_hash(&data), want, "{input}");
+        }
+        let h = Hashes {
+            quick_xor: Some(quick_xor_hash(b"ours")),
+            ..Hashes::default()
+        };
+        assert!(h.match_body(b"ours"));
+        assert!(!h.match_body(b"ourz"));
+        assert!(!Hashes::default().match_body(b"ours"), "no hash: not known");
     }
 
     #[test]

@@ -142,6 +142,50 @@ pub struct Finishing {
     pub unique_id: Option<String>,
 }
 
+/// Saved just before the one request that stores a file no larger than a chunk (no session,
+/// so no [`Finishing`]): where that request writes, so a retry that meets a file there can
+/// tell whether it is the one the request made (the worker may die between the target storing
+/// the file and the job recording it). Not saved for `replace`, whose repeat rewrites the same
+/// bytes in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Single {
+    /// The name the request writes in the folder, after any rename.
+    pub name: String,
+    /// The file's length.
+    pub size: u64,
+    /// When this was saved (Unix seconds): a file created well before it stood there already
+    /// and is not ours, whatever its bytes.
+    pub saved_at: i64,
+}
+
+/// How far the target's clock may run behind ours when [`Single::saved_at`] is compared with
+/// a file's creation time (both are NTP-synchronised; SharePoint REST gives whole seconds).
+pub const CLOCK_SKEW_SECS: i64 = 60;
+
+impl Single {
+    /// The record for a request about to store `size` bytes as `name`, saved now.
+    pub fn new(name: &str, size: u64) -> Self {
+        Single {
+            name: name.to_owned(),
+            size,
+            saved_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        }
+    }
+
+    /// Whether a file of `size` bytes created at `created` (RFC 3339, as Graph and SharePoint
+    /// give it) may be the one this record's request made: the same length, created no earlier
+    /// than the record less [`CLOCK_SKEW_SECS`]. A missing or unreadable time is not ours. The
+    /// caller still compares the bytes.
+    pub fn may_be(&self, size: u64, created: Option<&str>) -> bool {
+        let Some(created) = created else {
+            return false;
+        };
+        size == self.size
+            && time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+                .is_ok_and(|t| t.unix_timestamp() >= self.saved_at - CLOCK_SKEW_SECS)
+    }
+}
+
 /// Where one file's resumable upload stands: what a checkpoint saves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeState {
@@ -156,6 +200,9 @@ pub struct ResumeState {
     /// Set once the final chunk is about to be sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finishing: Option<Finishing>,
+    /// Set just before the one request of a file no larger than a chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single: Option<Single>,
 }
 
 impl ResumeState {
@@ -166,6 +213,7 @@ impl ResumeState {
             offset: 0,
             total: None,
             finishing: None,
+            single: None,
         }
     }
 }
@@ -199,7 +247,8 @@ pub enum Resumed {
 
 /// Test switch (feature `test-hooks`, never in a deployed function): exits the process at
 /// `point` when `SPBRIDGE_TEST_EXIT_AT` names it, as a worker dying there would.
-/// Points: `before_final_chunk` (its checkpoint saved), `after_store` (before the job records
+/// Points: `before_final_chunk` (its checkpoint saved), `before_single` (a one-request
+/// upload's [`Single`] saved, its request not sent), `after_store` (before the job records
 /// the file).
 #[cfg(feature = "test-hooks")]
 pub fn exit_at(point: &str) {
@@ -228,6 +277,7 @@ mod tests {
                 etag_before: Some("\"{A},1\"".into()),
                 unique_id: None,
             }),
+            single: Some(Single::new("a.pdf", 20)),
         };
         assert!(!format!("{state:?}").contains("SECRET"));
         let text = serde_json::to_string(&state).unwrap();
@@ -238,5 +288,29 @@ mod tests {
             panic!("graph session")
         };
         assert_eq!(u.expose().unwrap(), url);
+    }
+
+    #[test]
+    fn a_single_record_takes_only_a_file_of_its_size_made_after_it() {
+        let s = Single {
+            name: "a.pdf".into(),
+            size: 20,
+            saved_at: time::macros::datetime!(2026-12-01 07:00:00 UTC).unix_timestamp(),
+        };
+        assert!(s.may_be(20, Some("2026-12-01T07:00:03Z")));
+        assert!(
+            s.may_be(20, Some("2026-12-01T06:59:30.123Z")),
+            "within the skew"
+        );
+        assert!(
+            !s.may_be(20, Some("2026-12-01T06:58:59Z")),
+            "stood there before"
+        );
+        assert!(
+            !s.may_be(21, Some("2026-12-01T07:00:03Z")),
+            "another length"
+        );
+        assert!(!s.may_be(20, None));
+        assert!(!s.may_be(20, Some("yesterday")));
     }
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::error::{Api, FieldError, from_response};
 use super::names::{folder_segments, odata_literal, renamed, url_path, validate_name};
-use super::resume::{Finishing, Resume, ResumeState, Resumed, SavedOutcome, Session};
+use super::resume::{Finishing, Resume, ResumeState, Resumed, SavedOutcome, Session, Single};
 use super::retry::{Safety, Sender};
 use super::source::{Chunk, Chunker, Prefetch, UploadSource};
 use super::{
@@ -160,6 +160,8 @@ struct SpFile {
     unique_id: Option<String>,
     #[serde(rename = "ETag", default)]
     etag: Option<String>,
+    #[serde(rename = "TimeCreated", default)]
+    time_created: Option<String>,
 }
 
 /// SharePoint writes Int64 as a JSON string; accept a number too.
@@ -283,6 +285,50 @@ impl Ctx<'_> {
         }))
     }
 
+    /// The file a one-request upload's [`Single`] names in `folder`, if it is the one that
+    /// request made: created after the record, with exactly `body` as its content (read back
+    /// with `$value`, only on a retry that meets a file there).
+    async fn ours(
+        &self,
+        folder: &str,
+        single: &Single,
+        body: &Bytes,
+    ) -> Result<Option<SpFile>, UploadError> {
+        validate_name(&single.name)?;
+        let path = format!("{folder}/{}", single.name);
+        let Some(file) = self.file(&path).await? else {
+            return Ok(None);
+        };
+        if !single.may_be(file.length, file.time_created.as_deref()) {
+            return Ok(None);
+        }
+        let url = file_url(self.target, &path, "/$value")?;
+        let content = self
+            .call(Safety::Idempotent, Method::GET, &url, None, "", &path)
+            .await?;
+        Ok((content == *body).then_some(file))
+    }
+
+    /// `add` without overwrite, its [`Single`] saved first when `mark` is given (a resumable
+    /// one-request upload): a worker that dies after SharePoint stored the file lets its retry
+    /// find the file by name and recognise it.
+    async fn add_marked(
+        &self,
+        folder: &str,
+        name: &str,
+        body: &Bytes,
+        mark: Option<(&Resume<'_>, &ResumeState)>,
+    ) -> Result<SpFile, UploadError> {
+        if let Some((r, state)) = mark {
+            let mut saved = state.clone();
+            saved.single = Some(Single::new(name, body.len() as u64));
+            (r.save)(saved).await?;
+            #[cfg(feature = "test-hooks")]
+            super::resume::exit_at("before_single");
+        }
+        self.add(folder, name, false, body).await
+    }
+
     async fn add(
         &self,
         folder: &str,
@@ -331,7 +377,9 @@ impl Ctx<'_> {
 
     /// Adds `body` as `name` in `folder`, applying `conflict`. With `keep_existing` (a chunked
     /// replace), an existing file is left as is and reported as `Replaced` for the caller to
-    /// stream into. Returns the file, the outcome and whether we created it.
+    /// stream into. With `mark`, each add without overwrite saves its name first
+    /// ([`Ctx::add_marked`]). Returns the file, the outcome and whether we created it.
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
         folder: &str,
@@ -340,8 +388,9 @@ impl Ctx<'_> {
         conflict: ConflictBehavior,
         body: &Bytes,
         keep_existing: bool,
+        mark: Option<(&Resume<'_>, &ResumeState)>,
     ) -> Result<(SpFile, ConflictOutcome, bool), UploadError> {
-        let first = match self.add(folder, name, false, body).await {
+        let first = match self.add_marked(folder, name, body, mark).await {
             Err(UploadError::NotFound { .. }) if !segments.is_empty() => {
                 self.ensure_folders(segments).await?;
                 self.add(folder, name, false, body).await
@@ -359,6 +408,7 @@ impl Ctx<'_> {
                         length: 0,
                         unique_id: None,
                         etag: None,
+                        time_created: None,
                     };
                     return Ok((f, ConflictOutcome::Replaced, false));
                 }
@@ -371,7 +421,7 @@ impl Ctx<'_> {
                     if self.exists(&format!("{folder}/{candidate}")).await? {
                         continue;
                     }
-                    match self.add(folder, &candidate, false, body).await {
+                    match self.add_marked(folder, &candidate, body, mark).await {
                         Ok(f) => {
                             let outcome = ConflictOutcome::Renamed {
                                 from: name.to_owned(),
@@ -681,17 +731,44 @@ impl SharePointClient {
         let first = chunks.next().await?;
         let (file, conflict_outcome, chunks) = match state.session.clone() {
             None if first.last => {
-                let (f, o, _) = ctx
-                    .create(
-                        &folder,
-                        &segments,
-                        &req.file_name,
-                        req.conflict,
-                        &first.bytes,
-                        false,
-                    )
-                    .await?;
-                (f, o, 1)
+                // A repeated `replace` rewrites the same bytes in place: nothing to record.
+                let mark = resume
+                    .filter(|_| req.conflict != ConflictBehavior::Replace)
+                    .map(|r| (r, &state));
+                let landed = match (&state.single, mark) {
+                    (Some(single), Some(_)) => ctx
+                        .ours(&folder, single, &first.bytes)
+                        .await?
+                        .map(|f| (f, single.name.clone())),
+                    _ => None,
+                };
+                match landed {
+                    Some((f, name)) => {
+                        tracing::info!("the one request had landed before the last worker stopped");
+                        let o = if name == req.file_name {
+                            ConflictOutcome::Created
+                        } else {
+                            ConflictOutcome::Renamed {
+                                from: req.file_name.clone(),
+                            }
+                        };
+                        (f, o, 0)
+                    }
+                    None => {
+                        let (f, o, _) = ctx
+                            .create(
+                                &folder,
+                                &segments,
+                                &req.file_name,
+                                req.conflict,
+                                &first.bytes,
+                                false,
+                                mark,
+                            )
+                            .await?;
+                        (f, o, 1)
+                    }
+                }
             }
             None if base > 0 => {
                 return Err(UploadError::BadInput(
@@ -729,6 +806,7 @@ impl SharePointClient {
                                 req.conflict,
                                 &Bytes::new(),
                                 true,
+                                None,
                             )
                             .await?;
                         (
