@@ -221,6 +221,12 @@ class Stack:
         return self.moto_http.get(f"{self.moto}/_spbridge/moto-time", timeout=10).json()["busy_s"]
 
     def reset_moto_time(self):
+        """Zeroes moto's time once the requests of the previous step have ended (a request can
+        still be finishing in moto after its caller has the answer)."""
+        for _ in range(100):
+            if self.moto_http.get(f"{self.moto}/_spbridge/moto-time", timeout=10).json()["active"] == 0:
+                break
+            time.sleep(0.001)
         self.moto_http.delete(f"{self.moto}/_spbridge/moto-time", timeout=10)
 
     def counts(self):

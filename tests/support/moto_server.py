@@ -15,7 +15,8 @@ from the real service in a way tests or benchmarks notice:
   here (ARNs still scan), and Secrets Manager requests run one at a time.
 - Each request's time inside moto is added up, so a benchmark can subtract moto's own time
   from a run without a timing proxy in the path: `GET /_spbridge/moto-time` answers
-  `{"busy_s", "sum_s", "requests"}` (busy: time with at least one request in progress),
+  `{"busy_s", "sum_s", "requests", "active"}` (busy: time with at least one request in
+  progress; active: requests in progress now),
   `DELETE` zeroes it.
 """
 import json
@@ -69,7 +70,7 @@ class _Timing:
     def snapshot(self):
         with self.lock:
             busy = self.busy + (time.perf_counter() - self.since if self.active else 0.0)
-            return {"busy_s": busy, "sum_s": self.total, "requests": self.requests}
+            return {"busy_s": busy, "sum_s": self.total, "requests": self.requests, "active": self.active}
 
     def reset(self):
         with self.lock:
