@@ -8,6 +8,7 @@ the writes that share its quota, are kept to show how writes spread over time. T
 (moto's own time is measured inside moto, see tests/support/moto_server.py).
 """
 import http.client
+import sys
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,13 @@ QUOTA_WRITES = {f"SecretsManager.{op}" for op in (
     "PutSecretValue", "UpdateSecret", "UpdateSecretVersionStage", "RemoveRegionsFromReplication",
     "ReplicateSecretToRegion", "StopReplicationToReplica")}
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A function process killed mid-call (the bench stopping it) resets its connection: expected.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class AwsProxy:
@@ -87,7 +95,7 @@ class AwsProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.request_queue_size = 512
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

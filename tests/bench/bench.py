@@ -87,6 +87,7 @@ class Stack:
         self.workdir = workdir
         self.procs = []
         self.functions = []  # function processes started; killed on the way out, even after a failure
+        self.connections = 0  # delegated connections seeded so far (each refresh run lists them all)
         info_path = os.path.join(workdir, "emulator.json")
         state = os.path.join(workdir, "emulator")
         os.makedirs(state)
@@ -560,8 +561,11 @@ def refresh_at_scale(stack, n, latency_ms, tag):
     event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
              "account": "123456789012", "time": "2026-12-01T00:00:00Z", "region": REGION,
              "resources": [], "detail": {}}
-    # Paced at 40 refreshes a second, n connections take n/40 s at least; allow twice that.
-    kind, body, wall = fn.start_with(event, timeout=120 + n / 20)
+    # Paced at 40 a second, n due connections take n/40 s at least, and every stored connection
+    # is listed and read (moto answers those slowly on a loaded machine): allow about twice
+    # that, up to Lambda's 900 s, past which a real run would have been stopped.
+    stack.connections += n
+    kind, body, wall = fn.start_with(event, timeout=min(900, 120 + (n + stack.connections) / 20))
     rss = fn.stop()
     stack.proxy.latency_ms.clear()
     stack.http.delete(f"{stack.info['base_url']}/_emulator/faults", timeout=10)
@@ -572,6 +576,14 @@ def refresh_at_scale(stack, n, latency_ms, tag):
         raise RuntimeError(f"token-refresh answered {kind}: {str(body)[:1000]}")
     return {"writes_per_sec": per_second(writes), "write_calls": len(writes),"n": n, "latency": latency_ms, "setup": setup, "wall": wall, "rss": rss, "aws": aws, "microsoft": ms_counts,
             "summary": summary, "per_sec": per_second(puts)}
+
+
+def print_refresh(r):
+    """One line per refresh run as it ends, so a later failure does not lose its figures."""
+    wps = r["writes_per_sec"]
+    print(f"  {r['n']} connections: {r['wall']:.1f} s, setup {r['setup']:.0f} s, outcome {r['summary']}, "
+          f"PutSecretValue peak {max(r['per_sec'], default=0)}/s, quota writes peak {max(wps, default=0)}/s, "
+          f"AWS {dict(r['aws'])}", flush=True)
 
 
 def per_second(times):
@@ -877,9 +889,11 @@ def main():
             if "refresh" not in skip:
                 print(f"refresh at scale: {args.connections} connections ...", flush=True)
                 refresh = [refresh_at_scale(stack, args.connections, args.latency, "r")]
+                print_refresh(refresh[-1])
                 if args.fast_connections:
                     print(f"refresh, no injected latency: {args.fast_connections} more connections ...", flush=True)
                     refresh.append(refresh_at_scale(stack, args.fast_connections, 0, "f"))
+                    print_refresh(refresh[-1])
         finally:
             if stack:
                 stack.close()
