@@ -1,11 +1,15 @@
-//! Receiver accept latency and AWS calls per accepted upload, printed (nothing is asserted).
+//! Receiver accept latency, CPU and AWS calls per accepted upload, printed (nothing is asserted).
 //!
-//! `cargo run -p spbridge-tests --example accept_bench [uploads]`
+//! `cargo run --release -p spbridge-tests --example accept_bench [uploads]`
 //!
 //! Signed 1 KiB and 1 MiB deliveries go through `upload_ingest::handle` against moto (Secrets
 //! Manager, DynamoDB, SQS, S3); every AWS call is counted by operation with an SDK interceptor
 //! on each client. The first request warms the container (secret cache, clients) and is not
-//! timed. The synchronous path it replaced uploaded inside the request; its figures (measured
+//! timed. Each size runs twice: as a built request, and as the function's event path does it
+//! (the payload 2.0 JSON with a base64 body read as the runtime reads it, then
+//! `shared::lambda_event::request_from_event`, the handler and the response JSON). CPU is this
+//! process's (all threads', from /proc) per upload; moto runs in its own process, so its time
+//! is not in it. `event parse` is the event path alone, without the handler. The synchronous path it replaced uploaded inside the request; its figures (measured
 //! for issue 11 on the same emulator) are printed beside these for comparison.
 
 use std::collections::BTreeMap;
@@ -86,6 +90,61 @@ fn request(body: &[u8]) -> lambda_http::Request {
     r
 }
 
+/// The payload 2.0 event API Gateway sends for `req` (binary body as base64).
+fn event_json(req: &lambda_http::Request) -> Vec<u8> {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+        .collect();
+    let body = match req.body() {
+        lambda_http::Body::Binary(b) => base64::engine::general_purpose::STANDARD.encode(b),
+        _ => unreachable!("the bench sends binary bodies"),
+    };
+    serde_json::to_vec(&json!({
+        "version": "2.0", "routeKey": "POST /upload/{connection}",
+        "rawPath": req.uri().path(), "rawQueryString": req.uri().query().unwrap_or_default(),
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "bench", "domainName": "bench.example",
+            "http": {"method": "POST", "path": req.uri().path(), "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "bench"},
+            "requestId": uuid::Uuid::new_v4().to_string(), "routeKey": "POST /upload/{connection}",
+            "stage": "$default", "time": "01/Dec/2026:00:00:00 +0000", "timeEpoch": 0,
+        },
+        "body": body, "isBase64Encoded": true,
+    }))
+    .unwrap()
+}
+
+/// What the function does with one event: the runtime's read of the JSON, the request, the
+/// handler, the response JSON.
+async fn handle_event(state: &Result<upload_ingest::State, String>, event: &[u8]) -> u16 {
+    let raw: Box<serde_json::value::RawValue> = serde_json::from_slice(event).unwrap();
+    let req = shared::lambda_event::request_from_event(raw.get(), Default::default()).unwrap();
+    let resp = upload_ingest::handle(state, req).await;
+    let status = resp.status().as_u16();
+    let out = shared::lambda_event::response_to_event(resp);
+    std::hint::black_box(serde_json::to_vec(&out).unwrap());
+    status
+}
+
+/// CPU time this process has used, all threads, from each thread's schedstat (the running
+/// thread's figure may lag by a scheduler tick, so only sums over many uploads mean much).
+fn cpu() -> Duration {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
@@ -148,38 +207,62 @@ async fn main() {
     } else {
         "release"
     };
-    println!("receiver accept against moto ({build} build; {n} warm uploads per size)");
+    println!("receiver accept against moto ({build} build; {n} warm uploads per size and path)");
     println!(
-        "{:<8} {:>8} {:>8}   AWS calls per accepted upload",
-        "size", "p50 ms", "p99 ms"
+        "{:<8} {:<8} {:>8} {:>8} {:>8}   AWS calls per accepted upload",
+        "size", "path", "p50 ms", "p99 ms", "CPU ms"
     );
     for (label, size) in [("1 KiB", 1024usize), ("1 MiB", 1024 * 1024)] {
         let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         // Warm-up: the cold start's secret read and connections.
         let warm = upload_ingest::handle(&state, request(&body)).await;
         assert_eq!(warm.status(), 202, "warm-up accepted");
-        calls.0.lock().unwrap().clear();
-        let mut times = Vec::with_capacity(n);
-        for _ in 0..n {
-            let req = request(&body);
-            let t = Instant::now();
-            let resp = upload_ingest::handle(&state, req).await;
-            times.push(t.elapsed());
-            assert_eq!(resp.status(), 202);
+        for path in ["request", "event"] {
+            calls.0.lock().unwrap().clear();
+            let mut times = Vec::with_capacity(n);
+            let mut spent = Duration::ZERO;
+            for _ in 0..n {
+                let req = request(&body);
+                let event = (path == "event").then(|| event_json(&req));
+                let (c, t) = (cpu(), Instant::now());
+                let status = match &event {
+                    Some(e) => handle_event(&state, e).await,
+                    None => upload_ingest::handle(&state, req).await.status().as_u16(),
+                };
+                times.push(t.elapsed());
+                spent += cpu() - c;
+                assert_eq!(status, 202);
+            }
+            times.sort();
+            let per: Vec<String> = calls
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2}", *v as f64 / n as f64))
+                .collect();
+            println!(
+                "{label:<8} {path:<8} {:>8.2} {:>8.2} {:>8.2}   {}",
+                pct(&times, 0.5),
+                pct(&times, 0.99),
+                spent.as_secs_f64() * 1000.0 / n as f64,
+                per.join(", ")
+            );
         }
-        times.sort();
-        let per: Vec<String> = calls
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| format!("{k} {:.2}", *v as f64 / n as f64))
-            .collect();
+        // The event path alone: JSON, base64 and the request, no handler and no AWS.
+        let events: Vec<Vec<u8>> = (0..n).map(|_| event_json(&request(&body))).collect();
+        let c = cpu();
+        for e in &events {
+            let raw: Box<serde_json::value::RawValue> = serde_json::from_slice(e).unwrap();
+            let req = shared::lambda_event::request_from_event(raw.get(), Default::default());
+            std::hint::black_box(req.unwrap());
+        }
         println!(
-            "{label:<8} {:>8.2} {:>8.2}   {}",
-            pct(&times, 0.5),
-            pct(&times, 0.99),
-            per.join(", ")
+            "{label:<8} {:<8} {:>8} {:>8} {:>8.2}",
+            "parse",
+            "-",
+            "-",
+            (cpu() - c).as_secs_f64() * 1000.0 / n as f64
         );
     }
     println!(

@@ -169,6 +169,12 @@ impl Uploader {
         self
     }
 
+    /// Fetches `connection`'s access token into the token cache ahead of its upload, which then
+    /// finds it cached or joins this fetch. An error is left for that upload to report.
+    pub async fn warm_token(&self, connection: &str) {
+        let _ = self.tokens.bearer(connection, false).await;
+    }
+
     /// Uploads `file` (its bytes in `source`) for `connection`.
     pub async fn upload(
         &self,
