@@ -561,7 +561,7 @@ def refresh_at_scale(stack, n, latency_ms, tag):
     event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
              "account": "123456789012", "time": "2026-12-01T00:00:00Z", "region": REGION,
              "resources": [], "detail": {}}
-    # Paced at 40 a second, n due connections take n/40 s at least, and every stored connection
+    # Paced at 20 a second, n due connections take n/20 s at least, and every stored connection
     # is listed and read (moto answers those slowly on a loaded machine): allow about twice
     # that, up to Lambda's 900 s, past which a real run would have been stopped.
     stack.connections += n

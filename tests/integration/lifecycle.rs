@@ -1445,3 +1445,47 @@ async fn set_state_key(env: &Env, value: Value) {
     let current = env.store.get(&name).await.unwrap().version;
     env.store.put(&name, &value, Some(&current)).await.unwrap();
 }
+
+/// A run near its Lambda deadline starts no refresh: the due connections are deferred with their
+/// tokens untouched, and the next run, with time, refreshes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_out_of_time_defers_due_connections_to_the_next_run() {
+    let env = env().await;
+    let cb = env.callback();
+    for id in ["a", "b"] {
+        env.connection(id, "entra").await;
+        let c = start_consent(&env, &cb, id).await;
+        assert_eq!(finish_consent(&cb, &c).await.status(), 200);
+    }
+    let before = env.stored("a").await.value;
+    let manual = || token_refresh::Trigger::Manual {
+        connections: vec!["a".into(), "b".into()],
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Less time left than the stop margin: nothing may start.
+    let deadline = now_ms + token_refresh::STOP_MARGIN.as_millis() as u64 - 1_000;
+    let report = token_refresh::handle_until(&env.refresher(all_due()), manual(), Some(deadline))
+        .await
+        .unwrap();
+    let s = report.summary;
+    assert_eq!((s.refreshed, s.deferred, s.failed), (0, 2, 0), "{report:?}");
+    assert!(report.connections.iter().all(|c| c.outcome == "deferred"));
+    let untouched = env.stored("a").await.value;
+    assert_eq!(untouched.generation, before.generation);
+    assert_eq!(
+        untouched.refresh_token.unwrap().expose_secret(),
+        before.refresh_token.unwrap().expose_secret()
+    );
+
+    // With the margin and a minute to spare, both go.
+    let deadline = now_ms + token_refresh::STOP_MARGIN.as_millis() as u64 + 60_000;
+    let report = token_refresh::handle_until(&env.refresher(all_due()), manual(), Some(deadline))
+        .await
+        .unwrap();
+    let s = report.summary;
+    assert_eq!((s.refreshed, s.deferred), (2, 0), "{report:?}");
+    assert!(env.stored("a").await.value.generation > before.generation);
+}

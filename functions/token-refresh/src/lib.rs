@@ -52,8 +52,29 @@ impl From<Failed> for Diagnostic {
     }
 }
 
-/// Handles one trigger.
+/// How long before the invocation's deadline a run stops starting refreshes: room for the ones
+/// in flight to finish their token call and both secret writes, with retries.
+pub const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Handles one trigger with no time limit.
 pub async fn handle(state: &Result<State, String>, trigger: Trigger) -> Result<Report, Failed> {
+    handle_until(state, trigger, None).await
+}
+
+/// Handles one trigger under Lambda's deadline (milliseconds since the Unix epoch, from the
+/// invocation's context): refreshes stop starting [`STOP_MARGIN`] before it.
+pub async fn handle_until(
+    state: &Result<State, String>,
+    trigger: Trigger,
+    deadline_ms: Option<u64>,
+) -> Result<Report, Failed> {
+    let stop_by = deadline_ms.map(|d| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_millis() as u64);
+        let left = std::time::Duration::from_millis(d.saturating_sub(now_ms));
+        tokio::time::Instant::now() + left.saturating_sub(STOP_MARGIN)
+    });
     let state = state
         .as_ref()
         .map_err(|e| Failed(RunFailure::Config(e.clone())))?;
@@ -61,7 +82,9 @@ pub async fn handle(state: &Result<State, String>, trigger: Trigger) -> Result<R
         Trigger::Manual { connections } => Run::Manual(connections),
         Trigger::Scheduled(_) => Run::Scheduled,
     };
-    refresh::run(state, what).await.map_err(Failed)
+    refresh::run_until(state, what, stop_by)
+        .await
+        .map_err(Failed)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let state = &state;
     // Errors become Lambda diagnostics whose errorType says whether a retry may help.
     run(service_fn(move |event: LambdaEvent<Trigger>| async move {
-        token_refresh::handle(state, event.payload).await
+        token_refresh::handle_until(state, event.payload, Some(event.context.deadline)).await
     }))
     .await
 }

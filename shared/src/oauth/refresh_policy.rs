@@ -200,6 +200,8 @@ pub enum Outcome {
     Skipped(SkipReason),
     /// The refresh failed.
     Failed(RefreshFailure),
+    /// Due, but the run stopped starting refreshes before its time ran out; the next run takes it.
+    Deferred,
 }
 
 /// What a token-refresh run did. `needs_consent` counts every connection that needs a person,
@@ -215,6 +217,9 @@ pub struct Summary {
     pub failed: usize,
     /// Needing a person to consent again.
     pub needs_consent: usize,
+    /// Due but left for the next run: the run would not have finished within its time.
+    #[serde(default)]
+    pub deferred: usize,
 }
 
 impl Summary {
@@ -226,6 +231,7 @@ impl Summary {
             | Outcome::Failed(RefreshFailure::NeedsConsent) => self.needs_consent += 1,
             Outcome::NotDue | Outcome::Skipped(_) => self.skipped += 1,
             Outcome::Failed(_) => self.failed += 1,
+            Outcome::Deferred => self.deferred += 1,
         }
     }
 }
@@ -533,6 +539,7 @@ mod tests {
             Outcome::Failed(RefreshFailure::NeedsConsent),
             Outcome::Failed(RefreshFailure::Transient),
             Outcome::Failed(RefreshFailure::Misconfigured),
+            Outcome::Deferred,
         ] {
             s.record(o);
         }
@@ -542,19 +549,21 @@ mod tests {
                 refreshed: 2,
                 skipped: 2,
                 failed: 2,
-                needs_consent: 2
+                needs_consent: 2,
+                deferred: 1,
             }
         );
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
-            r#"{"refreshed":2,"skipped":2,"failed":2,"needs_consent":2}"#
+            r#"{"refreshed":2,"skipped":2,"failed":2,"needs_consent":2,"deferred":1}"#
         );
+        // A summary written before `deferred` existed still reads.
         assert_eq!(
             serde_json::from_str::<Summary>(
                 r#"{"refreshed":2,"skipped":2,"failed":2,"needs_consent":2}"#
             )
             .unwrap(),
-            s
+            Summary { deferred: 0, ..s }
         );
     }
 

@@ -7,8 +7,10 @@
 //! `needs_consent` (one warning line; nothing deleted). Connections run concurrently, bounded by
 //! `SPBRIDGE_REFRESH_CONCURRENCY`; one failing does not stop the others. Refreshes start at most
 //! [`MAX_REFRESHES_PER_SECOND`] a second, so the refresh-token writes they make stay under
-//! Secrets Manager's `PutSecretValue` quota (50 per second per Region) however fast the store and
-//! token endpoint answer.
+//! Secrets Manager's write quota however fast the store and token endpoint answer. A run given a
+//! time to stop by ([`run_until`]) starts no refresh after it: the due connections left over are
+//! reported `deferred` and stay due for the next run, so no refresh is cut off mid-write by the
+//! Lambda timeout.
 //!
 //! The run returns its [`Report`] when every connection ended well (refreshed, skipped or found
 //! needing consent). If any failed otherwise it returns a [`RunFailure`] whose
@@ -33,10 +35,13 @@ use crate::{
     },
 };
 
-/// Refreshes a run starts per second: each makes about one `PutSecretValue`. Secrets Manager
-/// allows 50 a second per Region, shared with upload-worker and oauth-callback; 40 leaves them
-/// room. At this pace a run gets through 10,000 due connections in about 250 s.
-pub const MAX_REFRESHES_PER_SECOND: u32 = 40;
+/// Refreshes a run starts per second. Each stores its tokens with two writes, `PutSecretValue`
+/// and the `UpdateSecretVersionStage` that makes it current only if nobody else wrote first, and
+/// Secrets Manager allows 50 of those together a second per Region (one quota for
+/// `PutSecretValue`, `UpdateSecret`, `UpdateSecretVersionStage`, ...), shared with
+/// upload-worker and oauth-callback. 20 makes 40 writes a second and leaves them room. At this
+/// pace a run gets through 10,000 due connections in about 500 s.
+pub const MAX_REFRESHES_PER_SECOND: u32 = 20;
 
 /// Spaces the starts of refreshes evenly, across all of a run's tasks.
 struct Pacer {
@@ -147,8 +152,18 @@ pub enum Run {
     Scheduled,
 }
 
-/// One token-refresh run.
+/// One token-refresh run with no time limit (a test, or a caller that knows the run is small).
 pub async fn run(state: &Warm, what: Run) -> Result<Report, RunFailure> {
+    run_until(state, what, None).await
+}
+
+/// One token-refresh run that starts no refresh at or after `stop_by`; the due connections it
+/// did not start are reported `deferred` (see [`Outcome::Deferred`]).
+pub async fn run_until(
+    state: &Warm,
+    what: Run,
+    stop_by: Option<tokio::time::Instant>,
+) -> Result<Report, RunFailure> {
     let access = Arc::new(state.access().await.map_err(RunFailure::Store)?);
     let (ids, forced) = match what {
         Run::Manual(connections) => (connections, true),
@@ -175,6 +190,7 @@ pub async fn run(state: &Warm, what: Run) -> Result<Report, RunFailure> {
         certificate_warning: state.lifecycle.certificate_warning,
         clock: state.clock.clone(),
         pacer: Pacer::per_second(MAX_REFRESHES_PER_SECOND),
+        stop_by,
     });
     let results = refresh_policy::run_bounded(
         ids,
@@ -227,9 +243,17 @@ pub async fn run(state: &Warm, what: Run) -> Result<Report, RunFailure> {
         skipped = s.skipped,
         failed = s.failed,
         needs_consent = s.needs_consent,
+        deferred = s.deferred,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "token-refresh run finished"
     );
+    if s.deferred > 0 {
+        tracing::warn!(
+            deferred = s.deferred,
+            "due connections left for the next run: this run's time ran out (raise the function's \
+             Timeout or run the schedule more often)"
+        );
+    }
     match worst {
         None => Ok(report),
         Some(class) => Err(RunFailure::ConnectionsFailed {
@@ -248,6 +272,7 @@ struct Settings {
     certificate_warning: Duration,
     clock: Clock,
     pacer: Pacer,
+    stop_by: Option<tokio::time::Instant>,
 }
 
 /// The policy's view of a connection.
@@ -326,6 +351,19 @@ async fn one(access: &Access, cfg: &Settings, id: &str) -> (Outcome, ConnectionR
         ),
         Decision::Due(reason) => {
             cfg.pacer.wait().await;
+            // Checked after the pacer's wait, which may itself run past the stop.
+            if cfg
+                .stop_by
+                .is_some_and(|stop| tokio::time::Instant::now() >= stop)
+            {
+                return (
+                    Outcome::Deferred,
+                    report(
+                        "deferred",
+                        Some("the run's time ran out; the next run refreshes it".into()),
+                    ),
+                );
+            }
             match access.refresh(id).await {
                 Ok(out) => {
                     tracing::info!(connection = id, ?reason, rotated = out.rotated, persisted = ?out.persisted, "refreshed");
@@ -402,11 +440,12 @@ mod tests {
         }
         let mut starts = tasks.join_all().await;
         starts.sort();
-        // 101 starts at 40 a second: the first at once, the last 2.5 s later, 25 ms apart.
+        // 101 starts at 20 a second: the first at once, the last 5 s later, 50 ms apart, which
+        // is 40 quota writes a second (two per refresh) under Secrets Manager's 50.
         assert_eq!(starts[0], started);
-        assert_eq!(starts[100] - started, Duration::from_millis(2500));
+        assert_eq!(starts[100] - started, Duration::from_millis(5000));
         for pair in starts.windows(2) {
-            assert_eq!(pair[1] - pair[0], Duration::from_millis(25));
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(50));
         }
     }
 
