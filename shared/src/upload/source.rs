@@ -1,8 +1,10 @@
 //! Upload content as a stream, read one chunk at a time.
 //!
 //! A source is a stream of byte frames with an optional announced length. The clients never hold
-//! more than one chunk (plus one network frame) of it in memory, so a `source_url` of any size
-//! streams from its origin into the chunked upload.
+//! more than one chunk of it plus a 2 MiB read-ahead, in pooled 256 KiB frames, so a
+//! `source_url` of any size streams from its origin into the chunked upload. A chunk's request
+//! starts as soon as the chunk's extent is known and sends its frames as they are read; they stay
+//! until the chunk's answer, so a failed request is sent again from memory.
 //!
 //! Unknown length: SharePoint's chunked protocol does not need the total, so any stream works.
 //! Graph's upload session needs it in every `Content-Range`, so a Graph upload whose source has
@@ -242,7 +244,7 @@ pub(crate) fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 
 /// Bytes a reader may hold beyond the chunk being uploaded: how far it reads into the next
 /// chunk before that chunk's upload starts.
-const AHEAD: usize = 4 * 1024 * 1024;
+const AHEAD: usize = 2 * 1024 * 1024;
 
 /// Frame buffers given back after their chunk's upload, kept for the process's next chunks,
 /// across uploads and invocations: a warm worker allocates its frames once. Freed and
@@ -425,7 +427,7 @@ impl Chunk {
     ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + use<> {
         let skip = pos.saturating_sub(self.offset) as usize;
         let state = (self.frames.clone(), 0usize, skip, false);
-        let frames = stream::unfold(state, |(frames, i, skip, failed)| async move {
+        stream::unfold(state, |(frames, i, skip, failed)| async move {
             if failed {
                 return None;
             }
@@ -445,8 +447,7 @@ impl Chunk {
                     Err(e) => return Some((Err(io::Error::other(e)), (frames, i, 0, true))),
                 }
             }
-        });
-        frames
+        })
     }
 
     /// Runs `send` (a request carrying this chunk) unless the reader fails first: then the
