@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
@@ -401,6 +401,7 @@ impl GraphClient {
         state.total = chunks.total().or(state.total);
         let first = chunks.next().await?;
         let (item, status, chunks) = if first.last && saved.is_none() && base == 0 {
+            let body = first.into_bytes().await?;
             match resume {
                 // A repeated `replace` rewrites the same bytes in place: nothing to record.
                 Some(r) if req.conflict != ConflictBehavior::Replace => {
@@ -410,14 +411,14 @@ impl GraphClient {
                         &mut path,
                         req.conflict,
                         (r, &mut state),
-                        first.bytes,
+                        body,
                         &display,
                     )
                     .await?
                 }
                 _ => {
                     let (item, status) = self
-                        .simple(&authed, drive, &path, req.conflict, first.bytes, &display)
+                        .simple(&authed, drive, &path, req.conflict, body, &display)
                         .await?;
                     (item, status, 1)
                 }
@@ -744,7 +745,7 @@ impl GraphClient {
         let mut count = 0u32;
         loop {
             count += 1;
-            let end = chunk.offset + chunk.bytes.len() as u64;
+            let end = chunk.end();
             if let (true, Some(r)) = (chunk.last, resume) {
                 // Saved first: a worker that dies after the last range is accepted but before
                 // the job records the file lets its retry recognise the file as its own.
@@ -761,9 +762,16 @@ impl GraphClient {
             let mut recoveries = 0u32;
             // Send the part of this chunk the session still wants, until it wants the next.
             let step = loop {
-                let body = chunk.bytes.slice((pos - chunk.offset) as usize..);
                 let outcome = self
-                    .put_range(sender, upload_url, pos, body, total, display, &mut expires)
+                    .put_range(
+                        sender,
+                        upload_url,
+                        pos,
+                        &chunk,
+                        total,
+                        display,
+                        &mut expires,
+                    )
                     .await;
                 let recover = match outcome {
                     Ok(Step::Next(n)) if n == end => break Step::Next(n),
@@ -867,22 +875,23 @@ impl GraphClient {
         sender: &Sender<'_>,
         upload_url: &Url,
         offset: u64,
-        body: Bytes,
+        chunk: &Chunk,
         total: u64,
         display: &str,
         expires: &mut Option<i64>,
     ) -> Result<Step, ChunkError> {
-        if body.is_empty() {
+        let len = chunk.end().saturating_sub(offset);
+        if len == 0 {
             return Err(Fatal(bad_reply("nothing left to send in this chunk")));
         }
-        let range = content_range(offset, body.len() as u64, total);
-        let resp = sender
-            .send(Safety::ThrottleOnly, |c| {
-                c.put(upload_url.clone())
-                    .header(CONTENT_RANGE, range.as_str())
-                    .body(body.clone())
-            })
-            .await;
+        let range = content_range(offset, len, total);
+        let send = sender.send(Safety::ThrottleOnly, |c| {
+            c.put(upload_url.clone())
+                .header(CONTENT_RANGE, range.as_str())
+                .header(CONTENT_LENGTH, len)
+                .body(chunk.body_from(offset))
+        });
+        let resp = chunk.guard(send, Err).await;
         let resp = match resp {
             Ok(r) => r,
             Err(e @ UploadError::Upstream { status: 0, .. }) => return Err(Recoverable(e)),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use reqwest::Method;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -442,6 +442,7 @@ impl Ctx<'_> {
         }
     }
 
+    /// Sends one chunk, streaming its bytes as the reader delivers them.
     async fn chunk_op(
         &self,
         path: &str,
@@ -450,15 +451,33 @@ impl Ctx<'_> {
         chunk: &Chunk,
     ) -> Result<Bytes, UploadError> {
         let url = file_url(self.target, path, &chunk_suffix(op, id))?;
-        self.call(
-            Safety::Idempotent,
-            Method::POST,
-            &url,
-            Some(chunk.bytes.clone()),
-            "application/octet-stream",
-            path,
-        )
-        .await
+        let send = async {
+            let resp = self
+                .sender
+                .send(Safety::Idempotent, |c| {
+                    c.post(url.clone())
+                        .header(ACCEPT, NOMETADATA)
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, chunk.len)
+                        .body(chunk.body_from(chunk.offset))
+                })
+                .await?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(|e| UploadError::transport(&e))?;
+            if (200..300).contains(&status) {
+                Ok(bytes)
+            } else {
+                Err(from_response(
+                    Api::SharePoint,
+                    status,
+                    &headers,
+                    &bytes,
+                    path,
+                ))
+            }
+        };
+        chunk.guard(send, Err).await
     }
 
     /// Streams the chunks into `path`: the finished file and the chunk count, or the state to
@@ -483,7 +502,7 @@ impl Ctx<'_> {
             } else {
                 ChunkOp::Continue(chunk.offset)
             };
-            let expected = chunk.offset + chunk.bytes.len() as u64;
+            let expected = chunk.end();
             if let (ChunkOp::Finish(_), Some(r)) = (op, resume) {
                 // Saved first: a worker that dies after `FinishUpload` but before the job
                 // records the file lets its retry recognise the finished file as its own.
@@ -731,13 +750,14 @@ impl SharePointClient {
         let first = chunks.next().await?;
         let (file, conflict_outcome, chunks) = match state.session.clone() {
             None if first.last => {
+                let body = first.into_bytes().await?;
                 // A repeated `replace` rewrites the same bytes in place: nothing to record.
                 let mark = resume
                     .filter(|_| req.conflict != ConflictBehavior::Replace)
                     .map(|r| (r, &state));
                 let landed = match (&state.single, mark) {
                     (Some(single), Some(_)) => ctx
-                        .ours(&folder, single, &first.bytes)
+                        .ours(&folder, single, &body)
                         .await?
                         .map(|f| (f, single.name.clone())),
                     _ => None,
@@ -761,7 +781,7 @@ impl SharePointClient {
                                 &segments,
                                 &req.file_name,
                                 req.conflict,
-                                &first.bytes,
+                                &body,
                                 false,
                                 mark,
                             )

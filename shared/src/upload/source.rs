@@ -1,8 +1,10 @@
 //! Upload content as a stream, read one chunk at a time.
 //!
 //! A source is a stream of byte frames with an optional announced length. The clients never hold
-//! more than one chunk (plus one network frame) of it in memory, so a `source_url` of any size
-//! streams from its origin into the chunked upload.
+//! more than one chunk of it plus a 2 MiB read-ahead, in pooled 256 KiB frames, so a
+//! `source_url` of any size streams from its origin into the chunked upload. A chunk's request
+//! starts as soon as the chunk's extent is known and sends its frames as they are read; they stay
+//! until the chunk's answer, so a failed request is sent again from memory.
 //!
 //! Unknown length: SharePoint's chunked protocol does not need the total, so any stream works.
 //! Graph's upload session needs it in every `Content-Range`, so a Graph upload whose source has
@@ -240,61 +242,261 @@ pub(crate) fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((from, total.trim().parse().ok()))
 }
 
-/// One piece of the content.
-#[derive(Debug)]
-pub(crate) struct Chunk {
-    pub bytes: Bytes,
-    /// Offset of the first byte in the whole content.
-    pub offset: u64,
-    /// Whether this is the end of the content.
-    pub last: bool,
-}
+/// Bytes a reader may hold beyond the chunk being uploaded: how far it reads into the next
+/// chunk before that chunk's upload starts.
+const AHEAD: usize = 2 * 1024 * 1024;
 
-/// Chunk buffers given back after their upload, kept for the process's next chunks, across
-/// uploads and invocations: a warm worker allocates its two buffers once. Freed and allocated
-/// again instead, each 10 MiB block lands in whichever thread's malloc arena the reader task
+/// Frame buffers given back after their chunk's upload, kept for the process's next chunks,
+/// across uploads and invocations: a warm worker allocates its frames once. Freed and
+/// allocated again instead, blocks land in whichever thread's malloc arena the reader task
 /// runs on, freed ones stay resident there, and RSS creeps up with the chunks and invocations.
 static POOL: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
 
-/// Buffers [`POOL`] keeps: the chunk uploading and the one read ahead.
-const POOLED: usize = 2;
+/// Frames [`POOL`] keeps: the most one upload may hold at once (a chunk and the read-ahead).
+static POOLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Keeps `b` for a later chunk, if the pool has room.
+/// Keeps `b` for a later chunk, if it is a whole frame buffer and the pool has room.
 fn give_back(mut b: BytesMut) {
-    if b.capacity() == 0 {
+    if b.capacity() < FRAME {
         return;
     }
     b.clear();
+    let room = POOLED.load(std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut p) = POOL.lock()
-        && p.len() < POOLED
+        && p.len() < room
     {
         p.push(b);
     }
 }
 
-/// An empty buffer of at least `size` bytes: a pooled one, or a new one of exactly `size`
-/// (never grown later: a frame is copied only as far as the chunk has room).
-fn buffer(size: usize) -> BytesMut {
-    if let Ok(mut p) = POOL.lock() {
-        if let Some(i) = p.iter().position(|b| b.capacity() >= size) {
-            return p.swap_remove(i);
-        }
-        // Buffers of a smaller chunk size are of no use any more.
-        p.clear();
+/// An empty frame buffer: a pooled one, or a new one of exactly [`FRAME`] bytes (never grown:
+/// a source frame is copied only as far as the buffer has room).
+fn frame_buffer() -> BytesMut {
+    if let Ok(mut p) = POOL.lock()
+        && let Some(b) = p.pop()
+    {
+        return b;
     }
-    BytesMut::with_capacity(size)
+    BytesMut::with_capacity(FRAME)
 }
 
-/// Cuts a source into chunks, holding at most one chunk and one frame.
+/// The frames of one chunk as the reader fills them, shared by every attempt to send it.
+#[derive(Default)]
+struct Frames {
+    filled: std::sync::Mutex<Filled>,
+    /// Woken on every new frame, the end, a failure and the release.
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Filled {
+    frames: Vec<Bytes>,
+    /// What the frames count against the upload's memory budget; freed with them.
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Every frame of the chunk is in.
+    done: bool,
+    /// The reader failed (the source's error); the chunk will not complete.
+    failed: Option<String>,
+    /// The chunk's upload finished and its frames went back to the pool.
+    released: bool,
+}
+
+impl Frames {
+    fn update(&self, f: impl FnOnce(&mut Filled)) {
+        if let Ok(mut st) = self.filled.lock() {
+            f(&mut st);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn push(&self, frame: Bytes, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.update(|st| {
+            st.frames.push(frame);
+            st.permits.push(permit);
+        });
+    }
+
+    /// Gives the frames back (those no request still holds) and frees their budget.
+    fn release(&self) {
+        let (frames, permits) = match self.filled.lock() {
+            Ok(mut st) => {
+                st.released = true;
+                (
+                    std::mem::take(&mut st.frames),
+                    std::mem::take(&mut st.permits),
+                )
+            }
+            Err(_) => return,
+        };
+        self.changed.notify_waiters();
+        for f in frames {
+            if let Ok(b) = f.try_into_mut() {
+                give_back(b);
+            }
+        }
+        drop(permits);
+    }
+
+    /// Waits for frame `i`: `Ok(Some)` once read, `Ok(None)` past the chunk's end, or the
+    /// reader's error.
+    async fn frame(&self, i: usize) -> Result<Option<Bytes>, String> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking, so a frame pushed in between still wakes us.
+            changed.as_mut().enable();
+            {
+                let st = self.filled.lock().map_err(|_| "the chunk reader broke")?;
+                if let Some(f) = st.frames.get(i) {
+                    return Ok(Some(f.clone()));
+                }
+                if let Some(e) = &st.failed {
+                    return Err(e.clone());
+                }
+                if st.released {
+                    return Err("the chunk was already released".into());
+                }
+                if st.done {
+                    return Ok(None);
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits for the reader's failure; pending forever while the chunk reads fine.
+    async fn failure(&self) -> UploadError {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let settled = match self.filled.lock() {
+                Ok(st) => match &st.failed {
+                    Some(e) => return UploadError::Source(e.clone()),
+                    None => st.done || st.released,
+                },
+                Err(_) => true,
+            };
+            if settled {
+                return std::future::pending().await;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// One piece of the content. Handed out as soon as its extent is known (at once when the
+/// source announced its length), its bytes stream in as the reader gets them; they stay in
+/// memory until the chunk is dropped, so a failed request can send them again.
+pub(crate) struct Chunk {
+    /// Offset of the first byte in the whole content.
+    pub offset: u64,
+    /// The chunk's length.
+    pub len: u64,
+    /// Whether this is the end of the content.
+    pub last: bool,
+    frames: std::sync::Arc<Frames>,
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunk")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Chunk {
+    /// Offset just past the chunk.
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+
+    /// The chunk's bytes from file offset `pos` on, as a request body that streams frames as
+    /// the reader delivers them. Set `Content-Length` to `end() - pos` beside it.
+    pub fn body_from(&self, pos: u64) -> reqwest::Body {
+        reqwest::Body::wrap_stream(self.frames_from(pos))
+    }
+
+    /// The frames behind [`Chunk::body_from`].
+    fn frames_from(
+        &self,
+        pos: u64,
+    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + use<> {
+        let skip = pos.saturating_sub(self.offset) as usize;
+        let state = (self.frames.clone(), 0usize, skip, false);
+        stream::unfold(state, |(frames, i, skip, failed)| async move {
+            if failed {
+                return None;
+            }
+            let mut skip = skip;
+            let mut i = i;
+            loop {
+                match frames.frame(i).await {
+                    Ok(Some(f)) if f.len() <= skip => {
+                        skip -= f.len();
+                        i += 1;
+                    }
+                    Ok(Some(f)) => {
+                        let part = f.slice(skip..);
+                        return Some((Ok::<_, io::Error>(part), (frames, i + 1, 0, false)));
+                    }
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(io::Error::other(e)), (frames, i, 0, true))),
+                }
+            }
+        })
+    }
+
+    /// Runs `send` (a request carrying this chunk) unless the reader fails first: then the
+    /// source's error, at once, rather than retries of a body that cannot complete.
+    pub async fn guard<T>(
+        &self,
+        send: impl Future<Output = T>,
+        source_failed: impl FnOnce(UploadError) -> T,
+    ) -> T {
+        tokio::select! {
+            t = send => t,
+            e = self.frames.failure() => source_failed(e),
+        }
+    }
+
+    /// The whole chunk in one buffer, for the single-request paths (a file of one chunk).
+    pub async fn into_bytes(self) -> Result<Bytes, UploadError> {
+        let mut parts = Vec::new();
+        loop {
+            match self.frames.frame(parts.len()).await {
+                Ok(Some(f)) => parts.push(f),
+                Ok(None) => break,
+                Err(e) => return Err(UploadError::Source(e)),
+            }
+        }
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let mut all = BytesMut::with_capacity(self.len as usize);
+        for p in parts {
+            all.extend_from_slice(&p);
+        }
+        Ok(all.freeze())
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.frames.release();
+    }
+}
+
+/// Cuts a source into frames and chunks.
 pub(crate) struct Chunker {
     source: UploadSource,
-    /// The chunk being filled (kept here, not on the stack, so a dropped reader gives it back).
-    filling: BytesMut,
-    /// The part of the last frame not yet in a chunk.
+    /// The part of the last source frame not yet in a chunk frame.
     pending: Bytes,
     eof: bool,
     read: u64,
-    handed_out: u64,
     base: u64,
 }
 
@@ -308,11 +510,9 @@ impl Chunker {
     pub fn starting_at(source: UploadSource, base: u64) -> Self {
         Chunker {
             source,
-            filling: BytesMut::new(),
             pending: Bytes::new(),
             eof: false,
             read: 0,
-            handed_out: base,
             base,
         }
     }
@@ -351,14 +551,10 @@ impl Chunker {
         }
     }
 
-    /// The next chunk of up to `size` bytes (shorter only at the end). After the last chunk it
-    /// returns empty last chunks.
-    pub async fn next(&mut self, size: usize) -> Result<Chunk, UploadError> {
-        if self.filling.capacity() < size {
-            give_back(std::mem::take(&mut self.filling));
-            self.filling = buffer(size);
-        }
-        while self.filling.len() < size {
+    /// Fills `buf` with up to `want` more bytes; fewer only at the end of the content.
+    async fn fill(&mut self, buf: &mut BytesMut, want: usize) -> Result<(), UploadError> {
+        let stop = buf.len() + want;
+        while buf.len() < stop {
             if self.pending.is_empty() {
                 if self.eof {
                     break;
@@ -366,32 +562,26 @@ impl Chunker {
                 self.pull().await?;
                 continue;
             }
-            let n = (size - self.filling.len()).min(self.pending.len());
-            self.filling.extend_from_slice(&self.pending.split_to(n));
+            let n = (stop - buf.len()).min(self.pending.len());
+            buf.extend_from_slice(&self.pending.split_to(n));
         }
-        // Look one frame ahead so the caller knows whether this chunk is the last.
+        Ok(())
+    }
+
+    /// Whether the content has ended (reads one frame ahead to know).
+    async fn at_end(&mut self) -> Result<bool, UploadError> {
         while self.pending.is_empty() && !self.eof {
             self.pull().await?;
         }
-        let bytes = std::mem::take(&mut self.filling).freeze();
-        let offset = self.handed_out;
-        self.handed_out += bytes.len() as u64;
-        Ok(Chunk {
-            bytes,
-            offset,
-            last: self.eof && self.pending.is_empty(),
-        })
+        Ok(self.eof && self.pending.is_empty())
     }
 }
 
-impl Drop for Chunker {
-    fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.filling));
-    }
-}
-
-/// Reads the next chunk while the caller uploads the current one: a task fills one chunk ahead,
-/// and only once the caller took the previous one, so at most two chunks are in memory.
+/// Reads the content while the caller uploads it. A task cuts it into [`FRAME`]-sized frames
+/// and chunks of `size` bytes, each handed out as soon as its extent is known and filled as
+/// the caller streams it. The frames held (the chunk uploading, kept for resends, and what
+/// was read of the next) never exceed one chunk plus [`AHEAD`]: the reader waits until the
+/// caller drops a finished chunk.
 pub(crate) struct Prefetch {
     rx: tokio::sync::mpsc::Receiver<Result<Chunk, UploadError>>,
     task: tokio::task::JoinHandle<()>,
@@ -401,14 +591,62 @@ pub(crate) struct Prefetch {
 impl Prefetch {
     pub fn spawn(mut chunker: Chunker, size: usize) -> Self {
         let total = chunker.total();
+        let frames_per_chunk = size.div_ceil(FRAME);
+        let budget = frames_per_chunk + AHEAD / FRAME;
+        POOLED.fetch_max(budget, std::sync::atomic::Ordering::Relaxed);
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(budget));
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
-            // Reserve first: the slot is free only once the caller took the previous chunk.
-            while let Ok(permit) = tx.reserve().await {
-                let next = chunker.next(size).await;
-                let end = next.as_ref().map_or(true, |c| c.last);
-                permit.send(next);
-                if end {
+            let mut offset = chunker.base;
+            loop {
+                let frames = std::sync::Arc::new(Frames::default());
+                // With a known total the chunk goes out before its first byte is read.
+                let known = total.map(|t| {
+                    let len = (t.saturating_sub(offset)).min(size as u64);
+                    (len, offset + len >= t)
+                });
+                if let Some((len, last)) = known {
+                    let chunk = Chunk {
+                        offset,
+                        len,
+                        last,
+                        frames: frames.clone(),
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                let read = fill_chunk(&mut chunker, &frames, &permits, size).await;
+                let read = match read {
+                    Ok(n) => n,
+                    Err(e) => {
+                        frames.update(|st| st.failed = Some(e.to_string()));
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let last = match chunker.at_end().await {
+                    Ok(end) => end,
+                    Err(e) => {
+                        frames.update(|st| st.failed = Some(e.to_string()));
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                frames.update(|st| st.done = true);
+                if known.is_none() {
+                    let chunk = Chunk {
+                        offset,
+                        len: read,
+                        last,
+                        frames,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                offset += read;
+                if last {
                     return;
                 }
             }
@@ -416,11 +654,9 @@ impl Prefetch {
         Prefetch { rx, task, total }
     }
 
-    /// Gives an uploaded chunk's buffer back for a later chunk (when nothing else holds it).
+    /// Drops an uploaded chunk, giving its frames back for later chunks.
     pub fn recycle(&self, chunk: Chunk) {
-        if let Ok(b) = chunk.bytes.try_into_mut() {
-            give_back(b);
-        }
+        drop(chunk);
     }
 
     /// The whole file's length, when the source announced its own.
@@ -436,13 +672,40 @@ impl Prefetch {
     }
 }
 
+/// Reads one chunk of up to `size` bytes into `frames`, each frame within the budget `permits`.
+async fn fill_chunk(
+    chunker: &mut Chunker,
+    frames: &Frames,
+    permits: &std::sync::Arc<tokio::sync::Semaphore>,
+    size: usize,
+) -> Result<u64, UploadError> {
+    let mut read = 0usize;
+    while read < size {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let want = FRAME.min(size - read);
+        let mut buf = frame_buffer();
+        chunker.fill(&mut buf, want).await?;
+        let got = buf.len();
+        if got == 0 {
+            give_back(buf);
+            break;
+        }
+        read += got;
+        frames.push(buf.freeze(), permit);
+        if got < want {
+            break; // the end of the content
+        }
+    }
+    Ok(read as u64)
+}
+
 impl Drop for Prefetch {
     fn drop(&mut self) {
-        // A chunk read ahead but never uploaded (a pause) keeps its buffer for the next upload.
-        while let Ok(Ok(chunk)) = self.rx.try_recv() {
-            self.recycle(chunk);
-        }
+        // Chunks read ahead but never uploaded (a pause) give their frames back as they drop.
         self.task.abort();
+        while self.rx.try_recv().is_ok() {}
     }
 }
 
@@ -576,69 +839,87 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn chunks_cover_the_content_in_order_and_flag_the_last() {
-        let (all, src) = frames(&[7, 100, 3, 0, 45]);
-        let mut c = Chunker::new(src);
-        let mut got = Vec::new();
+    /// Every chunk `p` hands out, read whole: (offset, bytes, last).
+    async fn drain(p: &mut Prefetch) -> Result<Vec<(u64, Vec<u8>, bool)>, UploadError> {
+        let mut out = Vec::new();
         loop {
-            let ch = c.next(40).await.unwrap();
-            assert_eq!(ch.offset, got.len() as u64);
-            got.extend_from_slice(&ch.bytes);
-            if ch.last {
-                assert!(!ch.bytes.is_empty());
-                break;
+            let ch = p.next().await?;
+            let (offset, last, len) = (ch.offset, ch.last, ch.len);
+            let bytes = ch.into_bytes().await?;
+            assert_eq!(
+                bytes.len() as u64,
+                len,
+                "a chunk's bytes match its announced length"
+            );
+            out.push((offset, bytes.to_vec(), last));
+            if last {
+                return Ok(out);
             }
-            assert_eq!(ch.bytes.len(), 40);
         }
-        assert_eq!(got, all);
+    }
+
+    fn unannounced(src: UploadSource) -> UploadSource {
+        UploadSource::from_stream(src.stream, None)
     }
 
     #[tokio::test]
-    async fn a_chunk_owns_its_memory_alone() {
-        // Frames that straddle chunk boundaries leave a remainder behind each chunk; it must not
-        // keep the chunk's allocation alive, or two chunks live at once.
-        let (_, src) = frames(&[7; 30]);
-        let mut c = Chunker::new(src);
-        for _ in 0..4 {
-            let ch = c.next(40).await.unwrap();
-            assert_eq!(ch.bytes.len(), 40);
-            assert!(
-                ch.bytes.is_unique(),
-                "the chunker still shares the chunk's buffer"
-            );
+    async fn chunks_cover_the_content_in_order_and_flag_the_last() {
+        for announced in [true, false] {
+            let (all, src) = frames(&[7, 100, 3, 0, 45]);
+            let src = if announced { src } else { unannounced(src) };
+            let mut p = Prefetch::spawn(Chunker::new(src), 40);
+            let chunks = drain(&mut p).await.unwrap();
+            let mut got = Vec::new();
+            for (i, (offset, bytes, last)) in chunks.iter().enumerate() {
+                assert_eq!(*offset, got.len() as u64);
+                got.extend_from_slice(bytes);
+                assert_eq!(*last, i == chunks.len() - 1);
+                if !last {
+                    assert_eq!(bytes.len(), 40);
+                }
+            }
+            assert_eq!(got, all, "announced: {announced}");
         }
     }
 
     #[tokio::test]
     async fn exact_multiple_is_flagged_last_without_an_empty_chunk() {
-        let (_, src) = frames(&[80]);
-        let mut c = Chunker::new(src);
-        assert!(!c.next(40).await.unwrap().last);
-        let second = c.next(40).await.unwrap();
-        assert!(second.last);
-        assert_eq!(second.bytes.len(), 40);
+        for announced in [true, false] {
+            let (_, src) = frames(&[80]);
+            let src = if announced { src } else { unannounced(src) };
+            let chunks = drain(&mut Prefetch::spawn(Chunker::new(src), 40))
+                .await
+                .unwrap();
+            assert_eq!(chunks.len(), 2, "announced: {announced}");
+            assert!(!chunks[0].2 && chunks[1].2);
+            assert_eq!(chunks[1].1.len(), 40);
+        }
     }
 
     #[tokio::test]
     async fn empty_content_is_one_empty_last_chunk() {
-        let mut c = Chunker::new(UploadSource::from_bytes(Bytes::new()));
-        let ch = c.next(10).await.unwrap();
-        assert!(ch.last && ch.bytes.is_empty());
+        let mut p = Prefetch::spawn(Chunker::new(UploadSource::from_bytes(Bytes::new())), 10);
+        let chunks = drain(&mut p).await.unwrap();
+        assert_eq!(chunks, vec![(0, vec![], true)]);
     }
 
     #[tokio::test]
     async fn short_or_long_content_against_its_announced_length_fails() {
+        let read = |src: UploadSource| async move {
+            drain(&mut Prefetch::spawn(Chunker::new(src), 10))
+                .await
+                .unwrap_err()
+        };
         let short =
             UploadSource::from_stream(stream::iter([Ok(Bytes::from_static(b"abc"))]), Some(5));
-        let err = Chunker::new(short).next(10).await.unwrap_err();
+        let err = read(short).await;
         assert!(
             err.to_string().contains("ended after 3 of the announced 5"),
             "{err}"
         );
         let long =
             UploadSource::from_stream(stream::iter([Ok(Bytes::from_static(b"abcdef"))]), Some(5));
-        let err = Chunker::new(long).next(10).await.unwrap_err();
+        let err = read(long).await;
         assert!(err.to_string().contains("longer than"), "{err}");
         let broken = UploadSource::from_stream(
             stream::iter([
@@ -647,7 +928,7 @@ mod tests {
             ]),
             None,
         );
-        let err = Chunker::new(broken).next(10).await.unwrap_err();
+        let err = read(broken).await;
         assert_eq!(crate::api::ApiError::from(&err).status(), 502);
     }
 
@@ -658,17 +939,74 @@ mod tests {
             UploadSource::from_bytes(Bytes::from(data.clone())),
             UploadSource::from_reader(std::io::Cursor::new(data.clone()), None),
         ] {
-            let mut c = Chunker::new(src);
-            let mut got = Vec::new();
-            loop {
-                let ch = c.next(300_000).await.unwrap();
-                got.extend_from_slice(&ch.bytes);
-                if ch.last {
-                    break;
-                }
-            }
+            let chunks = drain(&mut Prefetch::spawn(Chunker::new(src), 300_000))
+                .await
+                .unwrap();
+            let got: Vec<u8> = chunks.into_iter().flat_map(|c| c.1).collect();
             assert_eq!(got, data);
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_streams_from_any_offset_and_can_be_sent_again() {
+        let data: Vec<u8> = (0..(3 * FRAME + 1000) as u32)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let src = UploadSource::from_bytes(Bytes::from(data.clone()));
+        let mut p = Prefetch::spawn(Chunker::starting_at(src, 500), 2 * FRAME + 10);
+        let first = p.next().await.unwrap();
+        let second = p.next().await.unwrap();
+        assert_eq!(
+            (second.offset, second.end()),
+            (first.end(), 500 + data.len() as u64)
+        );
+        let body = |ch: &Chunk, pos: u64| {
+            let frames = ch.frames_from(pos);
+            async move {
+                let parts: Vec<Bytes> = frames.map(|f| f.unwrap()).collect().await;
+                parts.concat()
+            }
+        };
+        // Twice (a resend) and from inside the chunk (Graph's partial resend).
+        for _ in 0..2 {
+            assert_eq!(body(&first, 500).await, data[..2 * FRAME + 10]);
+        }
+        let at = 500 + FRAME as u64 + 17;
+        assert_eq!(body(&first, at).await, data[FRAME + 17..2 * FRAME + 10]);
+        p.recycle(first);
+        assert_eq!(
+            body(&second, second.offset + 3).await,
+            data[2 * FRAME + 13..]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reader_holds_one_chunk_and_the_read_ahead_at_most() {
+        let size = 2 * FRAME;
+        let data = Bytes::from(vec![7u8; 12 * FRAME + AHEAD]);
+        let mut p = Prefetch::spawn(Chunker::new(UploadSource::from_bytes(data)), size);
+        let first = p.next().await.unwrap();
+        let mut held = 0;
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+            held = first.frames.filled.lock().unwrap().frames.len();
+        }
+        assert_eq!(held, 2, "the chunk in hand is read whole");
+        // The next chunks are read only as far as the read-ahead budget.
+        let mut ahead = 0;
+        for _ in 0..(AHEAD / size + 1) {
+            let next = p.next().await.unwrap();
+            for _ in 0..200 {
+                tokio::task::yield_now().await;
+            }
+            let n = next.frames.filled.lock().unwrap().frames.len();
+            ahead += n;
+            assert!(ahead <= AHEAD / FRAME, "{ahead} frames read ahead");
+            // Kept (not dropped) so the budget stays taken.
+            std::mem::forget(next);
+        }
+        assert_eq!(ahead, AHEAD / FRAME, "the reader uses its read-ahead");
+        p.recycle(first);
     }
 
     #[tokio::test]
@@ -697,13 +1035,9 @@ mod tests {
         let mut p = Prefetch::spawn(Chunker::starting_at(src, 1000), 40);
         assert_eq!(p.total(), Some(1000 + all.len() as u64));
         let mut got = Vec::new();
-        loop {
-            let ch = p.next().await.unwrap();
-            assert_eq!(ch.offset, 1000 + got.len() as u64);
-            got.extend_from_slice(&ch.bytes);
-            if ch.last {
-                break;
-            }
+        for (offset, bytes, _) in drain(&mut p).await.unwrap() {
+            assert_eq!(offset, 1000 + got.len() as u64);
+            got.extend_from_slice(&bytes);
         }
         assert_eq!(got, all);
     }
