@@ -389,24 +389,29 @@ async fn an_expired_graph_session_is_recreated_and_the_file_starts_again() {
     assert_eq!(origin.requests(), 2);
 }
 
-/// The worker process dies at `point` (`SPBRIDGE_TEST_EXIT_AT`): `after_store` is right after
-/// the target stored the file (SharePoint's `FinishUpload` answered, Graph's last range
-/// accepted) and before the job recorded it; `before_final_chunk` is after the checkpoint says
-/// the final chunk is being sent, but before it is. The retry must tell whether the file at the
-/// path is ours: one file of ours, the right bytes, the job done. With `rename` and `replace`,
-/// a different file of the same size already holds the name and must never be taken for ours
-/// (`rename` leaves it untouched; `replace` overwrites it).
-async fn a_worker_dying(connection: &str, conflict: Conflict, point: &str) {
+/// A job whose worker process died at `point` (`SPBRIDGE_TEST_EXIT_AT`, exit code 86) while
+/// uploading `len` bytes as `name` with `conflict`. With `other`, a different file of the same
+/// length was stored at the name first; its SHA-256 is `before`.
+struct Crash {
+    w: World,
+    id: JobId,
+    origin: Origin,
+    before: Option<String>,
+}
+
+async fn crash(
+    connection: &str,
+    conflict: Conflict,
+    point: &str,
+    name: &str,
+    len: u64,
+    other: bool,
+) -> Crash {
     let mut w = World::start_with(Options::default(), 600, 5, 2).await;
     // A dead worker's lease lapses quickly, so the retry may take the job.
     w.env
         .insert("SPBRIDGE_WORKER_LEASE_SECS".into(), "1".into());
-    let len = 3 * CHUNK + 4321;
-    let name = "landed.bin";
-    let path = format!("{SP_LIB}/{name}");
-    let other = if conflict == Conflict::Fail {
-        None
-    } else {
+    let before = if other {
         let before = Origin::start(OriginOptions {
             len,
             seed: 40,
@@ -418,6 +423,8 @@ async fn a_worker_dying(connection: &str, conflict: Conflict, point: &str) {
         let (job, _) = w.run_to_end(&id, |_, _| {}).await;
         assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
         Some(before.sha256())
+    } else {
+        None
     };
     let origin = Origin::start(OriginOptions {
         len,
@@ -435,18 +442,84 @@ async fn a_worker_dying(connection: &str, conflict: Conflict, point: &str) {
         "the worker did not stop at {point}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Crash {
+        w,
+        id,
+        origin,
+        before,
+    }
+}
+
+impl Crash {
+    /// The job as the dead worker left it: still uploading, and our bytes at `stored_at` only
+    /// when it died after the store.
+    async fn left(&self, stored_at: &str, point: &str, len: u64) -> Job {
+        let crashed = self.w.jobs.get(&self.id).await.expect("job");
+        assert_eq!(
+            crashed.status,
+            JobStatus::Uploading,
+            "{}",
+            crashed.to_json()
+        );
+        let ours = Some((len, self.origin.sha256()));
+        let at_crash = self.w.emu.file_digest(stored_at);
+        if point == "after_store" {
+            assert_eq!(
+                at_crash, ours,
+                "the target did not store the file before the worker died"
+            );
+        } else {
+            assert_ne!(at_crash, ours, "stored too early");
+        }
+        crashed
+    }
+
+    /// `job` ended done with our bytes, `len` of them, at `stored_at`.
+    fn assert_done(&self, job: &Job, stored_at: &str, len: u64) {
+        assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
+        let result = job.result.as_ref().expect("result");
+        assert_eq!(result["size"], json!(len), "{result}");
+        let file_name = stored_at.rsplit('/').next().unwrap_or_default();
+        assert!(
+            result["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&format!("/{file_name}"))),
+            "{result}"
+        );
+        assert_eq!(
+            self.w.emu.file_digest(stored_at),
+            Some((len, self.origin.sha256())),
+            "stored bytes differ from the source"
+        );
+    }
+}
+
+/// The worker process dies at `point` (`SPBRIDGE_TEST_EXIT_AT`): `after_store` is right after
+/// the target stored the file (SharePoint's `FinishUpload` answered, Graph's last range
+/// accepted) and before the job recorded it; `before_final_chunk` is after the checkpoint says
+/// the final chunk is being sent, but before it is. The retry must tell whether the file at the
+/// path is ours: one file of ours, the right bytes, the job done. With `rename` and `replace`,
+/// a different file of the same size already holds the name and must never be taken for ours
+/// (`rename` leaves it untouched; `replace` overwrites it).
+async fn a_worker_dying(connection: &str, conflict: Conflict, point: &str) {
+    let len = 3 * CHUNK + 4321;
+    let name = "landed.bin";
+    let path = format!("{SP_LIB}/{name}");
+    let c = crash(
+        connection,
+        conflict,
+        point,
+        name,
+        len,
+        conflict != Conflict::Fail,
+    )
+    .await;
     let stored_at = if conflict == Conflict::Rename {
         format!("{SP_LIB}/landed 1.bin")
     } else {
         path.clone()
     };
-    let crashed = w.jobs.get(&id).await.expect("job");
-    assert_eq!(
-        crashed.status,
-        JobStatus::Uploading,
-        "{}",
-        crashed.to_json()
-    );
+    let crashed = c.left(&stored_at, point, len).await;
     assert!(
         crashed
             .checkpoint
@@ -455,56 +528,32 @@ async fn a_worker_dying(connection: &str, conflict: Conflict, point: &str) {
         "the checkpoint does not say the final chunk was sent: {:?}",
         crashed.checkpoint
     );
-    let at_crash = w.emu.file_digest(&stored_at);
-    if point == "after_store" {
-        assert_eq!(
-            at_crash,
-            Some((len, origin.sha256())),
-            "the target did not store the file before the worker died"
-        );
-    } else {
-        assert_ne!(at_crash, Some((len, origin.sha256())), "stored too early");
-    }
-    let (job, ran) = w.run_to_end(&id, |_, _| {}).await;
+    let (job, ran) = c.w.run_to_end(&c.id, |_, _| {}).await;
     println!(
         "worker died at {point}, {connection} {conflict:?}: job {} after {} more invocation(s)",
         job.status.as_str(),
         ran.len()
     );
-    assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
-    let result = job.result.as_ref().expect("result");
-    assert_eq!(result["size"], json!(len), "{result}");
-    let file_name = stored_at.rsplit('/').next().unwrap_or_default();
-    assert!(
-        result["path"]
-            .as_str()
-            .is_some_and(|p| p.ends_with(&format!("/{file_name}"))),
-        "{result}"
-    );
-    assert_eq!(
-        w.emu.file_digest(&stored_at),
-        Some((len, origin.sha256())),
-        "stored bytes differ from the source"
-    );
-    let files: Vec<_> = w
-        .emu
-        .files()
-        .into_iter()
-        .filter(|f| !f.is_folder && f.path.starts_with(&format!("{SP_LIB}/landed")))
-        .map(|f| f.path)
-        .collect();
+    c.assert_done(&job, &stored_at, len);
+    let files: Vec<_> =
+        c.w.emu
+            .files()
+            .into_iter()
+            .filter(|f| !f.is_folder && f.path.starts_with(&format!("{SP_LIB}/landed")))
+            .map(|f| f.path)
+            .collect();
     if conflict == Conflict::Rename {
-        let other = other.unwrap_or_default();
-        assert_ne!(other, origin.sha256());
-        assert_eq!(w.emu.file_digest(&path), Some((len, other)));
+        let other = c.before.clone().unwrap_or_default();
+        assert_ne!(other, c.origin.sha256());
+        assert_eq!(c.w.emu.file_digest(&path), Some((len, other)));
         assert_eq!(files.len(), 2, "{files:?}");
     } else {
         assert_eq!(files.len(), 1, "{files:?}");
     }
     assert!(
-        w.emu.open_uploads().is_empty(),
+        c.w.emu.open_uploads().is_empty(),
         "{:?}",
-        w.emu.open_uploads()
+        c.w.emu.open_uploads()
     );
 }
 
@@ -551,112 +600,43 @@ async fn a_worker_dying_on_one_request(
     point: &str,
     other: bool,
 ) {
-    let mut w = World::start_with(Options::default(), 600, 5, 2).await;
-    // A dead worker's lease lapses quickly, so the retry may take the job.
-    w.env
-        .insert("SPBRIDGE_WORKER_LEASE_SECS".into(), "1".into());
     let len = 4321;
     let name = "single.bin";
     let path = format!("{SP_LIB}/{name}");
-    let before = if other {
-        let before = Origin::start(OriginOptions {
-            len,
-            seed: 40,
-            honour_range: true,
-        })
-        .await
-        .expect("origin");
-        let id = w.accept(connection, name, before.url()).await;
-        let (job, _) = w.run_to_end(&id, |_, _| {}).await;
-        assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
-        Some(before.sha256())
-    } else {
-        None
-    };
-    let origin = Origin::start(OriginOptions {
-        len,
-        // The origin uses `seed | 1`: 40 and 42 give different bytes.
-        seed: 42,
-        honour_range: true,
-    })
-    .await
-    .expect("origin");
-    assert_ne!(before.as_deref(), Some(origin.sha256().as_str()));
-    let id = w.accept_as(connection, name, origin.url(), conflict).await;
-    let out = w.invoke_with(&[("SPBRIDGE_TEST_EXIT_AT", point)]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(86),
-        "the worker did not stop at {point}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let c = crash(connection, conflict, point, name, len, other).await;
+    assert_ne!(c.before.as_deref(), Some(c.origin.sha256().as_str()));
     let stored_at = if conflict == Conflict::Rename && other {
         format!("{SP_LIB}/single 1.bin")
     } else {
         path.clone()
     };
-    let crashed = w.jobs.get(&id).await.expect("job");
-    assert_eq!(
-        crashed.status,
-        JobStatus::Uploading,
-        "{}",
-        crashed.to_json()
-    );
-    let at_crash = w.emu.file_digest(&stored_at);
-    if point == "after_store" {
-        assert_eq!(
-            at_crash,
-            Some((len, origin.sha256())),
-            "the target did not store the file before the worker died"
-        );
-    } else {
-        assert_ne!(at_crash, Some((len, origin.sha256())), "stored too early");
-    }
-    let (job, ran) = w.run_to_end(&id, |_, _| {}).await;
+    c.left(&stored_at, point, len).await;
+    let (job, ran) = c.w.run_to_end(&c.id, |_, _| {}).await;
     println!(
         "worker died at {point} on one request, {connection} {conflict:?} other={other}: job {} after {} more invocation(s)",
         job.status.as_str(),
         ran.len()
     );
     assert_eq!(ran.len(), 1, "{}", job.to_json());
-    let files: Vec<_> = w
-        .emu
-        .files()
-        .into_iter()
-        .filter(|f| !f.is_folder && f.path.starts_with(&format!("{SP_LIB}/single")))
-        .map(|f| f.path)
-        .collect();
+    let files: Vec<_> =
+        c.w.emu
+            .files()
+            .into_iter()
+            .filter(|f| !f.is_folder && f.path.starts_with(&format!("{SP_LIB}/single")))
+            .map(|f| f.path)
+            .collect();
+    let before = c.before.clone().unwrap_or_default();
     if conflict == Conflict::Fail && other {
         assert_eq!(job.status, JobStatus::Failed, "{}", job.to_json());
         let error = job.to_json()["error"].clone();
         assert_eq!(error["error"], "conflict", "{error}");
-        assert_eq!(
-            w.emu.file_digest(&path),
-            Some((len, before.unwrap_or_default()))
-        );
+        assert_eq!(c.w.emu.file_digest(&path), Some((len, before)));
         assert_eq!(files.len(), 1, "{files:?}");
         return;
     }
-    assert_eq!(job.status, JobStatus::Done, "{}", job.to_json());
-    let result = job.result.as_ref().expect("result");
-    assert_eq!(result["size"], json!(len), "{result}");
-    let file_name = stored_at.rsplit('/').next().unwrap_or_default();
-    assert!(
-        result["path"]
-            .as_str()
-            .is_some_and(|p| p.ends_with(&format!("/{file_name}"))),
-        "{result}"
-    );
-    assert_eq!(
-        w.emu.file_digest(&stored_at),
-        Some((len, origin.sha256())),
-        "stored bytes differ from the source"
-    );
+    c.assert_done(&job, &stored_at, len);
     if conflict == Conflict::Rename && other {
-        assert_eq!(
-            w.emu.file_digest(&path),
-            Some((len, before.unwrap_or_default()))
-        );
+        assert_eq!(c.w.emu.file_digest(&path), Some((len, before)));
         assert_eq!(files.len(), 2, "{files:?}");
     } else {
         assert_eq!(files.len(), 1, "{files:?}");

@@ -239,20 +239,7 @@ impl Ctx<'_> {
                 rb
             })
             .await?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| UploadError::transport(&e))?;
-        if (200..300).contains(&status) {
-            Ok(bytes)
-        } else {
-            Err(from_response(
-                Api::SharePoint,
-                status,
-                &headers,
-                &bytes,
-                what,
-            ))
-        }
+        answer(resp, what).await
     }
 
     /// Whether a file exists: `GET GetFileByServerRelativePath(…)` answers the file or 404
@@ -462,20 +449,7 @@ impl Ctx<'_> {
                         .body(chunk.body_from(chunk.offset))
                 })
                 .await?;
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let bytes = resp.bytes().await.map_err(|e| UploadError::transport(&e))?;
-            if (200..300).contains(&status) {
-                Ok(bytes)
-            } else {
-                Err(from_response(
-                    Api::SharePoint,
-                    status,
-                    &headers,
-                    &bytes,
-                    path,
-                ))
-            }
+            answer(resp, path).await
         };
         chunk.guard(send, Err).await
     }
@@ -920,6 +894,25 @@ pub(crate) enum Stop {
 impl From<UploadError> for Stop {
     fn from(e: UploadError) -> Self {
         Stop::Upload(e)
+    }
+}
+
+/// A SharePoint answer's body when it succeeded, else the error it describes (`what` names the
+/// call in the message).
+async fn answer(resp: reqwest::Response, what: &str) -> Result<Bytes, UploadError> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.map_err(|e| UploadError::transport(&e))?;
+    if (200..300).contains(&status) {
+        Ok(bytes)
+    } else {
+        Err(from_response(
+            Api::SharePoint,
+            status,
+            &headers,
+            &bytes,
+            what,
+        ))
     }
 }
 
